@@ -1,0 +1,92 @@
+"""The Celery app factory: one production configuration for the API, worker and notifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from offload_core.settings import Settings
+from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, ROUTES, Queue
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from Offload's; each value traces back to one OFFLOAD_ variable."""
+    transport_options = {
+        # See Settings.VISIBILITY_TIMEOUT_SECONDS: longer than any run or retry countdown.
+        "visibility_timeout": settings.VISIBILITY_TIMEOUT_SECONDS,
+        # Set explicitly: kombu's default sweep for abandoned messages runs every ~100 s.
+        "unacked_restore_interval": settings.UNACKED_RESTORE_INTERVAL_SECONDS,
+        "unacked_restore_throttle": settings.UNACKED_RESTORE_THROTTLE,
+        "priority_steps": list(PRIORITY_STEPS),
+        "sep": PRIORITY_SEPARATOR,
+        "queue_order_strategy": "priority",
+        "socket_connect_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": settings.BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    exchange = Exchange("offload", type="direct")
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {
+            "socket_connect_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
+            "socket_timeout": settings.BROKER_SOCKET_TIMEOUT_SECONDS,
+        },
+        "redis_socket_connect_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
+        "redis_socket_timeout": settings.BROKER_SOCKET_TIMEOUT_SECONDS,
+        "broker_connection_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
+        "broker_connection_retry_on_startup": True,
+        # Retry forever on a running worker: it must come back by itself after a Redis restart.
+        "broker_connection_max_retries": None,
+        "broker_pool_limit": settings.BROKER_POOL_LIMIT,
+        "broker_channel_error_retry": True,
+        # Bounded publishing: the API answers 503 instead of waiting on a dead broker.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": settings.PUBLISH_MAX_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        # JSON only: no pickle, so a message cannot carry code.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "result_accept_content": ["json"],
+        # At-least-once: acknowledge after the run; a lost worker's task is redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.WORKER_PREFETCH_MULTIPLIER,
+        "task_soft_time_limit": settings.TASK_SOFT_TIME_LIMIT_SECONDS,
+        "task_time_limit": settings.TASK_TIME_LIMIT_SECONDS,
+        "result_expires": settings.RESULT_EXPIRES_SECONDS,
+        "result_extended": True,
+        "task_track_started": True,
+        # Soft shutdown: on SIGTERM (remapped to SIGQUIT by the worker entrypoint) running
+        # tasks get this long, then unfinished ones go straight back to their queue.
+        "worker_soft_shutdown_timeout": settings.WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS,
+        "worker_enable_soft_shutdown_on_idle": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Flower builds its view from these events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # The topology: one queue per Queue member, priorities inside each.
+        "task_queues": [KombuQueue(str(q), exchange, routing_key=str(q)) for q in Queue],
+        "task_default_queue": str(Queue.DEFAULT),
+        "task_default_exchange": exchange.name,
+        "task_default_routing_key": str(Queue.DEFAULT),
+        "task_routes": {str(name): {"queue": str(route.queue)} for name, route in ROUTES.items()},
+        "task_create_missing_queues": False,
+    }
+
+
+def create_celery_app(settings: Settings, *, main: str = "offload") -> Celery:
+    app = Celery(main, set_as_current=True)
+    app.conf.update(celery_config(settings))
+    return app

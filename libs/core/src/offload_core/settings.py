@@ -1,0 +1,160 @@
+"""Every Offload setting, read once from ``OFFLOAD_*`` environment variables.
+
+The API, the worker and the notifier all read this one class, so a value means the same
+thing in every process. The README lists each setting with its default.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from offload_core.topology import Queue
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` as well as a JSON list from the environment."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
+
+    # "development" allows running without API keys (make run generates one anyway);
+    # "production" refuses to start without them.
+    ENVIRONMENT: Literal["development", "production"] = "production"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Broker, result backend and job store. A password belongs in the URL, which comes
+    # from the environment (a Kubernetes Secret in the chart).
+    REDIS_URL: SecretStr = SecretStr("redis://localhost:6379/0")
+    # Bounds every Redis call of the API and the job store, so an outage is an error, not a hang.
+    REDIS_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=300)
+
+    # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list.
+    API_KEYS: Annotated[list[SecretStr], NoDecode] = []
+    API_HOST: str = "127.0.0.1"
+    API_PORT: int = Field(8000, ge=1, le=65535)
+    # Larger request bodies are refused with 413 before they are read.
+    API_MAX_BODY_BYTES: int = Field(1024 * 1024, ge=1024)
+
+    # How long a job's record (status, progress, result, error) is kept after its last change.
+    JOB_TTL_SECONDS: int = Field(7 * 24 * 3600, ge=60)
+    # How long Celery's own result backend keeps task results.
+    RESULT_EXPIRES_SECONDS: int = Field(24 * 3600, ge=60)
+
+    # Time limits of every task: at the soft limit the task gets SoftTimeLimitExceeded and
+    # records a "timed out" failure; at the hard limit its process is killed.
+    TASK_SOFT_TIME_LIMIT_SECONDS: int = Field(240, ge=1)
+    TASK_TIME_LIMIT_SECONDS: int = Field(300, ge=1)
+    # Retries of transient failures: exponential backoff with full jitter, capped.
+    TASK_MAX_RETRIES: int = Field(5, ge=0, le=100)
+    RETRY_BACKOFF_SECONDS: float = Field(1.0, gt=0)
+    RETRY_BACKOFF_MAX_SECONDS: float = Field(60.0, gt=0)
+
+    # A message taken by a worker that dies without acknowledging it is handed to another
+    # worker once it is older than the visibility timeout. It must exceed the longest task
+    # run (hard limit) plus the longest retry countdown, or running tasks get delivered twice.
+    VISIBILITY_TIMEOUT_SECONDS: int = Field(420, ge=2)
+    # How often a running worker looks for such messages. A killed worker's task is back on
+    # the queue at most VISIBILITY_TIMEOUT + INTERVAL * THROTTLE seconds after it was taken.
+    UNACKED_RESTORE_INTERVAL_SECONDS: float = Field(5.0, gt=0)
+    UNACKED_RESTORE_THROTTLE: int = Field(1, ge=1)
+
+    # Publishing: connection attempts and their timeout, so a broker outage answers 503 in
+    # seconds instead of hanging a request.
+    PUBLISH_MAX_RETRIES: int = Field(2, ge=0, le=10)
+    BROKER_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
+    BROKER_SOCKET_TIMEOUT_SECONDS: float = Field(10.0, gt=1, le=300)
+    # Connections (and producers) kept for publishing; the API publishes from its thread pool.
+    BROKER_POOL_LIMIT: int = Field(40, ge=1)
+
+    # Worker processes. Which queues a worker consumes is configuration, so one image can run
+    # one Deployment per queue set; the notifier always consumes `high` only.
+    WORKER_QUEUES: Annotated[list[Queue], NoDecode] = [Queue.DEFAULT, Queue.LOW]
+    WORKER_CONCURRENCY: int = Field(2, ge=1, le=256)
+    WORKER_POOL: Literal["prefork", "threads", "solo"] = "prefork"
+    # Messages reserved per process. 1 keeps long tasks from waiting behind each other.
+    WORKER_PREFETCH_MULTIPLIER: int = Field(1, ge=1, le=100)
+    # Celery node name; %h is the host name (the pod name on Kubernetes).
+    WORKER_NAME: str | None = None
+    # On SIGTERM a worker gives running tasks this long, then hands them back to the queue.
+    WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS: float = Field(25.0, ge=0)
+    # Heartbeat and ready files for Kubernetes probes, written under this directory.
+    WORKER_STATE_DIR: Path = Path("/tmp/offload")
+    WORKER_HEARTBEAT_INTERVAL_SECONDS: float = Field(5.0, gt=0)
+
+    @field_validator("API_KEYS", "WORKER_QUEUES", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(
+                f"OFFLOAD_REDIS_URL must be a redis://, rediss:// or unix:// URL, got {scheme or 'no'} scheme"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.TASK_SOFT_TIME_LIMIT_SECONDS >= self.TASK_TIME_LIMIT_SECONDS:
+            raise ValueError(
+                "OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS must be below OFFLOAD_TASK_TIME_LIMIT_SECONDS "
+                "so a task can record its timeout before it is killed"
+            )
+        longest_hold = self.TASK_TIME_LIMIT_SECONDS + self.RETRY_BACKOFF_MAX_SECONDS
+        if longest_hold >= self.VISIBILITY_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"OFFLOAD_VISIBILITY_TIMEOUT_SECONDS ({self.VISIBILITY_TIMEOUT_SECONDS}) must exceed "
+                f"OFFLOAD_TASK_TIME_LIMIT_SECONDS + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({longest_hold:g}), "
+                "or Redis hands running tasks to a second worker"
+            )
+        if self.ENVIRONMENT == "production" and not self.API_KEYS:
+            raise ValueError(
+                "OFFLOAD_API_KEYS is empty: set at least one key (comma-separated), "
+                "or OFFLOAD_ENVIRONMENT=development for a local run"
+            )
+        for key in self.API_KEYS:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
+        if not self.WORKER_QUEUES:
+            raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return self.REDIS_URL.get_secret_value()
+
+    @property
+    def redis_location(self) -> str:
+        """Host and port (or socket path) of Redis, without credentials, for messages."""
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix":
+            return parts.path
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    @property
+    def unacked_restore_bound_seconds(self) -> float:
+        """Longest time before a killed worker's task is back on its queue."""
+        return self.VISIBILITY_TIMEOUT_SECONDS + self.UNACKED_RESTORE_INTERVAL_SECONDS * self.UNACKED_RESTORE_THROTTLE
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""What the worker and the notifier entrypoints share: probe files, the consumer
+announcement, and starting Celery's worker with the queues and concurrency from settings.
+
+The entrypoint must set REMAP_SIGTERM before Celery is imported (billiard reads it once),
+so that SIGTERM starts the soft shutdown that hands unfinished tasks back to the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import redis
+from celery import Celery, bootsteps
+from celery.signals import worker_ready, worker_shutting_down
+
+from offload_core.queue_state import announce_consumer, withdraw_consumer
+from offload_core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_FILE = "heartbeat"
+READY_FILE = "ready"
+
+
+def probe_files(settings: Settings) -> tuple[Path, Path]:
+    return settings.WORKER_STATE_DIR / HEARTBEAT_FILE, settings.WORKER_STATE_DIR / READY_FILE
+
+
+class WorkerProbes(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Touches the heartbeat file from the worker's own event loop (so it stops when the loop
+    is stuck, without depending on Redis) and announces the worker as a consumer of its queues."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.settings = get_settings()
+        self.heartbeat, self.ready = probe_files(self.settings)
+        self.tref: Any = None
+        self.client: redis.Redis | None = None
+
+    def start(self, worker: Any) -> None:
+        self.settings.WORKER_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        # Short timeouts: this runs in the worker's main loop and must not stall it.
+        self.client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self.queues = sorted(worker.app.amqp.queues.consume_from)
+        self.hostname = worker.hostname
+        self.beat()
+        self.tref = worker.timer.call_repeatedly(
+            self.settings.WORKER_HEARTBEAT_INTERVAL_SECONDS, self.beat, priority=10
+        )
+
+    def beat(self) -> None:
+        self.heartbeat.touch()
+        try:
+            assert self.client is not None
+            announce_consumer(
+                self.client, self.hostname, self.queues, stale_after=3 * self.settings.WORKER_HEARTBEAT_INTERVAL_SECONDS
+            )
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not announce %s as a consumer at %s: %s", self.hostname, self.settings.redis_location, exc
+            )
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+        self.heartbeat.unlink(missing_ok=True)
+        self.ready.unlink(missing_ok=True)
+        if self.client is not None:
+            with contextlib.suppress(redis.RedisError):  # the announcement expires by itself
+                withdraw_consumer(self.client, self.hostname, self.queues)
+
+
+@worker_ready.connect
+def _write_ready_file(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    _, ready = probe_files(settings)
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    ready.write_text(json.dumps({"hostname": getattr(sender, "hostname", ""), "queues": queues, "pid": os.getpid()}))
+
+
+@worker_shutting_down.connect
+def _remove_ready_file(**_: Any) -> None:
+    # Not ready as soon as shutdown begins, so nothing routes new work here.
+    probe_files(get_settings())[1].unlink(missing_ok=True)
+
+
+def run_worker(app: Celery, *, queues: list[str], default_name: str) -> None:
+    if os.environ.get("REMAP_SIGTERM") != "SIGQUIT":
+        logger.warning("REMAP_SIGTERM is not SIGQUIT: SIGTERM will wait for running tasks instead of handing them back")
+    settings = get_settings()
+    app.steps["worker"].add(WorkerProbes)
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(queues)}",
+            f"--concurrency={settings.WORKER_CONCURRENCY}",
+            f"--pool={settings.WORKER_POOL}",
+            f"--hostname={settings.WORKER_NAME or default_name}",
+            f"--loglevel={settings.LOG_LEVEL}",
+            "--task-events",
+            # Mingle and gossip only slow start-up; Offload's state lives in Redis.
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

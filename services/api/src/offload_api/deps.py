@@ -1,0 +1,49 @@
+"""Dependencies as Annotated aliases, so route handlers read as plain signatures."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from offload_core.jobs import JobStore
+from offload_core.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.store
+    return store
+
+
+def get_celery(request: Request) -> Celery:
+    celery: Celery = request.app.state.celery
+    return celery
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from OFFLOAD_API_KEYS.")
+
+
+async def require_api_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    if not settings.API_KEYS and settings.ENVIRONMENT == "development":
+        return  # development without keys: open, and the API logged a warning at start-up
+    if credentials is None:
+        raise HTTPException(
+            401, "Missing API key: send 'Authorization: Bearer <key>'.", headers={"WWW-Authenticate": "Bearer"}
+        )
+    presented = credentials.credentials.encode()
+    # Compare against every key, in constant time, so timing reveals neither key nor position.
+    matched = False
+    for key in settings.API_KEYS:
+        matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
+    if not matched:
+        raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Bearer"})

@@ -1,0 +1,50 @@
+"""The Offload API application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from offload_api.deps import require_api_key
+from offload_api.errors import install_error_handlers
+from offload_api.limits import BodySizeLimit
+from offload_api.routes import health, jobs, queues
+from offload_core.celery_app import create_celery_app
+from offload_core.jobs import JobStore
+from offload_core.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    if not settings.API_KEYS:
+        logger.warning("OFFLOAD_API_KEYS is empty: /v1 is open to anyone (development only)")
+    app.state.store = JobStore.from_settings(settings)
+    app.state.celery = create_celery_app(settings, main="offload-api")
+    try:
+        yield
+    finally:
+        app.state.celery.pool.force_close_all()
+        app.state.store.client.close()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Offload",
+        summary="Accepts background jobs, runs them on Celery workers, reports their status.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    app.include_router(health.router)
+    v1 = [Depends(require_api_key)]
+    app.include_router(jobs.router, prefix="/v1", dependencies=v1)
+    app.include_router(queues.router, prefix="/v1", dependencies=v1)
+    return app

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi.responses import JSONResponse
+
+from offload_api.deps import CeleryDep, StoreDep
+from offload_api.enqueue import JobAccepted, enqueue
+from offload_core.jobs import CancelOutcome, Job
+from offload_core.payloads import EchoRequest
+from offload_core.topology import TaskName
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned at submission.")]
+
+
+@router.post("/echo", status_code=202)
+def submit_echo(body: EchoRequest, celery: CeleryDep, store: StoreDep, response: Response) -> JobAccepted:
+    """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
+    accepted = enqueue(celery, store, TaskName.ECHO, body.task_kwargs(), queue=body.queue, priority=body.priority)
+    response.headers["Location"] = accepted.status_url
+    return accepted
+
+
+@router.get("/{job_id}", responses={404: {"description": "No such job (or it expired)."}})
+def get_job(job_id: JobId, store: StoreDep) -> Job:
+    job = store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
+    return job
+
+
+@router.delete(
+    "/{job_id}",
+    responses={
+        200: {"description": "The job was waiting and will never run."},
+        202: {"description": "The job is running and has been asked to stop."},
+        404: {"description": "No such job."},
+        409: {"description": "The job has already finished."},
+    },
+)
+def cancel_job(job_id: JobId, store: StoreDep) -> JSONResponse:
+    outcome = store.cancel(job_id)
+    job = store.get(job_id)
+    if outcome is CancelOutcome.MISSING or job is None:
+        raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
+    if outcome is CancelOutcome.FINISHED:
+        raise HTTPException(409, f"Job {job_id} has already {job.status.value}; there is nothing to cancel.")
+    status = 200 if outcome is CancelOutcome.CANCELLED else 202
+    return JSONResponse(status_code=status, content=job.model_dump(mode="json"))

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from offload_api.deps import SettingsDep, StoreDep
+from offload_core.queue_state import read_queue_states
+from offload_core.topology import Queue
+
+router = APIRouter(prefix="/queues", tags=["queues"])
+
+
+class QueueView(BaseModel):
+    name: str
+    depth: int  # waiting messages, all priority lists summed; not counting reserved ones
+    consumers: int  # workers that announced themselves within three heartbeats
+    oldest_age_seconds: float | None  # age of the oldest waiting message, if any
+
+
+class QueuesView(BaseModel):
+    queues: list[QueueView]
+
+
+@router.get("")
+def list_queues(store: StoreDep, settings: SettingsDep) -> QueuesView:
+    states = read_queue_states(store.client, list(Queue), stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS)
+    return QueuesView(queues=[QueueView(**vars(state)) for state in states])

@@ -1,0 +1,168 @@
+"""Real processes for the tests: Redis, the API under uvicorn, worker and notifier entrypoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from offload_dev.redis_server import free_port
+
+API_KEY = "test-key-0123456789abcdef"
+T = TypeVar("T")
+
+# Small limits so shutdown and crash scenarios finish in seconds. They keep the rule the
+# settings enforce: visibility timeout > hard time limit + longest retry countdown.
+TEST_SETTINGS = {
+    "OFFLOAD_ENVIRONMENT": "production",
+    "OFFLOAD_API_KEYS": API_KEY,
+    "OFFLOAD_LOG_LEVEL": "INFO",
+    "OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS": "8",
+    "OFFLOAD_TASK_TIME_LIMIT_SECONDS": "10",
+    "OFFLOAD_TASK_MAX_RETRIES": "3",
+    "OFFLOAD_RETRY_BACKOFF_SECONDS": "0.1",
+    "OFFLOAD_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+    "OFFLOAD_VISIBILITY_TIMEOUT_SECONDS": "12",
+    "OFFLOAD_UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+    "OFFLOAD_UNACKED_RESTORE_THROTTLE": "1",
+    "OFFLOAD_WORKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+    "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": "2",
+    "OFFLOAD_WORKER_CONCURRENCY": "2",
+}
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll until check() returns something truthy, or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM to the main process only, as Kubernetes does with an exec-form entrypoint."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: the worker and its pool processes die at once."""
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        else:
+            # Reap pool processes the main one may have left behind.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _spawn(name: str, module: str, env: dict[str, str], log_dir: Path) -> Service:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return Service(name, process, log)
+
+
+def start_worker(
+    name: str, env: dict[str, str], log_dir: Path, *, module: str = "offload_worker", queues: str | None = None
+) -> Service:
+    state_dir = log_dir / f"{name}-state"
+    worker_env = {**env, "OFFLOAD_WORKER_NAME": f"{name}@test", "OFFLOAD_WORKER_STATE_DIR": str(state_dir)}
+    if queues is not None:
+        worker_env["OFFLOAD_WORKER_QUEUES"] = queues
+    service = _spawn(name, module, worker_env, log_dir)
+    service.extra["state_dir"] = state_dir
+    service.extra["hostname"] = f"{name}@test"
+    ready = state_dir / "ready"
+
+    def is_ready() -> bool:
+        if not service.alive():
+            raise AssertionError(f"{name} exited early:\n{service.log_tail()}")
+        return ready.exists()
+
+    wait_for(is_ready, 60, f"{name} to write its ready file")
+    return service
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> Service:
+    port = free_port()
+    service = _spawn("api", "offload_api", {**env, "OFFLOAD_API_PORT": str(port)}, log_dir)
+    service.extra["url"] = f"http://127.0.0.1:{port}"
+
+    def is_up() -> bool:
+        if not service.alive():
+            raise AssertionError(f"api exited early:\n{service.log_tail()}")
+        try:
+            return httpx.get(f"{service.extra['url']}/livez", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(is_up, 30, "the API to answer /livez")
+    return service
+
+
+def api_client(api: Service, key: str | None = API_KEY) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=api.extra["url"], headers=headers, timeout=15)
+
+
+def submit_echo(client: httpx.Client, **body: Any) -> str:
+    response = client.post("/v1/jobs/echo", json={"message": "ping", **body})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 30) -> dict[str, Any]:
+    return wait_for(
+        lambda: (j := job(client, job_id)) and (j if j["status"] in statuses else None),
+        timeout,
+        f"job {job_id} to reach {sorted(statuses)}",
+    )

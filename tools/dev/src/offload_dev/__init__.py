@@ -1,0 +1,1 @@
+"""Development helpers; never installed into the service images."""
