@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,10 +85,8 @@ class Service:
             self.kill()
         else:
             # Reap pool processes the main one may have left behind.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _spawn(name: str, module: str, env: dict[str, str], log_dir: Path) -> Service:

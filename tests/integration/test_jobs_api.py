@@ -9,7 +9,9 @@ from tests.conftest import Stack
 from tests.support import api_client, job, submit_echo, wait_for, wait_job
 
 
-@pytest.mark.parametrize(("queue", "runs_on"), [("high", "notifier@test"), ("default", "worker@test"), ("low", "worker@test")])
+@pytest.mark.parametrize(
+    ("queue", "runs_on"), [("high", "notifier@test"), ("default", "worker@test"), ("low", "worker@test")]
+)
 def test_echo_runs_on_the_workers_of_its_queue(stack: Stack, queue: str, runs_on: str) -> None:
     job_id = submit_echo(stack.client, message=f"hello {queue}", queue=queue)
     done = wait_job(stack.client, job_id, {"succeeded", "failed"})

@@ -26,7 +26,7 @@ class JobCancelled(Exception):
 
 def retry_countdown(retries: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: half the capped delay fixed, half random."""
-    delay = min(cap, base * 2**retries)
+    delay = min(cap, base * 2.0**retries)
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -42,7 +42,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class JobTask(Task):  # type: ignore[misc]
+class JobTask(Task[Any, Any]):
     """Runs a task as one attempt of a job: skips cancelled and finished jobs, records
     progress, retries transient failures with backoff, and records the outcome."""
 
@@ -54,13 +54,18 @@ class JobTask(Task):  # type: ignore[misc]
         return JobStore.from_settings(get_settings())
 
     @property
+    def job_id(self) -> str:
+        """The job's id is the Celery task id the API chose at submission."""
+        return str(self.request.id)
+
+    @property
     def max_retries(self) -> int:  # type: ignore[override]
         return get_settings().TASK_MAX_RETRIES
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:
             return super().__call__(*args, **kwargs)
-        job_id = self.request.id
+        job_id = self.job_id
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
         outcome = self.store.start(job_id, task=self.name, queue=queue, worker=self.request.hostname or "")
         if outcome is not StartOutcome.RUN:
@@ -90,9 +95,9 @@ class JobTask(Task):  # type: ignore[misc]
         self.store.fail(task_id, describe_error(exc))
 
     def report_progress(self, percent: int, message: str = "") -> None:
-        self.store.progress(self.request.id, percent, message)
+        self.store.progress(self.job_id, percent, message)
 
     def raise_if_cancelled(self) -> None:
         """Call between units of work; a cancelled job stops at the next call."""
-        if self.store.cancel_requested(self.request.id):
-            raise JobCancelled(self.request.id)
+        if self.store.cancel_requested(self.job_id):
+            raise JobCancelled(self.job_id)

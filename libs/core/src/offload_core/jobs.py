@@ -11,7 +11,7 @@ import json
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from offload_core.settings import Settings
 
 KEY_PREFIX = "offload:job:"
+HashValue = str | int | float  # what a hash field may be set to
 
 
 class JobStatus(StrEnum):
@@ -175,7 +176,7 @@ class JobStore:
     def create(self, job_id: str, *, task: str, queue: str) -> None:
         now = time.time()
         key = job_key(job_id)
-        record = {
+        record: dict[str, HashValue] = {
             "id": job_id,
             "task": task,
             "queue": queue,
@@ -185,14 +186,14 @@ class JobStore:
             "created_at": now,
             "updated_at": now,
         }
-        self.client.pipeline(transaction=True).hset(key, mapping=record).expire(key, self.ttl).execute()
+        self._write(key, record)
 
     def discard(self, job_id: str) -> None:
         """Forget a record whose message never reached the broker."""
         self.client.delete(job_key(job_id))
 
     def get(self, job_id: str) -> Job | None:
-        fields = self.client.hgetall(job_key(job_id))
+        fields = cast(dict[str, str], self.client.hgetall(job_key(job_id)))
         return decode_job(fields) if fields else None
 
     def cancel(self, job_id: str) -> CancelOutcome:
@@ -216,14 +217,20 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(job_key(job_id), "cancel_requested") == "1"
 
-    def _finish(self, job_id: str, status: JobStatus, *, clear_error: bool = False, **fields: object) -> None:
+    def _write(self, key: str, mapping: dict[str, HashValue], *, delete: tuple[str, ...] = ()) -> None:
+        """Set fields and renew the TTL in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=mapping)
+        if delete:
+            pipe.hdel(key, *delete)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def _finish(self, job_id: str, status: JobStatus, *, clear_error: bool = False, **fields: HashValue) -> None:
         now = time.time()
-        key = job_key(job_id)
-        mapping = {"status": status, "finished_at": now, "updated_at": now, **fields}
-        pipe = self.client.pipeline(transaction=True).hset(key, mapping=mapping)
-        if clear_error:
-            pipe.hdel(key, "error")  # an earlier attempt's error no longer describes the job
-        pipe.expire(key, self.ttl).execute()
+        mapping: dict[str, HashValue] = {"status": status, "finished_at": now, "updated_at": now, **fields}
+        # On success an earlier attempt's error no longer describes the job.
+        self._write(job_key(job_id), mapping, delete=("error",) if clear_error else ())
 
     def succeed(self, job_id: str, result: object) -> None:
         self._finish(job_id, JobStatus.SUCCEEDED, clear_error=True, result=json.dumps(result), progress=100)
@@ -235,11 +242,10 @@ class JobStore:
         self._finish(job_id, JobStatus.CANCELLED, error="cancelled while running")
 
     def mark_retrying(self, job_id: str, error: str, retry_in_seconds: float) -> None:
-        key = job_key(job_id)
-        mapping = {
+        mapping: dict[str, HashValue] = {
             "status": JobStatus.RETRYING,
             "error": error,
             "progress_message": f"retrying in {retry_in_seconds:.1f}s",
             "updated_at": time.time(),
         }
-        self.client.pipeline(transaction=True).hset(key, mapping=mapping).expire(key, self.ttl).execute()
+        self._write(job_key(job_id), mapping)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
 from celery import Celery, bootsteps
@@ -31,11 +31,11 @@ def probe_files(settings: Settings) -> tuple[Path, Path]:
     return settings.WORKER_STATE_DIR / HEARTBEAT_FILE, settings.WORKER_STATE_DIR / READY_FILE
 
 
-class WorkerProbes(bootsteps.StartStopStep):  # type: ignore[misc]
+class WorkerProbes(bootsteps.StartStopStep):
     """Touches the heartbeat file from the worker's own event loop (so it stops when the loop
     is stuck, without depending on Redis) and announces the worker as a consumer of its queues."""
 
-    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -79,8 +79,7 @@ class WorkerProbes(bootsteps.StartStopStep):  # type: ignore[misc]
 
 @worker_ready.connect
 def _write_ready_file(sender: Any = None, **_: Any) -> None:
-    settings = get_settings()
-    _, ready = probe_files(settings)
+    ready = probe_files(get_settings())[1]
     ready.parent.mkdir(parents=True, exist_ok=True)
     queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
     ready.write_text(json.dumps({"hostname": getattr(sender, "hostname", ""), "queues": queues, "pid": os.getpid()}))

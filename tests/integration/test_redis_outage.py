@@ -1,0 +1,66 @@
+"""The API without Redis: clear 503s within seconds, then recovery on its own; and queue depth
+that sums every priority list kombu keeps for a queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from offload_core.topology import priority_lists
+from offload_dev.redis_server import RedisServer, free_port
+from tests.support import TEST_SETTINGS, Service, api_client, start_api, submit_echo, wait_for
+
+
+@pytest.fixture
+def api_alone(tmp_path: Path) -> Iterator[tuple[RedisServer, Service, httpx.Client]]:
+    """The API and Redis with no worker: whatever is submitted stays in its queue."""
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    api = start_api({**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}, tmp_path)
+    try:
+        with api_client(api) as client:
+            yield server, api, client
+    finally:
+        api.stop()
+        server.stop()
+
+
+def test_queue_depth_sums_the_priority_lists(api_alone) -> None:
+    server, _, client = api_alone
+    for priority in (0, 5, 9, 9):
+        submit_echo(client, queue="low", priority=priority)
+    raw = redis.Redis(port=server.port)
+    # kombu's own layout: steps 0, 3, 6, 9; priority 5 lands in the list of step 3.
+    assert [raw.llen(name) for name in priority_lists("low")] == [1, 1, 0, 2]
+
+    time.sleep(0.05)
+    queues = {q["name"]: q for q in client.get("/v1/queues").json()["queues"]}
+    assert queues["low"]["depth"] == 4
+    assert queues["low"]["consumers"] == 0
+    assert queues["low"]["oldest_age_seconds"] > 0
+    assert queues["high"] == {"name": "high", "depth": 0, "consumers": 0, "oldest_age_seconds": None}
+
+
+def test_redis_down_gives_503_in_seconds_and_the_api_recovers(api_alone) -> None:
+    server, api, client = api_alone
+    server.stop()
+
+    for method, path in [("GET", "/readyz"), ("POST", "/v1/jobs/echo"), ("GET", "/v1/jobs/abc"), ("GET", "/v1/queues")]:
+        started = time.monotonic()
+        response = client.request(method, path, json={"message": "x"})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, (path, response.text)
+        assert elapsed < 5, (path, elapsed)
+        assert f"127.0.0.1:{server.port}" in response.json()["detail"]
+        assert response.json()["code"] == "redis_unavailable"
+    assert client.get("/livez").status_code == 200  # alive, only not ready
+
+    server.start()
+    wait_for(lambda: client.get("/readyz").status_code == 200, 15, "/readyz to recover")
+    job_id = submit_echo(client)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    assert api.alive()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from offload_core.settings import Settings
+from offload_core.topology import Queue
+
+KEY = "k" * 16
+
+
+def test_defaults_are_consistent_and_need_only_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_API_KEYS", KEY)
+    settings = Settings()
+    assert settings.VISIBILITY_TIMEOUT_SECONDS > settings.TASK_TIME_LIMIT_SECONDS + settings.RETRY_BACKOFF_MAX_SECONDS
+    assert settings.unacked_restore_bound_seconds == 425
+    assert settings.WORKER_QUEUES == [Queue.DEFAULT, Queue.LOW]
+
+
+def test_production_refuses_to_start_without_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OFFLOAD_API_KEYS", raising=False)
+    with pytest.raises(ValidationError, match="OFFLOAD_API_KEYS is empty"):
+        Settings()
+    assert Settings(ENVIRONMENT="development").API_KEYS == []
+
+
+def test_lists_come_from_comma_separated_or_json_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_API_KEYS", f"{KEY}a, {KEY}b")
+    monkeypatch.setenv("OFFLOAD_WORKER_QUEUES", '["low"]')
+    settings = Settings()
+    assert [k.get_secret_value() for k in settings.API_KEYS] == [f"{KEY}a", f"{KEY}b"]
+    assert settings.WORKER_QUEUES == [Queue.LOW]
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    settings = Settings(API_KEYS=[KEY], REDIS_URL="redis://:hunter2@redis:6379/0")
+    assert KEY not in repr(settings)
+    assert "hunter2" not in repr(settings)
+    assert settings.redis_location == "redis:6379"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"VISIBILITY_TIMEOUT_SECONDS": 300}, "must exceed"),
+        ({"TASK_SOFT_TIME_LIMIT_SECONDS": 300}, "must be below"),
+        ({"API_KEYS": ["short"]}, "at least 16 characters"),
+        ({"REDIS_URL": "http://redis:6379"}, "redis://"),
+        ({"WORKER_QUEUES": ["urgent"]}, "WORKER_QUEUES"),
+    ],
+)
+def test_inconsistent_settings_are_refused_with_the_rule(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**{"API_KEYS": [KEY], **overrides})  # type: ignore[arg-type]
