@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -217,7 +218,7 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(job_key(job_id), "cancel_requested") == "1"
 
-    def _write(self, key: str, mapping: dict[str, HashValue], *, delete: tuple[str, ...] = ()) -> None:
+    def _write(self, key: str, mapping: Mapping[Any, HashValue], *, delete: tuple[str, ...] = ()) -> None:
         """Set fields and renew the TTL in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=mapping)

@@ -91,7 +91,8 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if redis_server is not None:
             redis_server.stop()
-    return manager.returncode or 0
+    # Stopped by Ctrl-C or SIGTERM (130, 143) is a normal end of a local run.
+    return 0 if manager.returncode in (None, 130, 143) else manager.returncode
 
 
 if __name__ == "__main__":
