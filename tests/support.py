@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from prometheus_client.parser import text_string_to_metric_families
 
 from offload_dev.redis_server import free_port
 
@@ -37,6 +46,7 @@ TEST_SETTINGS = {
     "OFFLOAD_WORKER_HEARTBEAT_INTERVAL_SECONDS": "1",
     "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": "2",
     "OFFLOAD_WORKER_CONCURRENCY": "2",
+    "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
 }
 
 
@@ -106,12 +116,19 @@ def start_worker(
     name: str, env: dict[str, str], log_dir: Path, *, module: str = "offload_worker", queues: str | None = None
 ) -> Service:
     state_dir = log_dir / f"{name}-state"
-    worker_env = {**env, "OFFLOAD_WORKER_NAME": f"{name}@test", "OFFLOAD_WORKER_STATE_DIR": str(state_dir)}
+    metrics_port = int(env.get("OFFLOAD_WORKER_METRICS_PORT") or free_port())  # never the shared default
+    worker_env = {
+        **env,
+        "OFFLOAD_WORKER_NAME": f"{name}@test",
+        "OFFLOAD_WORKER_STATE_DIR": str(state_dir),
+        "OFFLOAD_WORKER_METRICS_PORT": str(metrics_port),
+    }
     if queues is not None:
         worker_env["OFFLOAD_WORKER_QUEUES"] = queues
     service = _spawn(name, module, worker_env, log_dir)
     service.extra["state_dir"] = state_dir
     service.extra["hostname"] = f"{name}@test"
+    service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
     ready = state_dir / "ready"
 
     def is_ready() -> bool:
@@ -165,3 +182,100 @@ def wait_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: flo
         timeout,
         f"job {job_id} to reach {sorted(statuses)}",
     )
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """One Prometheus scrape as {(sample name, labels): value}."""
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """A sample's value, 0 when absent (a labelled counter appears only once it moved)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@dataclass
+class ReceivedSpan:
+    service: str
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+
+
+def _plain(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP trace receiver on 127.0.0.1: the services export to it over HTTP with
+    their ordinary OTLP exporter, and the test reads back what arrived."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.add(ExportTraceServiceRequest.FromString(body))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: the test reports what matters
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add(self, request: ExportTraceServiceRequest) -> None:
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _plain(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=resource.get("service.name", ""),
+                            name=span.name,
+                            kind=span.kind,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            attributes={a.key: _plain(a.value) for a in span.attributes},
+                            resource=resource,
+                        )
+                    )
+        with self.lock:
+            self.spans.extend(received)
+
+    def received(self) -> list[ReceivedSpan]:
+        with self.lock:
+            return list(self.spans)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[OtlpReceiver]:
+        self.thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()

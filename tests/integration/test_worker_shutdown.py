@@ -44,12 +44,13 @@ def test_sigterm_hands_an_unfinished_job_back_to_another_worker(cluster, tmp_pat
     first = _start("first", env, services, tmp_path)
     job_id = submit_echo(client, sleep_ms=6000)
     assert wait_job(client, job_id, {"started"})["worker"] == "first@test"
-    _start("second", env, services, tmp_path)
 
     first.terminate()
     # Soft shutdown: 2 s for the running job, then it goes back to the queue and the worker exits.
     wait_for(lambda: not first.alive(), 20, "the first worker to exit after SIGTERM")
     assert "Soft Shutdown" in first.log.read_text()
+    # Started only now, so how long a worker takes to start cannot let the job finish first.
+    _start("second", env, services, tmp_path)
 
     done = wait_job(client, job_id, {"succeeded", "failed"}, timeout=30)
     assert done["status"] == "succeeded", done
@@ -78,10 +79,11 @@ def test_sigkill_job_comes_back_within_the_documented_bound(cluster, tmp_path: P
     job_id = submit_echo(client, sleep_ms=3000)
     taken = wait_job(client, job_id, {"started"})
     assert taken["worker"] == "first@test"
-    _start("second", env, services, tmp_path)
 
     first.kill()
     killed_at = time.time()
+    # Started after the kill (within the visibility timeout), so the job cannot finish first.
+    _start("second", env, services, tmp_path)
     again = wait_for(
         lambda: (j := client.get(f"/v1/jobs/{job_id}").json()) and (j if j["attempts"] >= 2 else None),
         settings.unacked_restore_bound_seconds + 10,

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from functools import cached_property
 from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
+from offload_core import telemetry
+from offload_core import worker_metrics as metrics
 from offload_core.jobs import JobStore, StartOutcome
+from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.settings import get_settings
+from offload_core.worker_metrics import RunOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +74,33 @@ class JobTask(Task[Any, Any]):
             return super().__call__(*args, **kwargs)
         job_id = self.job_id
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
-        outcome = self.store.start(job_id, task=self.name, queue=queue, worker=self.request.hostname or "")
-        if outcome is not StartOutcome.RUN:
-            logger.info("job %s not run: %s", job_id, outcome.value)
+        attempt = self.request.retries + 1
+        span = trace.get_current_span()  # the run span the Celery instrumentation opened
+        span.set_attributes({telemetry.JOB_ID: job_id, telemetry.TASK: self.name, telemetry.QUEUE: queue})
+        span.set_attribute(telemetry.ATTEMPT, attempt)
+        start = self.store.start(job_id, task=self.name, queue=queue, worker=self.request.hostname or "")
+        if start is not StartOutcome.RUN:
+            span.set_attribute(telemetry.OUTCOME, f"skipped: {start.value}")
+            logger.info("job %s not run: %s", job_id, start.value)
             return None
+        return self._attempt(job_id, queue, attempt, span, args, kwargs)
+
+    def _attempt(self, job_id: str, queue: str, attempt: int, span: Span, args: Any, kwargs: Any) -> Any:
+        metrics.JOBS_STARTED.labels(self.name, queue).inc()
+        enqueued_at = getattr(self.request, ENQUEUED_AT_HEADER, None)
+        if attempt == 1 and isinstance(enqueued_at, int | float):
+            metrics.QUEUE_WAIT_SECONDS.labels(self.name, queue).observe(max(0.0, time.time() - enqueued_at))
+        outcome = RunOutcome.FAILED  # unless a branch below ends otherwise
+        started = time.perf_counter()
         try:
             # Not super().__call__: that pushes a fresh request and would hide self.request.id.
             result = self.run(*args, **kwargs)
+            self.store.succeed(job_id, result)
+            outcome = RunOutcome.SUCCEEDED
+            return result
         except JobCancelled:
             self.store.mark_cancelled(job_id)
+            outcome = RunOutcome.CANCELLED
             logger.info("job %s cancelled while running", job_id)
             return None
         except TransientJobError as exc:
@@ -86,13 +111,23 @@ class JobTask(Task[Any, Any]):
                 self.request.retries, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS
             )
             self.store.mark_retrying(job_id, describe_error(exc), countdown)
+            outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
-        self.store.succeed(job_id, result)
-        return result
+        finally:
+            metrics.RUN_SECONDS.labels(self.name, queue).observe(time.perf_counter() - started)
+            if outcome in metrics.OUTCOME_COUNTERS:  # failures are counted by on_failure
+                metrics.OUTCOME_COUNTERS[outcome].labels(self.name, queue).inc()
+            span.set_attribute(telemetry.OUTCOME, outcome.value)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # Also called in the worker's main process when the hard time limit kills a run.
+        # Also called in the worker's main process when the hard time limit kills a run; there
+        # is no request there, so the queue comes from the job's record.
         self.store.fail(task_id, describe_error(exc))
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        if not queue:
+            job = self.store.get(task_id)
+            queue = job.queue if job else ""
+        metrics.JOBS_FAILED.labels(self.name, queue).inc()
 
     def report_progress(self, percent: int, message: str = "") -> None:
         self.store.progress(self.job_id, percent, message)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # "production" refuses to start without them.
     ENVIRONMENT: Literal["development", "production"] = "production"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one object a line for log search; "text": for people; "auto": text when stderr
+    # is a terminal, JSON otherwise (containers, process managers).
+    LOG_FORMAT: Literal["auto", "json", "text"] = "auto"
 
     # Broker, result backend and job store. A password belongs in the URL, which comes
     # from the environment (a Kubernetes Secret in the chart).
@@ -95,6 +98,13 @@ class Settings(BaseSettings):
     # Heartbeat and ready files for Kubernetes probes, written under this directory.
     WORKER_STATE_DIR: Path = Path("/tmp/offload")
     WORKER_HEARTBEAT_INTERVAL_SECONDS: float = Field(5.0, gt=0)
+    # Prometheus metrics of a worker's process set (all pool processes summed) are served on
+    # this port by its main process; 0 turns the endpoint off.
+    WORKER_METRICS_PORT: int = Field(9808, ge=0, le=65535)
+    WORKER_METRICS_HOST: str = "0.0.0.0"
+
+    # Queue depth gauges read Redis at most this often, however often Prometheus scrapes.
+    QUEUE_METRICS_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
 
     @field_validator("API_KEYS", "WORKER_QUEUES", mode="before")
     @classmethod

@@ -1,8 +1,10 @@
 """What the worker and the notifier entrypoints share: probe files, the consumer
-announcement, and starting Celery's worker with the queues and concurrency from settings.
+announcement, logs, traces and metrics, and starting Celery's worker with the queues and
+concurrency from settings.
 
-The entrypoint must set REMAP_SIGTERM before Celery is imported (billiard reads it once),
-so that SIGTERM starts the soft shutdown that hands unfinished tasks back to the queue.
+The entrypoint must call worker_env.prepare_worker_environment before this module is imported:
+REMAP_SIGTERM makes SIGTERM start the soft shutdown that hands unfinished tasks back to the
+queue, and the metrics directory lets pool processes count together.
 """
 
 from __future__ import annotations
@@ -16,10 +18,21 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
+from offload_core.logs import configure_logging, wants_json
 from offload_core.queue_state import announce_consumer, withdraw_consumer
 from offload_core.settings import Settings, get_settings
+from offload_core.telemetry import NOTIFIER_SERVICE, flush_tracing, setup_tracing
+from offload_core.topology import NOTIFIER_QUEUES
+from offload_core.worker_metrics import serve_worker_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +104,38 @@ def _remove_ready_file(**_: Any) -> None:
     probe_files(get_settings())[1].unlink(missing_ok=True)
 
 
-def run_worker(app: Celery, *, queues: list[str], default_name: str) -> None:
+def _trace_task_runs(service: str, queues: list[str]) -> None:
+    setup_tracing(service, queues)
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+
+
+def run_worker(app: Celery, *, queues: list[str], default_name: str, service: str) -> None:
+    settings = get_settings()
+    configure_logging(service, settings)
+    # Our logging, not Celery's: a connected receiver stops Celery from configuring its own.
+    setup_logging.connect(lambda **_: configure_logging(service, settings), weak=False)
     if os.environ.get("REMAP_SIGTERM") != "SIGQUIT":
         logger.warning("REMAP_SIGTERM is not SIGQUIT: SIGTERM will wait for running tasks instead of handing them back")
-    settings = get_settings()
+    shared = sorted(set(queues) & set(NOTIFIER_QUEUES))
+    if shared and service != NOTIFIER_SERVICE:
+        # Allowed (a single shared worker for small setups), but critical work then waits
+        # behind everything this worker has prefetched.
+        logger.warning("this worker also consumes %s, the notifier's queue", ", ".join(shared))
+    if settings.WORKER_POOL == "prefork":
+        # Tracing starts in each pool process: its export thread would not survive the fork.
+        worker_process_init.connect(lambda **_: _trace_task_runs(service, queues), weak=False)
+        # Pool processes end without atexit handlers; send their last spans first.
+        worker_process_shutdown.connect(lambda **_: flush_tracing(), weak=False)
+    else:
+        _trace_task_runs(service, queues)
+    if settings.WORKER_METRICS_PORT:
+        serve_worker_metrics(settings)
     app.steps["worker"].add(WorkerProbes)
+    # The banner is for people; a JSON log stream gets one line per event instead.
+    quiet = ["--quiet"] if wants_json(settings) else []
     app.worker_main(
         [
+            *quiet,
             "worker",
             f"--queues={','.join(queues)}",
             f"--concurrency={settings.WORKER_CONCURRENCY}",

@@ -1,21 +1,22 @@
 """Entrypoint of the API image: uvicorn serving offload_api.main:create_app."""
 
-import logging
-
 import uvicorn
 
+from offload_core.logs import configure_logging
 from offload_core.settings import get_settings
+from offload_core.telemetry import API_SERVICE
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(API_SERVICE, settings)
     uvicorn.run(
         "offload_api.main:create_app",
         factory=True,
         host=settings.API_HOST,
         port=settings.API_PORT,
         log_level=settings.LOG_LEVEL.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (JSON, masked)
         proxy_headers=True,
         timeout_keep_alive=5,
         # In-flight requests get this long after SIGTERM; below the pod's grace period.

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from opentelemetry import propagate, trace
 from pydantic import BaseModel
 
 from offload_api.errors import InvalidField
+from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
+from offload_core import telemetry
 from offload_core.jobs import JobStatus, JobStore
+from offload_core.logs import job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.topology import ROUTES, Queue, TaskName
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 class JobAccepted(BaseModel):
@@ -40,21 +48,30 @@ def enqueue(
         raise InvalidField("body.queue", f"{task} may run on {allowed}, not {queue}")
     priority = route.priority if priority is None else priority
     job_id = uuid.uuid4().hex
+    job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: str(task), telemetry.QUEUE: str(queue)}
+    trace.get_current_span().set_attributes(job_attributes)  # the request's span
+    started = time.perf_counter()
     # The record first: a worker that takes the message at once must find it.
     store.create(job_id, task=task, queue=queue)
-    try:
-        celery.send_task(
-            task,
-            kwargs=kwargs,
-            task_id=job_id,
-            queue=queue,
-            routing_key=queue,
-            priority=priority,
-            headers={ENQUEUED_AT_HEADER: time.time()},
-        )
-    except (OperationalError, OSError):
-        store.discard(job_id)
-        raise
+    # Our own publish span: the Celery instrumentation's never ends for a task sent by name that
+    # this process has no code for. The worker's run span continues the context in the headers.
+    with tracer.start_as_current_span(
+        f"apply_async/{task}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={**job_attributes, "messaging.message.id": job_id, "messaging.destination": str(queue)},
+    ):
+        headers: dict[str, object] = {ENQUEUED_AT_HEADER: time.time()}
+        propagate.inject(headers)
+        try:
+            celery.send_task(
+                task, kwargs=kwargs, task_id=job_id, queue=queue, routing_key=queue, priority=priority, headers=headers
+            )
+        except (OperationalError, OSError):
+            store.discard(job_id)
+            raise
+    ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
+    JOBS_SUBMITTED.labels(task, queue).inc()
+    logger.info("job %s accepted for %s on %s", job_id, task, queue, extra=job_fields(job_id, task, queue))
     return JobAccepted(
         id=job_id, status=JobStatus.QUEUED, task=task, queue=queue, priority=priority, status_url=f"/v1/jobs/{job_id}"
     )

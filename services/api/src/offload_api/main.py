@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from offload_api import metrics
 from offload_api.deps import require_api_key
 from offload_api.errors import install_error_handlers
 from offload_api.limits import BodySizeLimit
@@ -15,6 +17,7 @@ from offload_api.routes import health, jobs, queues
 from offload_core.celery_app import create_celery_app
 from offload_core.jobs import JobStore
 from offload_core.settings import get_settings
+from offload_core.telemetry import API_SERVICE, setup_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("OFFLOAD_API_KEYS is empty: /v1 is open to anyone (development only)")
     app.state.store = JobStore.from_settings(settings)
     app.state.celery = create_celery_app(settings, main="offload-api")
+    queue_metrics = metrics.QueueCollector(
+        app.state.store.client,
+        stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
+        cache_seconds=settings.QUEUE_METRICS_CACHE_SECONDS,
+    )
+    metrics.REGISTRY.register(queue_metrics)
     try:
         yield
     finally:
+        metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()
 
@@ -43,7 +53,13 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    # Outside the size limit, so refused bodies are counted too.
+    app.add_middleware(metrics.RequestMetrics)
+    setup_tracing(API_SERVICE)
+    # Probes and scrapes would drown the traces that matter.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="/livez,/readyz,/metrics")
     app.include_router(health.router)
+    app.include_router(metrics.router)
     v1 = [Depends(require_api_key)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)

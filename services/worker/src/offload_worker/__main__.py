@@ -1,24 +1,19 @@
 """Entrypoint of the worker image: consumes OFFLOAD_WORKER_QUEUES (default: default,low)."""
 
-import os
-
-# Before Celery is imported: SIGTERM then starts the soft shutdown (see worker_runtime).
-os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-
 from offload_core.settings import get_settings
-from offload_core.topology import NOTIFIER_QUEUES
-from offload_core.worker_runtime import run_worker
+from offload_core.worker_env import prepare_worker_environment
 
 
 def main() -> None:
-    queues = get_settings().WORKER_QUEUES
-    if any(queue in NOTIFIER_QUEUES for queue in queues):
-        # Allowed (a single shared worker for small setups), but critical work then waits
-        # behind everything this worker has prefetched.
-        print(f"note: this worker also consumes {', '.join(NOTIFIER_QUEUES)}, the notifier's queue")
+    settings = get_settings()
+    # Before Celery and prometheus_client are imported (see worker_env).
+    prepare_worker_environment(settings)
+    from offload_core.telemetry import WORKER_SERVICE
+    from offload_core.worker_runtime import run_worker
     from offload_worker.app import app
 
-    run_worker(app, queues=[str(q) for q in queues], default_name="worker@%h")
+    queues = [str(q) for q in settings.WORKER_QUEUES]
+    run_worker(app, queues=queues, default_name="worker@%h", service=WORKER_SERVICE)
 
 
 if __name__ == "__main__":

@@ -44,15 +44,17 @@ class RedisServer:
     """One redis-server process bound to 127.0.0.1, in its own session so a terminal's Ctrl-C
     reaches only whoever started it (which then stops it last)."""
 
-    def __init__(self, port: int, data_dir: Path, *, persistent: bool = False) -> None:
+    def __init__(self, port: int, data_dir: Path, *, persistent: bool = False, password: str | None = None) -> None:
         self.port = port
         self.data_dir = data_dir
         self.persistent = persistent
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,9 +66,11 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         log = (self.data_dir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import honcho.manager
 from honcho.environ import parse_procfile
 
+from offload_core.logs import Redactor
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -50,6 +51,9 @@ def main() -> int:
     )
     flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"offload:{_credential('flower-password')}"
     api_port, flower_port = _port(8000), _port(5555)
+    # The worker and the notifier run side by side here, so each needs its own metrics port.
+    worker_metrics_port = _port(9808)
+    notifier_metrics_port = _port(9809)
 
     env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -58,6 +62,11 @@ def main() -> int:
         "OFFLOAD_API_KEYS": os.environ.get("OFFLOAD_API_KEYS") or api_key,
         "OFFLOAD_API_PORT": str(api_port),
         "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": str(SOFT_SHUTDOWN_SECONDS),
+        "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
+        "WORKER_METRICS_PORT": str(worker_metrics_port),
+        "NOTIFIER_METRICS_PORT": str(notifier_metrics_port),
+        # The processes write into the process manager's pipe, not a terminal: say which format.
+        "OFFLOAD_LOG_FORMAT": os.environ.get("OFFLOAD_LOG_FORMAT") or ("text" if sys.stdout.isatty() else "json"),
         "FLOWER_BASIC_AUTH": flower_auth,
         "FLOWER_PORT": str(flower_port),
         "OFFLOAD_STATE": str(STATE),
@@ -71,7 +80,10 @@ def main() -> int:
   API        http://127.0.0.1:{api_port}          docs: http://127.0.0.1:{api_port}/docs
   API key    {api_key}
   Flower     http://127.0.0.1:{flower_port}          user {user}, password {password}
-  Redis      {redis_url}
+  Metrics    http://127.0.0.1:{api_port}/metrics  (API and queue depths)
+             http://127.0.0.1:{worker_metrics_port}/metrics  (worker)
+             http://127.0.0.1:{notifier_metrics_port}/metrics  (notifier)
+  Redis      {Redactor([])(redis_url)}
 
   Try:  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs/echo \\
           -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\

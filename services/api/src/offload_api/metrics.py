@@ -1,0 +1,137 @@
+"""The API's Prometheus metrics, served at /metrics: requests by route template and status,
+submitted jobs and how long publishing took, and each queue's depth read from Redis at scrape
+time (cached, so frequent scrapes cost Redis one pipelined round trip every few seconds).
+
+There is no dead-letter gauge yet: Offload has no dead-letter list so far. When one exists,
+its length belongs in QueueCollector, read in the same pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import redis
+from fastapi import APIRouter, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from offload_core.queue_state import QueueState, read_queue_states
+from offload_core.topology import Queue
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
+REGISTRY = CollectorRegistry()
+
+HTTP_REQUESTS = Counter(
+    "offload_http_requests_total", "HTTP requests answered.", ("method", "route", "status"), registry=REGISTRY
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "offload_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ("method", "route", "status"),
+    registry=REGISTRY,
+)
+JOBS_SUBMITTED = Counter(
+    "offload_jobs_submitted_total", "Jobs accepted and published.", ("task", "queue"), registry=REGISTRY
+)
+ENQUEUE_SECONDS = Histogram(
+    "offload_job_enqueue_seconds",
+    "Time to record and publish a job.",
+    ("task", "queue"),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+
+# Paths that match no route share one label, so a scan of random URLs cannot add series.
+UNMATCHED_ROUTE = "unmatched"
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=Response)
+def metrics() -> Response:
+    """Prometheus metrics of this API process and of every queue."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetrics:
+    """Counts and times every HTTP request by its route template (`/v1/jobs/{job_id}`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def route_template(self, scope: Scope) -> str:
+        # The routes as the OpenAPI schema lists them, with their routers' prefixes; paths
+        # without parameters first, so /v1/jobs/echo is not taken for /v1/jobs/{job_id}.
+        if self._templates is None:
+            paths = sorted(scope["app"].openapi()["paths"], key=lambda path: ("{" in path, path))
+            self._templates = [(compile_path(path)[0], path) for path in paths]
+        return next((path for regex, path in self._templates if regex.match(scope["path"])), UNMATCHED_ROUTE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            labels = (scope["method"], self.route_template(scope), str(status))
+            HTTP_REQUESTS.labels(*labels).inc()
+            HTTP_REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+
+
+class QueueCollector(Collector):
+    """Depth (all priority lists summed), consumers and oldest waiting job of every queue."""
+
+    def __init__(self, client: redis.Redis, *, stale_after: float, cache_seconds: float) -> None:
+        self.client = client
+        self.stale_after = stale_after
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._states: list[QueueState] = []
+
+    def states(self) -> list[QueueState]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.cache_seconds:
+                try:
+                    self._states = read_queue_states(self.client, list(Queue), stale_after=self.stale_after)
+                except redis.RedisError:
+                    self._states = []  # no queue series rather than a failed scrape; /readyz says why
+                self._read_at = time.monotonic()
+            return self._states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = self.states()
+        depth = GaugeMetricFamily("offload_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
+        consumers = GaugeMetricFamily("offload_queue_consumers", "Workers consuming the queue.", labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "offload_queue_oldest_job_age_seconds", "Age of the oldest waiting job (0 when empty).", labels=["queue"]
+        )
+        for state in states:
+            depth.add_metric([state.name], state.depth)
+            consumers.add_metric([state.name], state.consumers)
+            oldest.add_metric([state.name], state.oldest_age_seconds or 0.0)
+        yield from (depth, consumers, oldest)
