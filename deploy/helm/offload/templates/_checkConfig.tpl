@@ -1,0 +1,122 @@
+{{/*
+Render-time guards: refuse values that would break at run time, with a message that names the
+value and says what to do. Included once, from configmap.yaml (which always renders).
+*/}}
+{{- define "offload.checkConfig" -}}
+{{- $messages := list -}}
+{{- $messages = append $messages (include "offload.checkConfig.workerSets" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.tasks" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.redis" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.flower" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.api" .) -}}
+{{- $messages = without $messages "" -}}
+{{- if $messages -}}
+{{- fail (printf "\nOFFLOAD CONFIGURATION ERRORS:\n%s" (join "\n" $messages)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The queues offload_core.topology declares. */}}
+{{- define "offload.knownQueues" -}}
+{{- toJson (list "high" "default" "low") -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.workerSets" -}}
+{{- $known := include "offload.knownQueues" . | fromJsonArray -}}
+{{- $seen := dict -}}
+{{- $consumed := dict -}}
+{{- $margin := int .Values.workers.gracePeriodMarginSeconds -}}
+{{- range $entry := .Values.workers.sets -}}
+{{- $set := dict -}}
+{{- include "offload.mergeWorkerSet" (dict "ctx" $ "entry" $entry "out" $set) -}}
+{{- $name := toString $set.name -}}
+{{- if hasKey $seen $name }}
+workers.sets: the set name "{{ $name }}" appears more than once; give every set its own name.
+{{- end -}}
+{{- $_ := set $seen $name true -}}
+{{- if not $set.queues }}
+workers.sets[{{ $name }}]: queues is empty; list the queues this set consumes (e.g. [default]).
+{{- end -}}
+{{- range $queue := $set.queues -}}
+{{- $_ := set $consumed (toString $queue) true -}}
+{{- if not (has (toString $queue) $known) }}
+workers.sets[{{ $name }}]: unknown queue "{{ $queue }}"; offload_core.topology declares {{ join ", " $known }}.
+{{- end -}}
+{{- end -}}
+{{- $grace := int $set.terminationGracePeriodSeconds -}}
+{{- $soft := float64 $set.softShutdownTimeoutSeconds -}}
+{{- $preStop := int $set.preStopSleepSeconds -}}
+{{- if le (float64 $grace) (addf $soft $preStop $margin) }}
+workers.sets[{{ $name }}]: terminationGracePeriodSeconds ({{ $grace }}) must exceed softShutdownTimeoutSeconds ({{ $soft }}) + preStopSleepSeconds ({{ $preStop }}) + workers.gracePeriodMarginSeconds ({{ $margin }}), or running tasks are killed instead of handed back; raise terminationGracePeriodSeconds or lower softShutdownTimeoutSeconds.
+{{- end -}}
+{{- if and $.Values.keda.enabled (le (int $set.keda.cooldownPeriod) $grace) }}
+workers.sets[{{ $name }}]: keda.cooldownPeriod ({{ $set.keda.cooldownPeriod }}) must exceed terminationGracePeriodSeconds ({{ $grace }}); raise the cooldown period.
+{{- end -}}
+{{- if gt (int $set.minReplicas) (int $set.maxReplicas) }}
+workers.sets[{{ $name }}]: minReplicas ({{ $set.minReplicas }}) is above maxReplicas ({{ $set.maxReplicas }}).
+{{- end -}}
+{{- if lt (int $set.maxReplicas) 1 }}
+workers.sets[{{ $name }}]: maxReplicas must be at least 1.
+{{- end -}}
+{{- if and (has "high" $set.queues) (lt (int $set.minReplicas) 1) }}
+workers.sets[{{ $name }}]: consumes "high" and must keep minReplicas >= 1 (got {{ $set.minReplicas }}); critical notifications must not wait for a scale-up from zero.
+{{- end -}}
+{{- if and (eq $set.image "notifier") (not (eq (join "," $set.queues) "high")) }}
+workers.sets[{{ $name }}]: the notifier image consumes "high" only, but queues is [{{ join ", " $set.queues }}]; use image "worker" for other queues.
+{{- end -}}
+{{- if and (ne $set.image "notifier") (has "high" $set.queues) }}
+workers.sets[{{ $name }}]: queue "high" belongs to the notifier image (image: notifier), so critical work never waits behind bulk work.
+{{- end -}}
+{{- end -}}
+{{- range $queue := $known -}}
+{{- if not (hasKey $consumed $queue) }}
+workers.sets: no set consumes queue "{{ $queue }}"; its jobs would wait forever. Add it to a set's queues.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.tasks" -}}
+{{- $c := .Values.config -}}
+{{- if ge (int $c.taskSoftTimeLimitSeconds) (int $c.taskTimeLimitSeconds) }}
+config: taskSoftTimeLimitSeconds ({{ $c.taskSoftTimeLimitSeconds }}) must be below taskTimeLimitSeconds ({{ $c.taskTimeLimitSeconds }}) so a task can record its timeout before it is killed.
+{{- end -}}
+{{- if le (float64 $c.visibilityTimeoutSeconds) (addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds) }}
+config: visibilityTimeoutSeconds ({{ $c.visibilityTimeoutSeconds }}) must exceed taskTimeLimitSeconds + retryBackoffMaxSeconds ({{ addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds }}), or Redis hands running tasks to a second worker.
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.redis" -}}
+{{- if and .Values.redis.enabled .Values.externalRedis.enabled }}
+redis: redis.enabled and externalRedis.enabled are both true; set redis.enabled=false to use the external Redis.
+{{- end -}}
+{{- if and (not .Values.redis.enabled) (not .Values.externalRedis.enabled) }}
+redis: neither redis.enabled nor externalRedis.enabled is true; Offload needs a Redis.
+{{- end -}}
+{{- if .Values.externalRedis.enabled -}}
+{{- if and (not .Values.externalRedis.urlSecret.name) (not .Values.externalRedis.host) }}
+externalRedis: set externalRedis.host (with passwordSecret) or externalRedis.urlSecret.name.
+{{- end -}}
+{{- if and .Values.keda.enabled (not .Values.externalRedis.host) }}
+externalRedis: keda.enabled needs externalRedis.host (and passwordSecret when Redis has a password): the KEDA redis scaler cannot read a URL.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.flower" -}}
+{{- if and .Values.flower.enabled .Values.flower.ingress.enabled -}}
+{{- range .Values.flower.ingress.paths -}}
+{{- $path := trimSuffix "/" .path -}}
+{{- if or (and (eq .pathType "Prefix") (eq $path "")) (hasPrefix "/metrics" $path) (hasPrefix "/healthcheck" $path) }}
+flower.ingress.paths: "{{ .path }}" ({{ .pathType }}) would route /metrics or /healthcheck, which answer without authentication; list the dashboard paths only.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.api" -}}
+{{- if le (int .Values.api.terminationGracePeriodSeconds) (int .Values.api.preStopSleepSeconds) }}
+api: terminationGracePeriodSeconds ({{ .Values.api.terminationGracePeriodSeconds }}) must exceed preStopSleepSeconds ({{ .Values.api.preStopSleepSeconds }}).
+{{- end -}}
+{{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) }}
+api.autoscaling: minReplicas ({{ .Values.api.autoscaling.minReplicas }}) is above maxReplicas ({{ .Values.api.autoscaling.maxReplicas }}).
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,245 @@
+{{/* Chart name, overridable. */}}
+{{- define "offload.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-<chart>" (or just the release when it contains the chart name), at most 63 characters. */}}
+{{- define "offload.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A component object's name: "<fullname>-<suffix>", at most 63 characters. The full name is
+shortened rather than the suffix, so long release names never make two objects collide.
+*/}}
+{{- define "offload.componentName" -}}
+{{- $room := max 1 (sub 62 (len .suffix)) | int -}}
+{{- printf "%s-%s" (include "offload.fullname" .ctx | trunc $room | trimSuffix "-") .suffix | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Selector labels. Call with (dict "ctx" $ "component" "api") and optionally "workerSet".
+*/}}
+{{- define "offload.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "offload.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .workerSet }}
+offload/worker-set: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Every object's labels: the selector labels plus version, chart and manager. */}}
+{{- define "offload.labels" -}}
+{{ include "offload.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: offload
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+An image reference: "[registry/]repository@digest" when a digest is set, else
+"[registry/]repository:tag" (tag defaults to appVersion). Call with (dict "ctx" $ "image" <values>).
+*/}}
+{{- define "offload.image" -}}
+{{- $repository := .image.repository -}}
+{{- with .registry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .ctx.Chart.AppVersion .image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image reference of one of our images by key (api, worker, notifier). Call with (dict "ctx" $ "key" "api"). */}}
+{{- define "offload.appImage" -}}
+{{- include "offload.image" (dict "ctx" .ctx "image" (index .ctx.Values.images .key) "registry" .ctx.Values.images.registry) -}}
+{{- end -}}
+
+{{- define "offload.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "offload.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Names of the Secrets. */}}
+{{- define "offload.apiKeysSecretName" -}}
+{{- default (include "offload.componentName" (dict "ctx" . "suffix" "api-keys")) .Values.api.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "offload.flowerSecretName" -}}
+{{- default (include "offload.componentName" (dict "ctx" . "suffix" "flower")) .Values.flower.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "offload.redisSecretName" -}}
+{{- default (include "offload.componentName" (dict "ctx" . "suffix" "redis")) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Redis as the applications and KEDA see it. */}}
+{{- define "offload.redisHost" -}}
+{{- if .Values.externalRedis.enabled -}}
+{{- .Values.externalRedis.host -}}
+{{- else -}}
+{{- printf "%s.%s.svc" (include "offload.componentName" (dict "ctx" . "suffix" "redis")) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.redisPort" -}}
+{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.port }}{{ else }}{{ .Values.redis.port }}{{ end -}}
+{{- end -}}
+
+{{- define "offload.redisDatabase" -}}
+{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.database }}{{ else }}{{ .Values.redis.database }}{{ end -}}
+{{- end -}}
+
+{{/* Secret name and key of the Redis password; empty name = no password. */}}
+{{- define "offload.redisPasswordSecretName" -}}
+{{- if .Values.externalRedis.enabled -}}
+{{- .Values.externalRedis.passwordSecret.name -}}
+{{- else -}}
+{{- include "offload.redisSecretName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.redisPasswordSecretKey" -}}
+{{- if .Values.externalRedis.enabled -}}
+{{- .Values.externalRedis.passwordSecret.key -}}
+{{- else -}}
+{{- .Values.redis.auth.existingSecretKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+REDIS_PASSWORD and OFFLOAD_REDIS_URL. The URL is composed in the pod with dependent
+environment expansion, so no secret is ever inline in the manifest.
+*/}}
+{{- define "offload.redisEnv" -}}
+{{- if and .Values.externalRedis.enabled .Values.externalRedis.urlSecret.name }}
+- name: OFFLOAD_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalRedis.urlSecret.name }}
+      key: {{ .Values.externalRedis.urlSecret.key }}
+{{- else }}
+{{- $scheme := ternary "rediss" "redis" (and .Values.externalRedis.enabled .Values.externalRedis.tls) }}
+{{- $location := printf "%s:%s/%s" (include "offload.redisHost" .) (include "offload.redisPort" .) (include "offload.redisDatabase" .) }}
+{{- $secretName := include "offload.redisPasswordSecretName" . }}
+{{- if $secretName }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ include "offload.redisPasswordSecretKey" . }}
+- name: OFFLOAD_REDIS_URL
+  value: {{ printf "%s://:$(REDIS_PASSWORD)@%s" $scheme $location | quote }}
+{{- else }}
+- name: OFFLOAD_REDIS_URL
+  value: {{ printf "%s://%s" $scheme $location | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+OpenTelemetry variables. Call with (dict "ctx" $ "service" "offload-api" "workerSet" "low").
+*/}}
+{{- define "offload.otelEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+{{- $attributes := list "k8s.pod.name=$(POD_NAME)" "k8s.namespace.name=$(POD_NAMESPACE)" }}
+{{- with .workerSet }}
+{{- $attributes = append $attributes (printf "offload.worker_set=%s" .) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- with .ctx.Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .ctx.Values.otel.protocol }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Container security context of every container. */}}
+{{- define "offload.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* Pod annotations that roll the pods when the configuration or a chart-made Secret changes. */}}
+{{- define "offload.checksumAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secrets: {{ printf "%s%s%s" (include (print .Template.BasePath "/secrets.yaml") .) (include (print .Template.BasePath "/redis/redis-secret.yaml") .) (include (print .Template.BasePath "/flower/flower-secret.yaml") .) | sha256sum }}
+{{- end -}}
+
+{{/*
+A Secret value kept across upgrades: the live Secret's value when there is one, else a new
+random one. Call with (dict "ctx" $ "name" <secret> "key" <key> "length" 32); returns base64.
+*/}}
+{{- define "offload.stableRandom" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randAlphaNum (int .length) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A worker set with the defaults filled in. Call with (dict "ctx" $ "entry" <entry> "out" (dict));
+"out" receives the merged keys. Maps (keda, resources, ...) are merged key by key; explicit
+zeros and falses in the entry win (sprig's merge would drop them).
+*/}}
+{{- define "offload.mergeWorkerSet" -}}
+{{- range $key, $value := deepCopy .ctx.Values.workers.defaults }}
+{{- $_ := set $.out $key $value }}
+{{- end }}
+{{- range $key, $value := .entry }}
+{{- $base := get $.out $key }}
+{{- if and (kindIs "map" $value) (kindIs "map" $base) }}
+{{- range $subKey, $subValue := $value }}
+{{- $_ := set $base $subKey $subValue }}
+{{- end }}
+{{- else }}
+{{- $_ := set $.out $key $value }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The Redis list names that hold a queue's messages, one per priority step (kombu). */}}
+{{- define "offload.priorityLists" -}}
+{{- $lists := list . -}}
+{{- range $step := list 3 6 9 -}}
+{{- $lists = append $lists (printf "%s\x06\x16%d" $ $step) -}}
+{{- end -}}
+{{- toJson $lists -}}
+{{- end -}}

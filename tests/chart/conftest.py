@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.chart.render import Rendered, render
+
+# The value sets every structural check runs under.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "keda-off": {"keda": {"enabled": False}},
+    "external-redis": {
+        "redis": {"enabled": False},
+        "externalRedis": {
+            "enabled": True,
+            "host": "redis.data.svc",
+            "tls": True,
+            "passwordSecret": {"name": "shared-redis", "key": "password"},
+        },
+    },
+    "external-redis-url": {
+        "redis": {"enabled": False},
+        "keda": {"enabled": False},
+        "externalRedis": {"enabled": True, "urlSecret": {"name": "shared-redis", "key": "url"}},
+    },
+    "ingress": {
+        "api": {"ingress": {"enabled": True, "className": "nginx", "tls": {"enabled": True}}},
+        "flower": {"ingress": {"enabled": True, "className": "nginx"}},
+        "otel": {"endpoint": "http://otel-collector.observability:4318", "protocol": "http/protobuf"},
+    },
+    "custom-set": {
+        "workers": {
+            "sets": [
+                {
+                    "name": "bulk",
+                    "queues": ["default", "low"],
+                    "concurrency": 8,
+                    "pool": "threads",
+                    "minReplicas": 0,
+                    "maxReplicas": 12,
+                    "softShutdownTimeoutSeconds": 100,
+                    "terminationGracePeriodSeconds": 130,
+                    "keda": {"listLength": 50},
+                    "resources": {"limits": {"cpu": "2", "memory": "2Gi"}},
+                },
+                {"name": "critical", "image": "notifier", "queues": ["high"], "minReplicas": 2},
+            ]
+        }
+    },
+    "existing-secrets": {
+        "api": {"auth": {"existingSecret": "offload-api-keys"}},
+        "flower": {"auth": {"existingSecret": "offload-flower"}},
+        "redis": {"auth": {"existingSecret": "offload-redis"}},
+        "images": {"registry": "registry.example.com/team", "api": {"digest": "sha256:" + "a" * 64}},
+    },
+}
+
+
+@pytest.fixture(scope="session", params=sorted(VALUE_SETS))
+def value_set(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    name: str = request.param
+    return name, VALUE_SETS[name]
+
+
+@pytest.fixture(scope="session")
+def rendered(value_set: tuple[str, dict[str, Any]]) -> Rendered:
+    return render(value_set[1])
+
+
+@pytest.fixture(scope="session")
+def rendered_defaults() -> Rendered:
+    return render()

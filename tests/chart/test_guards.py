@@ -1,0 +1,135 @@
+"""Render-time guards (templates/_checkConfig.tpl): values that would break at run time are refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.render import CHART_DIR, render, render_error
+
+
+def sets(*changes: dict[str, Any], extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The default worker sets with per-set changes (matched by name), plus extra sets."""
+    defaults: list[dict[str, Any]] = [
+        {"name": "default", "queues": ["default"]},
+        {"name": "low", "queues": ["low"], "minReplicas": 0},
+        {"name": "high", "image": "notifier", "queues": ["high"], "minReplicas": 1},
+    ]
+    by_name = {change["name"]: change for change in changes}
+    merged = [{**entry, **by_name.get(entry["name"], {})} for entry in defaults]
+    return {"workers": {"sets": merged + (extra or [])}}
+
+
+@pytest.fixture(scope="module")
+def chart_without_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart minus values.schema.json, to reach guards the schema already covers."""
+    copy = tmp_path_factory.mktemp("chart") / "offload"
+    shutil.copytree(CHART_DIR, copy)
+    (copy / "values.schema.json").unlink()
+    return copy
+
+
+GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "grace-period": (
+        sets({"name": "low", "softShutdownTimeoutSeconds": 55, "terminationGracePeriodSeconds": 60}),
+        ["workers.sets[low]: terminationGracePeriodSeconds (60) must exceed softShutdownTimeoutSeconds (55)"],
+    ),
+    "cooldown": (
+        sets({"name": "default", "keda": {"cooldownPeriod": 45}}),
+        ["workers.sets[default]: keda.cooldownPeriod (45) must exceed terminationGracePeriodSeconds (60)"],
+    ),
+    "high-min-replicas": (
+        sets({"name": "high", "minReplicas": 0}),
+        ['workers.sets[high]: consumes "high" and must keep minReplicas >= 1'],
+    ),
+    "duplicate-names": (
+        sets(extra=[{"name": "low", "queues": ["low"]}]),
+        ['the set name "low" appears more than once'],
+    ),
+    "notifier-other-queue": (
+        sets({"name": "high", "queues": ["high", "default"]}),
+        ['workers.sets[high]: the notifier image consumes "high" only'],
+    ),
+    "high-on-worker-image": (
+        sets({"name": "default", "queues": ["default", "high"]}),
+        ['workers.sets[default]: queue "high" belongs to the notifier image'],
+    ),
+    "queue-without-consumer": (
+        {"workers": {"sets": [{"name": "high", "image": "notifier", "queues": ["high"]}]}},
+        ['no set consumes queue "default"', 'no set consumes queue "low"'],
+    ),
+    "min-above-max": (
+        sets({"name": "default", "minReplicas": 4, "maxReplicas": 2}),
+        ["workers.sets[default]: minReplicas (4) is above maxReplicas (2)"],
+    ),
+    "visibility-timeout": (
+        {"config": {"visibilityTimeoutSeconds": 300}},
+        ["config: visibilityTimeoutSeconds (300) must exceed taskTimeLimitSeconds + retryBackoffMaxSeconds (360)"],
+    ),
+    "soft-time-limit": (
+        {"config": {"taskSoftTimeLimitSeconds": 300}},
+        ["config: taskSoftTimeLimitSeconds (300) must be below taskTimeLimitSeconds (300)"],
+    ),
+    "two-redis": (
+        {"externalRedis": {"enabled": True, "host": "redis.example"}},
+        ["redis.enabled and externalRedis.enabled are both true"],
+    ),
+    "no-redis": ({"redis": {"enabled": False}}, ["neither redis.enabled nor externalRedis.enabled is true"]),
+    "external-redis-keda-without-host": (
+        {"redis": {"enabled": False}, "externalRedis": {"enabled": True, "urlSecret": {"name": "r"}}},
+        ["keda.enabled needs externalRedis.host"],
+    ),
+    "flower-root-prefix": (
+        {"flower": {"ingress": {"enabled": True, "paths": [{"path": "/", "pathType": "Prefix"}]}}},
+        ['flower.ingress.paths: "/" (Prefix) would route /metrics or /healthcheck'],
+    ),
+    "flower-metrics": (
+        {"flower": {"ingress": {"enabled": True, "paths": [{"path": "/metrics", "pathType": "Exact"}]}}},
+        ['flower.ingress.paths: "/metrics" (Exact) would route /metrics or /healthcheck'],
+    ),
+    "api-grace": (
+        {"api": {"preStopSleepSeconds": 40}},
+        ["api: terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds (40)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("guard", sorted(GUARDS))
+def test_guard_refuses_with_its_message(guard: str) -> None:
+    values, messages = GUARDS[guard]
+    error = render_error(values)
+    assert "OFFLOAD CONFIGURATION ERRORS" in error
+    for message in messages:
+        assert message in error
+
+
+def test_guards_accept_the_fixed_values() -> None:
+    render(sets({"name": "low", "softShutdownTimeoutSeconds": 55, "terminationGracePeriodSeconds": 70}))
+    render({"keda": {"enabled": False}, **sets({"name": "default", "keda": {"cooldownPeriod": 45}})})
+
+
+# Guards the schema already enforces: the schema refuses first; without it the guard still does.
+SCHEMA_BACKED: dict[str, tuple[dict[str, Any], str, str]] = {
+    "unknown-queue": (
+        sets({"name": "low", "queues": ["low", "bulk"]}),
+        "value must be one of 'high', 'default', 'low'",
+        'workers.sets[low]: unknown queue "bulk"',
+    ),
+    "empty-queues": (
+        sets({"name": "low", "queues": []}),
+        "minItems",
+        "workers.sets[low]: queues is empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_BACKED))
+def test_schema_and_guard_both_refuse(case: str, chart_without_schema: Path) -> None:
+    values, schema_message, guard_message = SCHEMA_BACKED[case]
+    schema_error = render_error(values)
+    assert "schema" in schema_error
+    assert schema_message in schema_error.replace("\n", " ")
+    assert guard_message in render_error(values, chart_dir=chart_without_schema)

@@ -1,0 +1,88 @@
+"""NetworkPolicies select the right pods and let in only who should get in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.chart.render import RELEASE, Manifest, Rendered, render, selects
+
+INGRESS_ON = {"api": {"ingress": {"enabled": True}}, "flower": {"ingress": {"enabled": True}}}
+
+
+def pod_labels(rendered: Rendered, component: str) -> list[dict[str, str]]:
+    return [
+        workload["spec"]["template"]["metadata"]["labels"]
+        for workload in rendered.objects
+        if workload["kind"] in {"Deployment", "StatefulSet"}
+        and workload["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+
+
+def policies_for(rendered: Rendered, labels: dict[str, str]) -> list[Manifest]:
+    return [p for p in rendered.kind("NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+
+
+def allowed_peers(policies: list[Manifest]) -> list[dict[str, Any]]:
+    return [peer for policy in policies for rule in policy["spec"].get("ingress", []) for peer in rule["from"]]
+
+
+def test_default_deny_covers_every_pod_of_the_release(rendered_defaults: Rendered) -> None:
+    deny = rendered_defaults.named("NetworkPolicy", f"{RELEASE}-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    assert deny["spec"]["ingress"] == []
+    for workload in rendered_defaults.objects:
+        if workload["kind"] in {"Deployment", "StatefulSet"}:
+            assert selects(deny["spec"]["podSelector"], workload["spec"]["template"]["metadata"]["labels"])
+
+
+def test_redis_admits_only_pods_of_this_release(rendered_defaults: Rendered) -> None:
+    (redis_labels,) = pod_labels(rendered_defaults, "redis")
+    policy = rendered_defaults.named("NetworkPolicy", f"{RELEASE}-redis")
+    assert selects(policy["spec"]["podSelector"], redis_labels)
+    for component in ("api", "worker", "flower"):
+        for labels in pod_labels(rendered_defaults, component):
+            assert not selects(policy["spec"]["podSelector"], labels), component
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}}]
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    other_release = {"app.kubernetes.io/instance": "someone-else", "app.kubernetes.io/name": "offload"}
+    assert not selects(rule["from"][0]["podSelector"], other_release)
+
+
+def test_keda_operator_may_read_the_queues(rendered_defaults: Rendered) -> None:
+    policy = rendered_defaults.named("NetworkPolicy", f"{RELEASE}-redis-keda")
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}
+    assert peer["podSelector"]["matchLabels"] == {"app": "keda-operator"}
+    names = {p["metadata"]["name"] for p in render({"keda": {"enabled": False}}).kind("NetworkPolicy")}
+    assert f"{RELEASE}-redis-keda" not in names
+
+
+def test_api_and_flower_closed_without_ingress(rendered_defaults: Rendered) -> None:
+    for component in ("api", "flower", "worker"):
+        for labels in pod_labels(rendered_defaults, component):
+            assert allowed_peers(policies_for(rendered_defaults, labels)) == [], component
+
+
+def test_api_and_flower_open_to_the_ingress_controller_when_their_ingress_is_on() -> None:
+    rendered = render(INGRESS_ON)
+    controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    for component in ("api", "flower"):
+        (labels,) = pod_labels(rendered, component)
+        assert allowed_peers(policies_for(rendered, labels)) == [controller], component
+    for labels in pod_labels(rendered, "worker"):
+        assert allowed_peers(policies_for(rendered, labels)) == []
+
+
+def test_flower_ingress_never_routes_metrics_or_healthcheck() -> None:
+    (ingress,) = [i for i in render(INGRESS_ON).kind("Ingress") if "flower" in i["metadata"]["name"]]
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            for private in ("/metrics", "/healthcheck"):
+                if path["pathType"] == "Exact":
+                    assert path["path"] != private
+                else:
+                    prefix = path["path"].rstrip("/")
+                    assert private != prefix, path
+                    assert not private.startswith(prefix + "/"), path
