@@ -1,0 +1,128 @@
+"""1. Submit throughput: POST /v1/jobs/echo with an API key to one API process (uvicorn, as
+`python -m offload_api` runs it), against a bare FastAPI endpoint (bench/bare_api.py) that
+validates the same body and returns the same JSON without enqueueing, on the same server
+settings. Nothing consumes the queue: Redis is flushed after each run.
+
+Load: wrk on loopback, fixed connections and duration, POSTing {"message": "bench"}
+(the Python asyncio+httpx generator if wrk cannot be installed).
+
+Parameters (full / --quick):
+  --connections   16 / 16    open connections, each one request at a time
+  --threads       1 / 1      wrk threads (the servers have one process; cores are scarce)
+  --duration      10 / 3     seconds measured per run
+  --warmup        2 / 1      seconds of load before each measured run, not counted
+  --rounds        2 / 1      bare and ours alternate this many times; the median counts
+
+Ratio: ours / bare requests per second (the issue's target: at least 0.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import asdict
+from typing import Any
+
+from bench.harness import (
+    Headline,
+    LoadResult,
+    Stack,
+    add_common_args,
+    ensure_wrk,
+    entrypoint,
+    machine_facts,
+    note,
+    parse_args,
+    pick,
+    print_table,
+    ratio,
+    run_python_load,
+    run_wrk,
+    write_result,
+)
+
+NAME = "submit"
+BODY = '{"message": "bench"}'
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    parser.add_argument("--connections", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--warmup", type=float)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--python-load", action="store_true", help="use the Python generator even if wrk exists")
+    return parse_args(parser, argv)
+
+
+def main(argv: list[str] | None = None) -> Headline:
+    args = parse(argv)
+    params: dict[str, Any] = {
+        "connections": pick(args, "connections", 16, 16),
+        "threads": pick(args, "threads", 1, 1),
+        "duration_s": pick(args, "duration", 10.0, 3.0),
+        "warmup_s": pick(args, "warmup", 2.0, 1.0),
+        "rounds": pick(args, "rounds", 2, 1),
+        "body": BODY,
+        "log_level": args.log_level,
+    }
+    wrk = None if args.python_load else ensure_wrk()
+    if wrk is None:
+        note("wrk is not available: using the Python load generator (numbers are lower and noisier)")
+    if wrk is None or args.python_load:
+        note("the Python generator can cap the bare endpoint's rate itself: the ratio is then an upper bound")
+    params["load_generator"] = "wrk" if wrk else "python-httpx"
+
+    with Stack.from_args(NAME, args) as stack:
+        stack.start_redis()
+        ours_api = stack.start_api()
+        bare_api = stack.start_bare_api()
+        targets = {
+            "bare": (f"{bare_api.extra['url']}/v1/jobs/echo", None),
+            "offload": (f"{ours_api.extra['url']}/v1/jobs/echo", stack.api_key),
+        }
+
+        def load(url: str, key: str | None, seconds: float) -> LoadResult:
+            if wrk:
+                return run_wrk(wrk, url, BODY, key, params["connections"], params["threads"], seconds, stack.dir)
+            return run_python_load(url, BODY, key, params["connections"], seconds)
+
+        runs: dict[str, list[LoadResult]] = {"bare": [], "offload": []}
+        for round_no in range(params["rounds"]):
+            for name, (url, key) in targets.items():
+                if params["warmup_s"] > 0:
+                    load(url, key, params["warmup_s"])
+                result = load(url, key, params["duration_s"])
+                runs[name].append(result)
+                note(f"round {round_no + 1} {name}: {result.rps:,.0f} req/s, {result.errors} errors")
+                stack.flush()  # the queue and job records ours left behind
+        facts = machine_facts(stack.redis_url)
+
+    def med(name: str, attr: str) -> float:
+        return float(statistics.median(getattr(r, attr) for r in runs[name]))
+
+    rows = []
+    for name, label in (("bare", "bare FastAPI endpoint"), ("offload", "offload POST /v1/jobs/echo")):
+        rows.append(
+            [label, med(name, "rps"), med(name, "p50_ms"), med(name, "p99_ms"), sum(r.errors for r in runs[name])]
+        )
+    r = ratio(med("offload", "rps"), med("bare", "rps"))
+    rows.append(["ratio offload / bare", r, ratio(med("offload", "p50_ms"), med("bare", "p50_ms")), float("nan"), ""])
+    print_table(
+        f"Submit throughput ({params['connections']} connections, {params['duration_s']:g}s x {params['rounds']}, "
+        f"{params['load_generator']})",
+        ["", "req/s", "p50 ms", "p99 ms", "errors"],
+        rows,
+    )
+    headline = Headline(NAME, "submit req/s", med("offload", "rps"), med("bare", "rps"), "bare FastAPI", r, "higher")
+    results = {name: [asdict(x) for x in runs[name]] for name in runs}
+    write_result(NAME, args, params, results, headline, facts)
+    return headline
+
+
+if __name__ == "__main__":
+    entrypoint(main)
