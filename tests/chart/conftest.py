@@ -48,6 +48,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ]
         }
     },
+    "monitoring": {
+        "metrics": {
+            "workerPort": 9900,
+            "scrapeFrom": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+                }
+            ],
+            "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "grafanaDashboard": {"namespace": "grafana", "annotations": {"grafana_folder": "Offload"}},
+        }
+    },
     "existing-secrets": {
         "api": {"auth": {"existingSecret": "offload-api-keys"}},
         "flower": {"auth": {"existingSecret": "offload-flower"}},

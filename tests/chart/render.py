@@ -18,6 +18,8 @@ CHART_DIR = REPO_ROOT / "deploy" / "helm" / "offload"
 RELEASE = "offload"
 NAMESPACE = "offload"
 KEDA_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
+# prometheus-operator kinds: no CRD schema here, checked for structure in test_monitoring.py.
+MONITORING_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet"})
 WORKER_SET_LABEL = "offload/worker-set"
 

@@ -12,6 +12,7 @@ import pytest
 from tests.chart.render import (
     CHART_DIR,
     KEDA_KINDS,
+    MONITORING_KINDS,
     RELEASE,
     WORKLOAD_KINDS,
     Manifest,
@@ -52,8 +53,8 @@ def test_lint_is_clean(value_set: tuple[str, dict[str, Any]]) -> None:
 def test_every_object_validates_strictly(rendered: Rendered, kube_version: str) -> None:
     checked = 0
     for obj in rendered.objects:
-        if obj["kind"] in KEDA_KINDS:
-            continue  # CRDs: see test_keda.py
+        if obj["kind"] in KEDA_KINDS | MONITORING_KINDS:
+            continue  # CRDs: see test_keda.py and test_monitoring.py
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
         except kubernetes_validate.ValidationError as error:

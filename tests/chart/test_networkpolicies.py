@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.chart.render import RELEASE, Manifest, Rendered, render, selects
+from tests.chart.render import RELEASE, Manifest, Rendered, default_values, render, selects
 
 INGRESS_ON = {"api": {"ingress": {"enabled": True}}, "flower": {"ingress": {"enabled": True}}}
 
@@ -22,8 +22,20 @@ def policies_for(rendered: Rendered, labels: dict[str, str]) -> list[Manifest]:
     return [p for p in rendered.kind("NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
 
 
-def allowed_peers(policies: list[Manifest]) -> list[dict[str, Any]]:
-    return [peer for policy in policies for rule in policy["spec"].get("ingress", []) for peer in rule["from"]]
+def allowed_peers(policies: list[Manifest], port: str | None = None) -> list[dict[str, Any]]:
+    """The peers the policies admit, to any port or to the named port only."""
+    return [
+        peer
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+        if port is None or port in [p["port"] for p in rule.get("ports", [])]
+        for peer in rule["from"]
+    ]
+
+
+def default_scrapers() -> list[dict[str, Any]]:
+    scrapers: list[dict[str, Any]] = default_values()["metrics"]["scrapeFrom"]
+    return scrapers
 
 
 def test_default_deny_covers_every_pod_of_the_release(rendered_defaults: Rendered) -> None:
@@ -59,20 +71,25 @@ def test_keda_operator_may_read_the_queues(rendered_defaults: Rendered) -> None:
     assert f"{RELEASE}-redis-keda" not in names
 
 
-def test_api_and_flower_closed_without_ingress(rendered_defaults: Rendered) -> None:
-    for component in ("api", "flower", "worker"):
-        for labels in pod_labels(rendered_defaults, component):
-            assert allowed_peers(policies_for(rendered_defaults, labels)) == [], component
+def test_api_flower_and_workers_closed_without_ingress_but_to_the_scrapers(rendered_defaults: Rendered) -> None:
+    (flower,) = pod_labels(rendered_defaults, "flower")
+    assert allowed_peers(policies_for(rendered_defaults, flower)) == []
+    (api,) = pod_labels(rendered_defaults, "api")
+    assert allowed_peers(policies_for(rendered_defaults, api)) == default_scrapers()
+    for labels in pod_labels(rendered_defaults, "worker"):
+        assert allowed_peers(policies_for(rendered_defaults, labels)) == default_scrapers()
+        assert allowed_peers(policies_for(rendered_defaults, labels), "metrics") == default_scrapers()
 
 
 def test_api_and_flower_open_to_the_ingress_controller_when_their_ingress_is_on() -> None:
     rendered = render(INGRESS_ON)
     controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
-    for component in ("api", "flower"):
-        (labels,) = pod_labels(rendered, component)
-        assert allowed_peers(policies_for(rendered, labels)) == [controller], component
+    (flower,) = pod_labels(rendered, "flower")
+    assert allowed_peers(policies_for(rendered, flower)) == [controller]
+    (api,) = pod_labels(rendered, "api")
+    assert allowed_peers(policies_for(rendered, api)) == [controller, *default_scrapers()]
     for labels in pod_labels(rendered, "worker"):
-        assert allowed_peers(policies_for(rendered, labels)) == []
+        assert allowed_peers(policies_for(rendered, labels)) == default_scrapers()
 
 
 def test_flower_ingress_never_routes_metrics_or_healthcheck() -> None:
@@ -86,3 +103,45 @@ def test_flower_ingress_never_routes_metrics_or_healthcheck() -> None:
                     prefix = path["path"].rstrip("/")
                     assert private != prefix, path
                     assert not private.startswith(prefix + "/"), path
+
+
+def test_metrics_ports_open_only_to_the_configured_scrapers() -> None:
+    scrapers = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}, "podSelector": {}}]
+    rendered = render({"metrics": {"scrapeFrom": scrapers}})
+    for labels in pod_labels(rendered, "worker"):
+        policies = policies_for(rendered, labels)
+        assert allowed_peers(policies, "metrics") == scrapers
+        assert allowed_peers(policies) == scrapers  # nothing else reaches a worker
+    (api,) = pod_labels(rendered, "api")
+    assert allowed_peers(policies_for(rendered, api), "http") == scrapers
+    (redis,) = pod_labels(rendered, "redis")
+    assert not [peer for peer in allowed_peers(policies_for(rendered, redis)) if peer in scrapers]
+    (flower,) = pod_labels(rendered, "flower")
+    assert allowed_peers(policies_for(rendered, flower)) == []
+
+
+def test_no_scrapers_no_metrics_policies() -> None:
+    rendered = render({"metrics": {"scrapeFrom": []}})
+    assert not [p for p in rendered.kind("NetworkPolicy") if "metrics" in p["metadata"]["name"]]
+    for component in ("api", "worker"):
+        for labels in pod_labels(rendered, component):
+            assert allowed_peers(policies_for(rendered, labels)) == [], component
+
+
+def test_no_ingress_routes_a_metrics_port() -> None:
+    rendered = render(INGRESS_ON)
+    services = {service["metadata"]["name"]: service for service in rendered.kind("Service")}
+    for ingress in rendered.kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                wanted = backend["port"]
+                (port,) = [
+                    p
+                    for p in services[backend["name"]]["spec"]["ports"]
+                    if p["name"] == wanted.get("name") or p["port"] == wanted.get("number")
+                ]
+                assert port["targetPort"] != "metrics", ingress["metadata"]["name"]
+    # Worker pods, which serve only metrics, have no Service an Ingress could route to.
+    for service in rendered.kind("Service"):
+        assert service["spec"]["selector"].get("app.kubernetes.io/component") != "worker"

@@ -29,6 +29,10 @@ def test_default_values_pass_the_schema() -> None:
         ({"keda": {"enabled": "yes"}}, "got string, want boolean"),
         ({"workers": {"defaults": {"pool": "gevent"}}}, "value must be one of 'prefork', 'threads', 'solo'"),
         ({"workers": {"sets": [{"name": "x", "image": "api", "queues": ["low"]}]}}, "value must be one of"),
+        ({"metrics": {"serviceMonitor": {"enable": True}}}, "additional properties 'enable' not allowed"),
+        ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "does not match pattern"),
+        ({"metrics": {"prometheusRule": {"failureRateHigh": {"ratio": 5}}}}, "maximum"),
+        ({"metrics": {"workerPort": 0}}, "minimum"),
     ],
 )
 def test_schema_refuses(values: dict[str, Any], message: str) -> None:
@@ -40,7 +44,15 @@ def test_schema_refuses(values: dict[str, Any], message: str) -> None:
 
 def test_every_object_level_forbids_unknown_keys() -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
-    free_form = {"annotations", "commonLabels", "nodeSelector", "matchLabels", "operatorPodLabels"}
+    free_form = {
+        "annotations",
+        "commonLabels",
+        "nodeSelector",
+        "matchLabels",
+        "operatorPodLabels",
+        "labels",
+        "alertLabels",
+    }
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
