@@ -65,17 +65,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.WORKER_PREFETCH_MULTIPLIER,
         "task_soft_time_limit": settings.TASK_SOFT_TIME_LIMIT_SECONDS,
         "task_time_limit": settings.TASK_TIME_LIMIT_SECONDS,
+        # The job store holds every job's status and result, so Celery's result backend is not
+        # written per task (it cost the worker two GET+SETEX+PUBLISH rounds per job). It stays
+        # configured for tasks that opt in with ignore_result=False.
+        "task_ignore_result": True,
+        "task_track_started": False,
         "result_expires": settings.RESULT_EXPIRES_SECONDS,
         "result_extended": True,
-        "task_track_started": True,
         # Soft shutdown: on SIGTERM (remapped to SIGQUIT by the worker entrypoint) running
         # tasks get this long, then unfinished ones go straight back to their queue.
         "worker_soft_shutdown_timeout": settings.WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS,
         "worker_enable_soft_shutdown_on_idle": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Flower builds its view from these events.
+        # Flower builds its view from the workers' events. No task-sent event from the API: it
+        # is published under one process-wide lock, so every concurrent submit waited on it.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         # The topology: one queue per Queue member, priorities inside each.
         "task_queues": [KombuQueue(str(q), exchange, routing_key=str(q)) for q in Queue],
         "task_default_queue": str(Queue.DEFAULT),

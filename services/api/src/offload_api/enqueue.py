@@ -63,8 +63,16 @@ def enqueue(
         headers: dict[str, object] = {ENQUEUED_AT_HEADER: time.time()}
         propagate.inject(headers)
         try:
+            # ignore_result: the job store answers for the job, so no subscription to a result channel.
             celery.send_task(
-                task, kwargs=kwargs, task_id=job_id, queue=queue, routing_key=queue, priority=priority, headers=headers
+                task,
+                kwargs=kwargs,
+                task_id=job_id,
+                queue=queue,
+                routing_key=queue,
+                priority=priority,
+                headers=headers,
+                ignore_result=True,
             )
         except (OperationalError, OSError):
             store.discard(job_id)
