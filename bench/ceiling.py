@@ -32,10 +32,10 @@ from bench.harness import (
     Headline,
     OffloadPublisher,
     Stack,
-    add_common_args,
     clean_env,
     entrypoint,
     machine_facts,
+    new_parser,
     note,
     parse_args,
     pick,
@@ -50,10 +50,7 @@ KEY = "bench:ceiling"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_args(parser)
+    parser = new_parser(NAME, __doc__)
     parser.add_argument("--messages", type=int)
     parser.add_argument("--single", type=int)
     parser.add_argument("--batch", type=int)

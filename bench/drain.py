@@ -30,9 +30,9 @@ from bench.harness import (
     Headline,
     OffloadPublisher,
     Stack,
-    add_common_args,
     entrypoint,
     machine_facts,
+    new_parser,
     note,
     parse_args,
     pick,
@@ -49,10 +49,7 @@ NOOP_KWARGS: dict[str, object] = {"message": "", "sleep_ms": 0, "fail_times": 0}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_args(parser)
+    parser = new_parser(NAME, __doc__)
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--rounds", type=int)

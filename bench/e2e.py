@@ -31,9 +31,9 @@ import httpx
 from bench.harness import (
     Headline,
     Stack,
-    add_common_args,
     entrypoint,
     machine_facts,
+    new_parser,
     note,
     parse_args,
     percentile,
@@ -50,10 +50,7 @@ BODY = {"message": "", "sleep_ms": 0, "fail_times": 0}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_args(parser)
+    parser = new_parser(NAME, __doc__)
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--clients", type=int)
     parser.add_argument("--warmup-jobs", type=int)

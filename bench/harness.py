@@ -54,6 +54,15 @@ BASE_OFFLOAD_ENV = {
 # --- parameters -------------------------------------------------------------------------
 
 
+def new_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser with the flags every benchmark takes."""
+    parser = argparse.ArgumentParser(
+        prog=f"bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small counts and short durations: a smoke run, not a measurement"

@@ -32,9 +32,9 @@ from bench.harness import (
     Headline,
     OffloadPublisher,
     Stack,
-    add_common_args,
     entrypoint,
     machine_facts,
+    new_parser,
     note,
     parse_args,
     percentile,
@@ -50,10 +50,7 @@ NAME = "priority"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_args(parser)
+    parser = new_parser(NAME, __doc__)
     parser.add_argument("--backlog", type=int)
     parser.add_argument("--backlog-ms", type=int)
     parser.add_argument("--high", type=int)

@@ -27,10 +27,10 @@ from bench.harness import (
     Headline,
     LoadResult,
     Stack,
-    add_common_args,
     ensure_wrk,
     entrypoint,
     machine_facts,
+    new_parser,
     note,
     parse_args,
     pick,
@@ -46,10 +46,7 @@ BODY = '{"message": "bench"}'
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"bench.{NAME}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_args(parser)
+    parser = new_parser(NAME, __doc__)
     parser.add_argument("--connections", type=int)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--duration", type=float)
