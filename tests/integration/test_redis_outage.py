@@ -42,7 +42,7 @@ def test_queue_depth_sums_the_priority_lists(api_alone) -> None:
     assert queues["low"]["depth"] == 4
     assert queues["low"]["consumers"] == 0
     assert queues["low"]["oldest_age_seconds"] > 0
-    assert queues["high"] == {"name": "high", "depth": 0, "consumers": 0, "oldest_age_seconds": None}
+    assert queues["high"] == {"name": "high", "depth": 0, "consumers": 0, "oldest_age_seconds": None, "dead_letters": 0}
 
 
 def test_redis_down_gives_503_in_seconds_and_the_api_recovers(api_alone) -> None:

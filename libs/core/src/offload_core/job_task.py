@@ -120,13 +120,11 @@ class JobTask(Task[Any, Any]):
             span.set_attribute(telemetry.OUTCOME, outcome.value)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # Also called in the worker's main process when the hard time limit kills a run; there
-        # is no request there, so the queue comes from the job's record.
-        self.store.fail(task_id, describe_error(exc))
-        queue = (self.request.delivery_info or {}).get("routing_key")
-        if not queue:
-            job = self.store.get(task_id)
-            queue = job.queue if job else ""
+        # Failed for good: the job store records the dead letter (payload, error, attempts) in
+        # the same step. Also called in the worker's main process when the hard time limit
+        # kills a run; there is no request there, so the queue comes from the job's record.
+        delivered_on = (self.request.delivery_info or {}).get("routing_key") or ""
+        queue = self.store.fail(task_id, describe_error(exc), task=self.name, queue=delivered_on, payload=kwargs)
         metrics.JOBS_FAILED.labels(self.name, queue).inc()
 
     def report_progress(self, percent: int, message: str = "") -> None:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 from pydantic import BaseModel, Field
 
+from offload_core import dead_letters
 from offload_core.settings import Settings
 
 KEY_PREFIX = "offload:job:"
@@ -63,6 +64,7 @@ class Job(BaseModel):
     error: str | None = None
     attempts: int = 0
     worker: str | None = None  # the Celery node that ran (or runs) the latest attempt
+    replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -141,6 +143,7 @@ def decode_job(fields: dict[str, str]) -> Job:
         error=fields.get("error"),
         attempts=int(fields.get("attempts", 0)),
         worker=fields.get("worker"),
+        replay_of=fields.get("replay_of"),
         cancel_requested=fields.get("cancel_requested") == "1",
         created_at=created,
         started_at=_ts(fields.get("started_at")),
@@ -161,20 +164,35 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_seconds: int,
+        *,
+        dead_letter_ttl_seconds: int = 14 * 24 * 3600,
+        dead_letter_max: int = 10_000,
+    ) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        self.dead_letter_ttl = dead_letter_ttl_seconds
+        self.dead_letter_max = dead_letter_max
+        self._fail_and_record = client.register_script(dead_letters.FAIL_AND_RECORD)
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._update_if_running = client.register_script(_UPDATE_IF_RUNNING)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
-        return cls(redis_client(settings), settings.JOB_TTL_SECONDS)
+        return cls(
+            redis_client(settings),
+            settings.JOB_TTL_SECONDS,
+            dead_letter_ttl_seconds=settings.DEAD_LETTER_TTL_SECONDS,
+            dead_letter_max=settings.DEAD_LETTER_MAX,
+        )
 
     # --- API side -------------------------------------------------------------------
 
-    def create(self, job_id: str, *, task: str, queue: str) -> None:
+    def create(self, job_id: str, *, task: str, queue: str, replay_of: str | None = None) -> None:
         now = time.time()
         key = job_key(job_id)
         record: dict[str, HashValue] = {
@@ -187,6 +205,8 @@ class JobStore:
             "created_at": now,
             "updated_at": now,
         }
+        if replay_of:
+            record["replay_of"] = replay_of
         self._write(key, record)
 
     def discard(self, job_id: str) -> None:
@@ -236,8 +256,34 @@ class JobStore:
     def succeed(self, job_id: str, result: object) -> None:
         self._finish(job_id, JobStatus.SUCCEEDED, clear_error=True, result=json.dumps(result), progress=100)
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._finish(job_id, JobStatus.FAILED, error=error)
+    def fail(
+        self, job_id: str, error: str, *, task: str = "", queue: str = "", payload: Mapping[str, Any] | None = None
+    ) -> str:
+        """Mark the job failed for good and record its dead letter, in one atomic step.
+
+        Task and queue default to the job's record; returns the queue the job was on."""
+        queue_of_job = self._fail_and_record(
+            keys=[
+                job_key(job_id),
+                dead_letters.dead_letter_key(job_id),
+                dead_letters.index_key(),
+                dead_letters.INDEXES_KEY,
+            ],
+            args=[
+                time.time(),
+                self.ttl,
+                error,
+                job_id,
+                task,
+                queue,
+                json.dumps(dict(payload or {}), default=str),
+                self.dead_letter_ttl,
+                self.dead_letter_max,
+                dead_letters.INDEX_PREFIX,
+                dead_letters.KEY_PREFIX,
+            ],
+        )
+        return str(queue_of_job)
 
     def mark_cancelled(self, job_id: str) -> None:
         self._finish(job_id, JobStatus.CANCELLED, error="cancelled while running")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import redis
 
+from offload_core.dead_letters import index_key, oldest_kept_score
 from offload_core.topology import Queue, priority_lists
 
 CONSUMERS_PREFIX = "offload:consumers:"
@@ -29,6 +30,7 @@ class QueueState:
     depth: int
     consumers: int
     oldest_age_seconds: float | None
+    dead_letters: int
 
 
 def announce_consumer(client: redis.Redis, hostname: str, queues: list[str], stale_after: float) -> None:
@@ -57,24 +59,36 @@ def _enqueued_at(raw: str | None) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def read_queue_states(client: redis.Redis, queues: list[Queue], stale_after: float) -> list[QueueState]:
-    """One pipelined round trip for every queue's depth, consumers and oldest message."""
+def read_queue_states(
+    client: redis.Redis, queues: list[Queue], stale_after: float, dead_letter_ttl: float
+) -> list[QueueState]:
+    """One pipelined round trip for every queue's depth, consumers, oldest message and dead letters."""
     now = time.time()
+    kept_since = oldest_kept_score(dead_letter_ttl, now)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         for name in priority_lists(queue):
             pipe.llen(name)
             pipe.lindex(name, -1)  # kombu pushes on the left and pops on the right
         pipe.zcount(consumers_key(queue), now - stale_after, "+inf")
+        pipe.zcount(index_key(queue=queue), kept_since, "+inf")
     replies = pipe.execute()
     states, cursor = [], 0
     for queue in queues:
         lists = len(priority_lists(queue))
         pairs = replies[cursor : cursor + 2 * lists]
-        consumers = replies[cursor + 2 * lists]
-        cursor += 2 * lists + 1
+        consumers, dead_letters = replies[cursor + 2 * lists : cursor + 2 * lists + 2]
+        cursor += 2 * lists + 2
         depth = sum(int(n) for n in pairs[0::2])
         stamps = [t for t in (_enqueued_at(raw) for raw in pairs[1::2]) if t is not None]
         oldest = round(max(0.0, now - min(stamps)), 3) if stamps else None
-        states.append(QueueState(name=str(queue), depth=depth, consumers=int(consumers), oldest_age_seconds=oldest))
+        states.append(
+            QueueState(
+                name=str(queue),
+                depth=depth,
+                consumers=int(consumers),
+                oldest_age_seconds=oldest,
+                dead_letters=int(dead_letters),
+            )
+        )
     return states

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     JOB_TTL_SECONDS: int = Field(7 * 24 * 3600, ge=60)
     # How long Celery's own result backend keeps task results.
     RESULT_EXPIRES_SECONDS: int = Field(24 * 3600, ge=60)
+    # A repeated Idempotency-Key returns the first job for this long after its first use.
+    IDEMPOTENCY_TTL_SECONDS: int = Field(24 * 3600, ge=1)
+    # Jobs that failed for good, kept for inspection and replay: at most this many (the
+    # oldest go first), each for this long.
+    DEAD_LETTER_MAX: int = Field(10_000, ge=1)
+    DEAD_LETTER_TTL_SECONDS: int = Field(14 * 24 * 3600, ge=60)
 
     # Time limits of every task: at the soft limit the task gets SoftTimeLimitExceeded and
     # records a "timed out" failure; at the hard limit its process is killed.

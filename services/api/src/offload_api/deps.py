@@ -9,6 +9,7 @@ from celery import Celery
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
 from offload_core.settings import Settings, get_settings
 
@@ -25,15 +26,20 @@ def get_celery(request: Request) -> Celery:
     return celery
 
 
+def get_dead_letters(request: Request) -> DeadLetters:
+    dead_letters: DeadLetters = request.app.state.dead_letters
+    return dead_letters
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from OFFLOAD_API_KEYS.")
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+async def require_api_key(settings: SettingsDep, credentials: CredentialsDep) -> None:
     if not settings.API_KEYS and settings.ENVIRONMENT == "development":
         return  # development without keys: open, and the API logged a warning at start-up
     if credentials is None:

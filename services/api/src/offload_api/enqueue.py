@@ -1,17 +1,22 @@
-"""Publishing a job: create its record, then send the task by name (the API has no task code)."""
+"""Publishing a job: claim its Idempotency-Key, create its record, then send the task by name
+(the API has no task code). Every route that submits work goes through enqueue()."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from typing import Any
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
 
 from offload_api.errors import InvalidField
+from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
 from offload_core.jobs import JobStatus, JobStore
@@ -21,6 +26,13 @@ from offload_core.topology import ROUTES, Queue, TaskName
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+
+# What every submitting route may answer besides its 202, for the OpenAPI schema.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A repeat of an earlier request with the same Idempotency-Key: its job, not enqueued again."},
+    409: {"description": "The Idempotency-Key was already used for a different request."},
+}
 
 
 class JobAccepted(BaseModel):
@@ -40,6 +52,8 @@ def enqueue(
     *,
     queue: Queue | None = None,
     priority: int | None = None,
+    idempotency: IdempotencyKey | None = None,
+    replay_of: str | None = None,
 ) -> JobAccepted:
     route = ROUTES[task]
     queue = queue or route.queue
@@ -48,11 +62,35 @@ def enqueue(
         raise InvalidField("body.queue", f"{task} may run on {allowed}, not {queue}")
     priority = route.priority if priority is None else priority
     job_id = uuid.uuid4().hex
+    accepted = JobAccepted(
+        id=job_id, status=JobStatus.QUEUED, task=task, queue=queue, priority=priority, status_url=f"/v1/jobs/{job_id}"
+    )
+    if idempotency is not None:
+        fingerprint = request_fingerprint(idempotency.route, task, kwargs, queue, priority)
+        earlier = idempotency.claim(store.client, fingerprint, accepted.model_dump_json())
+        if earlier is not None:
+            return JobAccepted.model_validate_json(earlier)
+    try:
+        _publish(celery, store, accepted, kwargs, replay_of)
+    except (OperationalError, OSError, redis.RedisError):
+        # Nothing was accepted: free the key for the client's retry. If Redis itself is down the
+        # release fails too, and the claim expires with its TTL.
+        if idempotency is not None:
+            with contextlib.suppress(redis.RedisError):
+                idempotency.release(store.client)
+        raise
+    return accepted
+
+
+def _publish(
+    celery: Celery, store: JobStore, accepted: JobAccepted, kwargs: dict[str, object], replay_of: str | None
+) -> None:
+    job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
     job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: str(task), telemetry.QUEUE: str(queue)}
     trace.get_current_span().set_attributes(job_attributes)  # the request's span
     started = time.perf_counter()
     # The record first: a worker that takes the message at once must find it.
-    store.create(job_id, task=task, queue=queue)
+    store.create(job_id, task=task, queue=queue, replay_of=replay_of)
     # Our own publish span: the Celery instrumentation's never ends for a task sent by name that
     # this process has no code for. The worker's run span continues the context in the headers.
     with tracer.start_as_current_span(
@@ -80,6 +118,3 @@ def enqueue(
     ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
     JOBS_SUBMITTED.labels(task, queue).inc()
     logger.info("job %s accepted for %s on %s", job_id, task, queue, extra=job_fields(job_id, task, queue))
-    return JobAccepted(
-        id=job_id, status=JobStatus.QUEUED, task=task, queue=queue, priority=priority, status_url=f"/v1/jobs/{job_id}"
-    )

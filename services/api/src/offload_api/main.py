@@ -13,8 +13,9 @@ from offload_api import metrics
 from offload_api.deps import require_api_key
 from offload_api.errors import install_error_handlers
 from offload_api.limits import BodySizeLimit
-from offload_api.routes import health, jobs, queues
+from offload_api.routes import dead_letters, health, jobs, queues
 from offload_core.celery_app import create_celery_app
+from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
@@ -28,11 +29,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not settings.API_KEYS:
         logger.warning("OFFLOAD_API_KEYS is empty: /v1 is open to anyone (development only)")
     app.state.store = JobStore.from_settings(settings)
+    app.state.dead_letters = DeadLetters(app.state.store.client, settings.DEAD_LETTER_TTL_SECONDS)
     app.state.celery = create_celery_app(settings, main="offload-api")
     queue_metrics = metrics.QueueCollector(
         app.state.store.client,
         stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
         cache_seconds=settings.QUEUE_METRICS_CACHE_SECONDS,
+        dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
     metrics.REGISTRY.register(queue_metrics)
     try:
@@ -63,4 +66,5 @@ def create_app() -> FastAPI:
     v1 = [Depends(require_api_key)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
+    app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
     return app

@@ -1,9 +1,7 @@
 """The API's Prometheus metrics, served at /metrics: requests by route template and status,
-submitted jobs and how long publishing took, and each queue's depth read from Redis at scrape
-time (cached, so frequent scrapes cost Redis one pipelined round trip every few seconds).
-
-There is no dead-letter gauge yet: Offload has no dead-letter list so far. When one exists,
-its length belongs in QueueCollector, read in the same pipeline.
+submitted jobs and how long publishing took, and each queue's depth and dead letters read from
+Redis at scrape time (cached, so frequent scrapes cost Redis one pipelined round trip every
+few seconds).
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_core.queue_state import QueueState, read_queue_states
+from offload_core.settings import Settings
 from offload_core.topology import Queue
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
@@ -103,12 +102,20 @@ class RequestMetrics:
 
 
 class QueueCollector(Collector):
-    """Depth (all priority lists summed), consumers and oldest waiting job of every queue."""
+    """Depth (all priority lists summed), consumers, oldest waiting job and dead letters of every queue."""
 
-    def __init__(self, client: redis.Redis, *, stale_after: float, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        stale_after: float,
+        cache_seconds: float,
+        dead_letter_ttl: float = Settings.model_fields["DEAD_LETTER_TTL_SECONDS"].default,
+    ) -> None:
         self.client = client
         self.stale_after = stale_after
         self.cache_seconds = cache_seconds
+        self.dead_letter_ttl = dead_letter_ttl
         self._lock = threading.Lock()
         self._read_at = float("-inf")
         self._states: list[QueueState] = []
@@ -117,7 +124,9 @@ class QueueCollector(Collector):
         with self._lock:
             if time.monotonic() - self._read_at >= self.cache_seconds:
                 try:
-                    self._states = read_queue_states(self.client, list(Queue), stale_after=self.stale_after)
+                    self._states = read_queue_states(
+                        self.client, list(Queue), stale_after=self.stale_after, dead_letter_ttl=self.dead_letter_ttl
+                    )
                 except redis.RedisError:
                     self._states = []  # no queue series rather than a failed scrape; /readyz says why
                 self._read_at = time.monotonic()
@@ -130,8 +139,12 @@ class QueueCollector(Collector):
         oldest = GaugeMetricFamily(
             "offload_queue_oldest_job_age_seconds", "Age of the oldest waiting job (0 when empty).", labels=["queue"]
         )
+        dead_letters = GaugeMetricFamily(
+            "offload_dead_letters", "Jobs that failed for good and are kept as dead letters.", labels=["queue"]
+        )
         for state in states:
             depth.add_metric([state.name], state.depth)
             consumers.add_metric([state.name], state.consumers)
             oldest.add_metric([state.name], state.oldest_age_seconds or 0.0)
-        yield from (depth, consumers, oldest)
+            dead_letters.add_metric([state.name], state.dead_letters)
+        yield from (depth, consumers, oldest, dead_letters)

@@ -6,7 +6,8 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
 from offload_api.deps import CeleryDep, StoreDep
-from offload_api.enqueue import JobAccepted, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.idempotency import IdempotencyDep
 from offload_core.jobs import CancelOutcome, Job
 from offload_core.payloads import EchoRequest
 from offload_core.topology import TaskName
@@ -16,10 +17,20 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The id returned at submission.")]
 
 
-@router.post("/echo", status_code=202)
-def submit_echo(body: EchoRequest, celery: CeleryDep, store: StoreDep, response: Response) -> JobAccepted:
+@router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
+def submit_echo(
+    body: EchoRequest, celery: CeleryDep, store: StoreDep, idempotency: IdempotencyDep, response: Response
+) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
-    accepted = enqueue(celery, store, TaskName.ECHO, body.task_kwargs(), queue=body.queue, priority=body.priority)
+    accepted = enqueue(
+        celery,
+        store,
+        TaskName.ECHO,
+        body.task_kwargs(),
+        queue=body.queue,
+        priority=body.priority,
+        idempotency=idempotency,
+    )
     response.headers["Location"] = accepted.status_url
     return accepted
 

@@ -15,6 +15,7 @@ class QueueView(BaseModel):
     depth: int  # waiting messages, all priority lists summed; not counting reserved ones
     consumers: int  # workers that announced themselves within three heartbeats
     oldest_age_seconds: float | None  # age of the oldest waiting message, if any
+    dead_letters: int  # jobs of this queue that failed for good and are still kept
 
 
 class QueuesView(BaseModel):
@@ -23,5 +24,10 @@ class QueuesView(BaseModel):
 
 @router.get("")
 def list_queues(store: StoreDep, settings: SettingsDep) -> QueuesView:
-    states = read_queue_states(store.client, list(Queue), stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS)
+    states = read_queue_states(
+        store.client,
+        list(Queue),
+        stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
+        dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
+    )
     return QueuesView(queues=[QueueView(**vars(state)) for state in states])

@@ -1,0 +1,78 @@
+"""Jobs that failed for good: list them, replay one as a new job, delete one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+
+from offload_api.deps import CeleryDep, DeadLettersDep, StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.idempotency import IdempotencyDep
+from offload_core.dead_letters import DeadLetter, DeadLetterPage
+from offload_core.topology import ROUTES, Queue, TaskName
+
+router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
+
+DeadLetterId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The failed job's id, as listed by GET /v1/dead-letters.")
+]
+_UNKNOWN = "No dead letter {}: it never existed, was deleted, or was dropped (OFFLOAD_DEAD_LETTER_TTL_SECONDS, _MAX)."
+
+
+@router.get("")
+def list_dead_letters(
+    dead_letters: DeadLettersDep,
+    queue: Annotated[Queue | None, Query(description="Only this queue's dead letters.")] = None,
+    task: Annotated[str | None, Query(max_length=200, description="Only this task's, e.g. offload.echo.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many, newest first.")] = 50,
+    cursor: Annotated[int | None, Query(ge=0, le=2**53, description="`next_cursor` of the previous page.")] = None,
+) -> DeadLetterPage:
+    return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor)
+
+
+@router.get("/{dead_letter_id}", responses={404: {"description": "No such dead letter."}})
+def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> DeadLetter:
+    letter = dead_letters.get(dead_letter_id)
+    if letter is None:
+        raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
+    return letter
+
+
+@router.post(
+    "/{dead_letter_id}/replay",
+    status_code=202,
+    responses={**SUBMIT_RESPONSES, 404: {"description": "No such dead letter."}},
+)
+def replay_dead_letter(
+    dead_letter_id: DeadLetterId,
+    dead_letters: DeadLettersDep,
+    celery: CeleryDep,
+    store: StoreDep,
+    idempotency: IdempotencyDep,
+    response: Response,
+) -> JobAccepted:
+    """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
+    letter's `replayed_as` link the two."""
+    letter = dead_letters.get(dead_letter_id)
+    if letter is None:
+        raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
+    if letter.task not in ROUTES:
+        raise HTTPException(
+            409, f"Task {letter.task!r} no longer exists, so dead letter {letter.id} cannot be replayed."
+        )
+    task = TaskName(letter.task)
+    route = ROUTES[task]
+    # The queue it failed on, unless the topology no longer allows it there.
+    queue = Queue(letter.queue) if letter.queue in route.allowed_queues else route.queue
+    accepted = enqueue(celery, store, task, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id)
+    dead_letters.mark_replayed(letter.id, accepted.id)
+    response.headers["Location"] = accepted.status_url
+    return accepted
+
+
+@router.delete("/{dead_letter_id}", status_code=204, responses={404: {"description": "No such dead letter."}})
+def delete_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> Response:
+    if not dead_letters.delete(dead_letter_id):
+        raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
+    return Response(status_code=204)

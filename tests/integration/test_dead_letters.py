@@ -1,0 +1,148 @@
+"""Dead letters over HTTP with real workers: a job that fails for good is recorded with its
+payload, error and attempts, can be listed by queue and task, replayed as a linked new job and
+deleted, and the API's gauge counts it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import Stack
+from tests.support import job, sample, scrape, submit_echo, wait_for, wait_job
+
+ECHO = "offload.echo"
+
+
+def _fail_for_good(stack: Stack, **body: Any) -> dict[str, Any]:
+    job_id = submit_echo(stack.client, fail_times=10, **body)  # more than OFFLOAD_TASK_MAX_RETRIES=3
+    failed = wait_job(stack.client, job_id, {"succeeded", "failed"}, timeout=60)
+    assert failed["status"] == "failed", failed
+    return failed
+
+
+def _dead_letter(client: httpx.Client, dead_letter_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/dead-letters/{dead_letter_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _listed(client: httpx.Client, **params: Any) -> list[str]:
+    response = client.get("/v1/dead-letters", params=params)
+    assert response.status_code == 200, response.text
+    return [letter["id"] for letter in response.json()["dead_letters"]]
+
+
+def test_a_job_that_exhausts_its_retries_becomes_a_dead_letter(stack: Stack) -> None:
+    failed = _fail_for_good(stack, message="doomed", queue="low")
+    letter = _dead_letter(stack.client, failed["id"])
+    assert letter["task"] == ECHO
+    assert letter["queue"] == "low"
+    assert letter["payload"] == {"message": "doomed", "sleep_ms": 0, "fail_times": 10}
+    assert letter["error"] == "TransientJobError: planned failure 4 of 10" == failed["error"]
+    assert letter["attempts"] == 4 == failed["attempts"]
+    assert letter["failed_at"] is not None
+    assert (letter["replay_of"], letter["replayed_as"]) == (None, None)
+    assert _listed(stack.client, limit=1) == [failed["id"]]  # newest first
+
+
+def test_a_job_that_hits_its_time_limit_becomes_a_dead_letter(stack: Stack) -> None:
+    job_id = submit_echo(stack.client, sleep_ms=9_000, queue="low")  # soft limit 8 s in the tests
+    failed = wait_job(stack.client, job_id, {"succeeded", "failed"}, timeout=60)
+    assert failed["status"] == "failed", failed
+    letter = _dead_letter(stack.client, job_id)
+    assert (letter["error"], letter["attempts"]) == ("timed out after 8 s", 1)
+
+
+def test_a_job_that_succeeds_after_retries_leaves_no_dead_letter(stack: Stack) -> None:
+    job_id = submit_echo(stack.client, fail_times=1)
+    assert wait_job(stack.client, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    assert stack.client.get(f"/v1/dead-letters/{job_id}").status_code == 404
+
+
+def test_dead_letters_are_listed_by_queue_and_task_a_page_at_a_time(stack: Stack) -> None:
+    on_high = _fail_for_good(stack, message="high", queue="high")["id"]  # on the notifier
+    on_default = _fail_for_good(stack, message="default", queue="default")["id"]
+
+    assert _listed(stack.client, limit=2) == [on_default, on_high]
+    high = _listed(stack.client, queue="high")
+    assert on_high in high
+    assert on_default not in high
+    assert _listed(stack.client, queue="high", task=ECHO) == high
+    assert on_default in _listed(stack.client, task=ECHO, queue="default")
+    assert _listed(stack.client, task="offload.nothing") == []
+
+    first = stack.client.get("/v1/dead-letters", params={"limit": 1}).json()
+    assert [letter["id"] for letter in first["dead_letters"]] == [on_default]
+    second = stack.client.get("/v1/dead-letters", params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    assert [letter["id"] for letter in second["dead_letters"]] == [on_high]
+
+
+def test_bad_list_parameters_are_422(stack: Stack) -> None:
+    for params in ({"queue": "urgent"}, {"limit": 0}, {"limit": 501}, {"cursor": "yesterday"}):
+        response = stack.client.get("/v1/dead-letters", params=params)
+        assert response.status_code == 422, params
+        assert response.json()["code"] == "invalid_request"
+
+
+def test_a_replay_runs_the_same_payload_as_a_new_linked_job(stack: Stack) -> None:
+    original = _fail_for_good(stack, message="again", queue="default")
+    response = stack.client.post(f"/v1/dead-letters/{original['id']}/replay")
+    assert response.status_code == 202, response.text
+    replayed = response.json()
+    assert replayed["id"] != original["id"]
+    assert (replayed["task"], replayed["queue"]) == (ECHO, "default")
+    assert response.headers["location"] == f"/v1/jobs/{replayed['id']}"
+    assert _dead_letter(stack.client, original["id"])["replayed_as"] == replayed["id"]
+    assert job(stack.client, replayed["id"])["replay_of"] == original["id"]
+
+    # The same payload fails the same way: all its attempts run, and it is a dead letter of its own.
+    failed_again = wait_job(stack.client, replayed["id"], {"succeeded", "failed"}, timeout=60)
+    assert (failed_again["status"], failed_again["attempts"]) == ("failed", 4)
+    second = _dead_letter(stack.client, replayed["id"])
+    assert second["replay_of"] == original["id"]
+    assert second["payload"] == {"message": "again", "sleep_ms": 0, "fail_times": 10}
+
+
+def test_a_replay_with_an_idempotency_key_runs_once(stack: Stack) -> None:
+    original = _fail_for_good(stack, message="replay once")
+    headers = {"Idempotency-Key": f"replay-{original['id']}"}
+    first = stack.client.post(f"/v1/dead-letters/{original['id']}/replay", headers=headers)
+    repeat = stack.client.post(f"/v1/dead-letters/{original['id']}/replay", headers=headers)
+    assert (first.status_code, repeat.status_code) == (202, 200)
+    assert repeat.json()["id"] == first.json()["id"]
+    assert wait_job(stack.client, first.json()["id"], {"succeeded", "failed"}, timeout=60)["status"] == "failed"
+    # Used on another route, the key is a different request.
+    other = stack.client.post("/v1/jobs/echo", json={"message": "replay once", "fail_times": 10}, headers=headers)
+    assert other.status_code == 409
+
+
+def test_delete_removes_one(stack: Stack) -> None:
+    failed = _fail_for_good(stack, message="to delete")
+    assert stack.client.delete(f"/v1/dead-letters/{failed['id']}").status_code == 204
+    assert stack.client.get(f"/v1/dead-letters/{failed['id']}").status_code == 404
+    assert failed["id"] not in _listed(stack.client, limit=500)
+    response = stack.client.delete(f"/v1/dead-letters/{failed['id']}")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert stack.client.post(f"/v1/dead-letters/{failed['id']}/replay").status_code == 404
+    assert job(stack.client, failed["id"])["status"] == "failed"  # the job's own record stays
+
+
+def test_the_gauge_counts_dead_letters_per_queue(stack: Stack) -> None:
+    def counted() -> dict[str, int]:  # read from Redis now, not cached like the gauge
+        return {q["name"]: q["dead_letters"] for q in stack.client.get("/v1/queues").json()["queues"]}
+
+    before = counted()
+    for _ in range(2):
+        _fail_for_good(stack, message="counted", queue="low")
+    assert counted() == {**before, "low": before["low"] + 2}
+    metrics_url = f"{stack.api.extra['url']}/metrics"
+    wait_for(
+        lambda: sample(scrape(metrics_url), "offload_dead_letters", queue="low") == before["low"] + 2,
+        30,
+        "offload_dead_letters{queue=low} to grow by 2",
+        interval=0.5,
+    )
+    assert sample(scrape(metrics_url), "offload_dead_letters", queue="high") == before["high"]

@@ -1,0 +1,141 @@
+"""Idempotency-Key over HTTP: a repeat returns the first job and publishes nothing, a reused key
+with another body is refused, keys expire and are scoped per API key, concurrent repeats make one
+job. The API runs without workers here, so a queue's depth counts exactly the messages published."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from offload_dev.redis_server import RedisServer, free_port
+from tests.conftest import Stack
+from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, job, start_api, wait_for
+
+OTHER_API_KEY = "other-client-key-0123456789"
+
+
+@dataclass
+class Unconsumed:
+    api: Service  # OFFLOAD_IDEMPOTENCY_TTL_SECONDS at its default
+    short_ttl_api: Service  # keys expire after one second
+    client: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def unconsumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unconsumed]:
+    """Redis and two APIs on it, no worker: every published message stays in its queue."""
+    base = tmp_path_factory.mktemp("idempotency")
+    redis = RedisServer(free_port(), base / "redis").start()
+    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url, "OFFLOAD_API_KEYS": f"{API_KEY},{OTHER_API_KEY}"}
+    services: list[Service] = []
+    try:
+        services.append(api := start_api(env, base / "api"))
+        short_env = {**env, "OFFLOAD_IDEMPOTENCY_TTL_SECONDS": "1"}
+        services.append(short_ttl_api := start_api(short_env, base / "short-ttl-api"))
+        with api_client(api) as client:
+            yield Unconsumed(api, short_ttl_api, client)
+    finally:
+        for service in services:
+            service.stop()
+        redis.stop()
+
+
+def _submit(client: httpx.Client, key: str, **body: Any) -> httpx.Response:
+    return client.post("/v1/jobs/echo", json={"message": "once", **body}, headers={"Idempotency-Key": key})
+
+
+def _depth(client: httpx.Client, queue: str = "default") -> int:
+    queues = {q["name"]: q for q in client.get("/v1/queues").json()["queues"]}
+    depth: int = queues[queue]["depth"]
+    return depth
+
+
+def test_a_repeat_returns_the_first_job_and_publishes_nothing(unconsumed: Unconsumed) -> None:
+    key = str(uuid.uuid4())
+    before = _depth(unconsumed.client)
+    first = _submit(unconsumed.client, key, sleep_ms=5)
+    assert first.status_code == 202, first.text
+    assert "idempotent-replayed" not in first.headers
+    # Spelled differently (key order, a default written out), the same request once validated.
+    repeat = unconsumed.client.post(
+        "/v1/jobs/echo",
+        json={"fail_times": 0, "sleep_ms": 5, "message": "once", "queue": "default"},
+        headers={"Idempotency-Key": key},
+    )
+    assert repeat.status_code == 200, repeat.text
+    assert repeat.json() == first.json()
+    assert repeat.headers["idempotent-replayed"] == "true"
+    assert repeat.headers["location"] == first.headers["location"]
+    assert _depth(unconsumed.client) == before + 1
+    assert job(unconsumed.client, first.json()["id"])["status"] == "queued"
+
+
+def test_the_same_key_with_another_body_is_409(unconsumed: Unconsumed) -> None:
+    key = str(uuid.uuid4())
+    assert _submit(unconsumed.client, key).status_code == 202
+    before = _depth(unconsumed.client)
+    response = _submit(unconsumed.client, key, message="something else")
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
+    assert "already used for a different request" in response.json()["detail"]
+    assert _submit(unconsumed.client, key, queue="low").status_code == 409
+    assert _depth(unconsumed.client) == before
+
+
+def test_concurrent_repeats_make_one_job(unconsumed: Unconsumed) -> None:
+    key = str(uuid.uuid4())
+    before = _depth(unconsumed.client, "low")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: _submit(unconsumed.client, key, queue="low"), range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [202], [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert _depth(unconsumed.client, "low") == before + 1
+
+
+def test_keys_are_scoped_per_api_key(unconsumed: Unconsumed) -> None:
+    key = str(uuid.uuid4())
+    mine = _submit(unconsumed.client, key)
+    with api_client(unconsumed.api, key=OTHER_API_KEY) as other:
+        theirs = _submit(other, key, message="theirs")
+    assert (mine.status_code, theirs.status_code) == (202, 202)
+    assert mine.json()["id"] != theirs.json()["id"]
+
+
+def test_an_expired_key_submits_a_new_job(unconsumed: Unconsumed) -> None:
+    key = str(uuid.uuid4())
+    with api_client(unconsumed.short_ttl_api) as client:
+        first = _submit(client, key)
+        assert first.status_code == 202
+        # Repeats within the second return the first job; the first one after it makes a new job.
+
+        def new_job() -> httpx.Response | None:
+            response = _submit(client, key)
+            return response if response.status_code == 202 else None
+
+        fresh = wait_for(new_job, 15, "the idempotency key to expire", interval=0.2)
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 256, "caf\xe9".encode("latin-1")])
+def test_a_malformed_key_is_422_naming_the_header(unconsumed: Unconsumed, key: bytes) -> None:
+    before = _depth(unconsumed.client)
+    response = unconsumed.client.post("/v1/jobs/echo", json={"message": "x"}, headers={b"Idempotency-Key": key})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    assert "Idempotency-Key" in response.json()["detail"]
+    assert _depth(unconsumed.client) == before
+
+
+def test_every_submitting_route_takes_the_header(stack: Stack) -> None:
+    schema = stack.client.get("/openapi.json").json()
+    posts = {path: ops["post"] for path, ops in schema["paths"].items() if "post" in ops}
+    assert {"/v1/jobs/echo", "/v1/dead-letters/{dead_letter_id}/replay"} <= set(posts)
+    for path, operation in posts.items():
+        headers = {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+        assert "Idempotency-Key" in headers, path
