@@ -204,8 +204,15 @@ def alert_rules(rendered: Rendered) -> dict[str, dict[str, Any]]:
 
 def test_prometheus_rule_has_the_alerts_with_the_default_thresholds() -> None:
     alerts = alert_rules(render(ALL_ON))
-    # No dead-letter alert: the code exports no dead-letter metric yet.
-    assert set(alerts) == {"OffloadQueueBacklogGrowing", "OffloadJobFailureRateHigh", "OffloadQueueNoConsumers"}
+    assert set(alerts) == {
+        "OffloadQueueBacklogGrowing",
+        "OffloadJobFailureRateHigh",
+        "OffloadQueueNoConsumers",
+        "OffloadDeadLettersRising",
+    }
+    dead = alerts["OffloadDeadLettersRising"]
+    assert dead["expr"] == "max by (queue) (delta(offload_dead_letters[30m])) > 10"
+    assert (dead["for"], dead["labels"]["severity"]) == ("5m", "warning")
     backlog = alerts["OffloadQueueBacklogGrowing"]
     assert "offload_queue_depth) > 100" in backlog["expr"]
     assert "[15m]" in backlog["expr"]
@@ -229,6 +236,7 @@ def test_alert_thresholds_come_from_values() -> None:
         "backlogGrowing": {"depth": 250, "window": "30m", "for": "20m", "severity": "critical"},
         "failureRateHigh": {"ratio": 0.2, "window": "1h", "for": "15m"},
         "noConsumers": {"for": "10m", "severity": "warning"},
+        "deadLettersRising": {"increase": 3, "window": "1h", "for": "0m", "severity": "critical"},
     }
     rendered = render({"metrics": {"prometheusRule": {"enabled": True, **rules}}})
     (rule,) = rendered.kind("PrometheusRule")
@@ -238,6 +246,9 @@ def test_alert_thresholds_come_from_values() -> None:
     assert "> 250" in backlog["expr"]
     assert "[30m]" in backlog["expr"]
     assert (backlog["for"], backlog["labels"]["severity"]) == ("20m", "critical")
+    dead = alerts["OffloadDeadLettersRising"]
+    assert dead["expr"] == "max by (queue) (delta(offload_dead_letters[1h])) > 3"
+    assert (dead["for"], dead["labels"]["severity"]) == ("0m", "critical")
     failures = alerts["OffloadJobFailureRateHigh"]
     assert "[1h]" in failures["expr"]
     assert failures["expr"].endswith("> 0.2")
