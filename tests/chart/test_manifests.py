@@ -20,6 +20,7 @@ from tests.chart.render import (
     containers,
     env_of,
     pod_spec,
+    render,
 )
 
 KUBERNETES_VERSIONS = ("1.30", "1.34")
@@ -318,3 +319,18 @@ def test_generated_secrets_are_random_and_present_without_existing_secrets(rende
     assert user == "admin"
     assert len(password) >= 16
     assert len(base64.b64decode(secrets[f"{RELEASE}-redis"]["redis-password"])) >= 16
+
+
+def test_task_events_can_be_turned_off_per_worker_set() -> None:
+    sets = [
+        {"name": "default", "image": "worker", "queues": ["default"], "sendEvents": False},
+        {"name": "low", "image": "worker", "queues": ["low"]},
+        {"name": "high", "image": "notifier", "queues": ["high"]},
+    ]
+    rendered = render({"workers": {"sets": sets}})
+    events: dict[str, str] = {}
+    for name in ("default", "low", "high"):
+        (deployment,) = rendered.worker_set("Deployment", name)
+        (container,) = pod_spec(deployment)["containers"]
+        events[name] = env_of(container)["OFFLOAD_WORKER_SEND_EVENTS"]["value"]
+    assert events == {"default": "false", "low": "true", "high": "true"}

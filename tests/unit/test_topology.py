@@ -43,3 +43,9 @@ def test_retry_countdown_grows_with_jitter_and_stays_capped(retries: int) -> Non
     expected = min(10.0, 2.0**retries)
     assert all(expected / 2 <= d <= expected for d in delays)
     assert len(set(delays)) > 1  # jittered, so retries of many jobs do not arrive together
+
+
+def test_task_events_follow_the_setting() -> None:
+    on = celery_config(Settings(API_KEYS=["k" * 16]))
+    off = celery_config(Settings(API_KEYS=["k" * 16], WORKER_SEND_EVENTS=False))
+    assert (on["worker_send_task_events"], off["worker_send_task_events"]) == (True, False)

@@ -79,7 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Flower builds its view from the workers' events. No task-sent event from the API: it
         # is published under one process-wide lock, so every concurrent submit waited on it.
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.WORKER_SEND_EVENTS,
         "task_send_sent_event": False,
         # The topology: one queue per Queue member, priorities inside each.
         "task_queues": [KombuQueue(str(q), exchange, routing_key=str(q)) for q in Queue],

@@ -142,7 +142,7 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
             f"--pool={settings.WORKER_POOL}",
             f"--hostname={settings.WORKER_NAME or default_name}",
             f"--loglevel={settings.LOG_LEVEL}",
-            "--task-events",
+            *(["--task-events"] if settings.WORKER_SEND_EVENTS else []),
             # Mingle and gossip only slow start-up; Offload's state lives in Redis.
             "--without-mingle",
             "--without-gossip",
