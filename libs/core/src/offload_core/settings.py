@@ -144,17 +144,22 @@ class Settings(BaseSettings):
                 f"OFFLOAD_TASK_TIME_LIMIT_SECONDS + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({longest_hold:g}), "
                 "or Redis hands running tasks to a second worker"
             )
-        if self.ENVIRONMENT == "production" and not self.API_KEYS:
-            raise ValueError(
-                "OFFLOAD_API_KEYS is empty: set at least one key (comma-separated), "
-                "or OFFLOAD_ENVIRONMENT=development for a local run"
-            )
         for key in self.API_KEYS:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
         if not self.WORKER_QUEUES:
             raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
         return self
+
+    def missing_api_keys(self) -> str | None:
+        """Why the API must not start, if it must not: production without keys. Checked by the
+        API alone; workers never read the keys and run without them."""
+        if self.ENVIRONMENT == "production" and not self.API_KEYS:
+            return (
+                "OFFLOAD_API_KEYS is empty: set at least one key (comma-separated), "
+                "or OFFLOAD_ENVIRONMENT=development for a local run"
+            )
+        return None
 
     @property
     def redis_url(self) -> str:

@@ -48,6 +48,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    if problem := settings.missing_api_keys():
+        raise RuntimeError(problem)
     app = FastAPI(
         title="Offload",
         summary="Accepts background jobs, runs them on Celery workers, reports their status.",
