@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,50 @@ import pytest
 
 from offload_dev.redis_server import RedisServer, free_port
 from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker
+
+# The reaper image cannot be pulled without a registry; container fixtures clean up themselves.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_TAG = "test"
+
+
+def _engine_problem() -> str | None:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no container engine answers ({type(exc).__name__}: {exc})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The three images built from the working tree (cached layers make repeats quick), for
+    tests/containers and tests/system. Skipped, saying why, where no container engine answers;
+    a failure instead when OFFLOAD_REQUIRE_DOCKER=1 (CI sets it)."""
+    problem = _engine_problem()
+    if problem:
+        if os.environ.get("OFFLOAD_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"OFFLOAD_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(f"container tests skipped: {problem}")
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "build-images.sh")],
+        cwd=ROOT,
+        env={**os.environ, "TAG": IMAGE_TAG},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"building the images failed:\n{result.stdout}\n{result.stderr}"
+    redis_image = result.stdout.strip().splitlines()[-1].split("redis=")[-1]
+    return {
+        "api": f"offload-api:{IMAGE_TAG}",
+        "worker": f"offload-worker:{IMAGE_TAG}",
+        "notifier": f"offload-notifier:{IMAGE_TAG}",
+        "redis": redis_image,
+    }
 
 
 @dataclass

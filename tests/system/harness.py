@@ -1,0 +1,338 @@
+"""The whole topology on real containers: Redis (append-only), the API, workers, the notifier and
+Flower from the project's images on a user-defined network, configured through the environment
+variables the Helm chart sets (deploy/helm/offload/templates), with small limits so each scenario
+ends in about a minute."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+
+from offload_dev.redis_server import free_port
+from tests.support import API_KEY, wait_for
+
+FLOWER_AUTH = ("admin", "flower-test-password")
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+# The chart's ConfigMap (templates/configmap.yaml), scaled down. The settings' own rule holds:
+# visibility timeout (12) > hard time limit (10) + retry backoff cap (0.5).
+CONFIG = {
+    "OFFLOAD_ENVIRONMENT": "production",
+    "OFFLOAD_LOG_LEVEL": "INFO",
+    "OFFLOAD_LOG_FORMAT": "json",
+    "OFFLOAD_VISIBILITY_TIMEOUT_SECONDS": "12",
+    "OFFLOAD_UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+    "OFFLOAD_UNACKED_RESTORE_THROTTLE": "1",
+    "OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS": "8",
+    "OFFLOAD_TASK_TIME_LIMIT_SECONDS": "10",
+    "OFFLOAD_TASK_MAX_RETRIES": "3",
+    "OFFLOAD_RETRY_BACKOFF_SECONDS": "0.1",
+    "OFFLOAD_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+    # offload.redisEnv (in-cluster Redis without a password here)
+    "OFFLOAD_REDIS_URL": "redis://redis:6379/0",
+}
+# The bound README states for a SIGKILLed worker's job: visibility + restore interval x throttle.
+RESTORE_BOUND_SECONDS = 12 + 1 * 1
+SOFT_SHUTDOWN_SECONDS = 3
+PRE_STOP_SECONDS = 1
+# The chart requires the grace period to exceed preStop + soft shutdown + a margin.
+GRACE_PERIOD_SECONDS = 15
+
+
+def _worker_env(queues: str, concurrency: int) -> dict[str, str]:
+    """templates/workers/worker-deployment.yaml's env."""
+    return {
+        "OFFLOAD_WORKER_QUEUES": queues,
+        "OFFLOAD_WORKER_CONCURRENCY": str(concurrency),
+        "OFFLOAD_WORKER_POOL": "prefork",
+        "OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "1",
+        "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": str(SOFT_SHUTDOWN_SECONDS),
+        "OFFLOAD_WORKER_STATE_DIR": "/tmp/offload",
+        "OFFLOAD_WORKER_HEARTBEAT_INTERVAL_SECONDS": "1",
+        "OFFLOAD_WORKER_METRICS_HOST": "0.0.0.0",
+        "OFFLOAD_WORKER_METRICS_PORT": "9808",
+    }
+
+
+API_ENV = {
+    "OFFLOAD_API_HOST": "0.0.0.0",
+    "OFFLOAD_API_PORT": "8000",
+    "OFFLOAD_API_MAX_BODY_BYTES": "1048576",
+    "OFFLOAD_API_KEYS": API_KEY,
+}
+
+
+def _remove(container: DockerContainer) -> None:
+    """Removes a container (force); one already gone is fine."""
+    import docker.errors  # type: ignore[import-untyped]
+
+    with suppress(docker.errors.NotFound):
+        container.get_wrapped_container().remove(force=True, v=True)
+
+
+def _published(container: DockerContainer, port: int) -> int:
+    """Publishes a container port on 127.0.0.1 only (docker-py's ports mapping takes the address)."""
+    host_port = free_port()
+    container.ports[f"{port}/tcp"] = ("127.0.0.1", host_port)  # type: ignore[assignment]
+    return host_port
+
+
+@dataclass
+class Topology:
+    images: dict[str, str]
+    stack: ExitStack
+    network: Network
+    redis: DockerContainer | None = None
+    api: DockerContainer | None = None
+    api_url: str = ""
+    flower_url: str = ""
+    workers: dict[str, DockerContainer] = field(default_factory=dict)
+    _client: httpx.Client | None = None
+
+    # ---- containers -------------------------------------------------------------------------
+
+    def _container(
+        self, image: str, alias: str, env: dict[str, str], read_only: bool = True, **kwargs: Any
+    ) -> DockerContainer:
+        name = f"{alias}-{uuid.uuid4().hex[:6]}"
+        container = (
+            DockerContainer(image)
+            .with_network(self.network)
+            .with_network_aliases(alias)
+            .with_name(name)
+            .with_kwargs(hostname=name, read_only=read_only, **kwargs)
+        )
+        for key, value in env.items():
+            container.with_env(key, value)
+        if read_only:
+            # As in the chart: a read-only root filesystem with a writable /tmp.
+            container.with_tmpfs_mount("/tmp", "rw,size=64m")
+        return container
+
+    def _enter(self, container: DockerContainer) -> DockerContainer:
+        container.start()
+        self.stack.callback(_remove, container)
+        return container
+
+    def remove_worker(self, name: str) -> None:
+        _remove(self.workers.pop(name))
+
+    def start_redis(self) -> DockerContainer:
+        redis = self._container(self.images["redis"], "redis", {}, read_only=False).with_command(
+            "redis-server --protected-mode no --appendonly yes --appendfsync always --maxmemory-policy noeviction"
+        )
+        self.redis = self._enter(redis)
+        wait_for(lambda: self.redis_cli("ping") == "PONG", 60, "Redis to answer PING", interval=0.2)
+        return redis
+
+    def redis_cli(self, *args: str) -> str:
+        assert self.redis is not None
+        code, out = self.redis.get_wrapped_container().exec_run(["redis-cli", *args])
+        return out.decode().strip() if code == 0 else ""
+
+    def start_api(self) -> None:
+        api = self._container(self.images["api"], "api", {**CONFIG, **API_ENV})
+        port = _published(api, 8000)
+        self.api = self._enter(api)
+        self.api_url = f"http://127.0.0.1:{port}"
+
+    def start_worker(self, role: str = "worker", queues: str = "default,low", concurrency: int = 2) -> str:
+        """Starts a worker (role "worker") or the notifier; returns its container name. Not
+        waited for: see wait_ready()."""
+        image = self.images["notifier" if role == "notifier" else "worker"]
+        queues = "high" if role == "notifier" else queues
+        env = {**CONFIG, **_worker_env(queues, concurrency)}
+        worker = self._container(image, role, env)
+        self._enter(worker)
+        name = str(worker._name)
+        self.workers[name] = worker
+        return name
+
+    def start_flower(self) -> None:
+        # templates/flower/flower-deployment.yaml: the worker image, the broker URL, basic auth.
+        flower = self._container(
+            self.images["worker"],
+            "flower",
+            {
+                **CONFIG,
+                "CELERY_BROKER_URL": CONFIG["OFFLOAD_REDIS_URL"],
+                "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+            },
+            entrypoint=["python", "-m", "celery", "flower", "--port=5555"],
+        )
+        port = _published(flower, 5555)
+        self._enter(flower)
+        self.flower_url = f"http://127.0.0.1:{port}"
+
+    # ---- readiness --------------------------------------------------------------------------
+
+    def worker_ready(self, name: str) -> bool:
+        container = self.workers[name].get_wrapped_container()
+        container.reload()
+        if container.status != "running":
+            raise AssertionError(f"{name} is {container.status}:\n{container.logs(tail=40).decode()}")
+        code, _ = container.exec_run(["test", "-f", "/tmp/offload/ready"])
+        return bool(code == 0)
+
+    def wait_ready(self, *workers: str, timeout: float = 120) -> None:
+        """The API's /readyz, Flower's /healthcheck and each worker's ready file (the chart's
+        readiness probes). Generous: the machine is shared with other test runs."""
+        if self.api is not None:
+
+            def api_ready() -> bool:
+                try:
+                    return httpx.get(f"{self.api_url}/readyz", timeout=3).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(api_ready, timeout, "the API container to answer /readyz", interval=0.2)
+        for name in workers or tuple(self.workers):
+            wait_for(lambda n=name: self.worker_ready(n), timeout, f"{name} to write its ready file", interval=0.2)  # type: ignore[misc]
+        if self.flower_url:
+
+            def flower_ready() -> bool:
+                try:
+                    return httpx.get(f"{self.flower_url}/healthcheck", timeout=3).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(flower_ready, timeout, "Flower to answer /healthcheck", interval=0.2)
+
+    # ---- lifecycle, the Kubernetes way -----------------------------------------------------
+
+    def stop_worker(self, name: str, grace: float = GRACE_PERIOD_SECONDS) -> float:
+        """preStop (an exec'd sleep, as the chart's hook), then SIGTERM to PID 1 and SIGKILL after
+        the grace period (docker stop's timeout). Returns the seconds SIGTERM took to end it."""
+        container = self.workers[name].get_wrapped_container()
+        container.exec_run(["sleep", str(PRE_STOP_SECONDS)])
+        started = time.monotonic()
+        # The grace period counts from the start of preStop.
+        container.stop(timeout=int(grace - PRE_STOP_SECONDS))
+        took = time.monotonic() - started
+        container.reload()
+        return took
+
+    def kill_worker(self, name: str) -> None:
+        self.workers[name].get_wrapped_container().kill(signal="SIGKILL")
+
+    def logs(self, name: str) -> str:
+        return str(self.workers[name].get_wrapped_container().logs().decode(errors="replace"))
+
+    # ---- the API ----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            self._client = self.stack.enter_context(
+                httpx.Client(
+                    base_url=self.api_url,
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                    timeout=30,
+                    limits=limits,
+                )
+            )
+        return self._client
+
+    def submit(self, bodies: Iterable[dict[str, Any]], concurrency: int = 16) -> list[str]:
+        """Publishes through the API with a bounded thread pool; returns the job ids in order."""
+
+        def one(body: dict[str, Any]) -> str:
+            response = self.client.post("/v1/jobs/echo", json={"message": "system", **body})
+            assert response.status_code == 202, response.text
+            job_id: str = response.json()["id"]
+            return job_id
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(one, bodies))
+
+    def jobs(self, ids: Iterable[str], concurrency: int = 16) -> dict[str, dict[str, Any]]:
+        def one(job_id: str) -> dict[str, Any]:
+            response = self.client.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return {j["id"]: j for j in pool.map(one, list(ids))}
+
+    def wait_terminal(
+        self, ids: list[str], timeout: float, every: float = 1.0, fail: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Polls until every job is terminal (re-reading only those that are not), with a deadline.
+        At the deadline: an AssertionError, or (fail=False) every record as it stands."""
+        done: dict[str, dict[str, Any]] = {}
+        pending = list(ids)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for job_id, record in self.jobs(pending).items():
+                if record["status"] in TERMINAL:
+                    done[job_id] = record
+            pending = [i for i in pending if i not in done]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                if not fail:
+                    return {**done, **self.jobs(pending)}
+                statuses: dict[str, int] = {}
+                records = self.jobs(pending)
+                for record in records.values():
+                    statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+                raise AssertionError(
+                    f"{len(pending)} of {len(ids)} jobs not terminal after {timeout}s: {statuses}; "
+                    f"e.g. {list(records.values())[:3]}"
+                )
+            time.sleep(every)
+        return done
+
+    def queue_depth(self, queue: str) -> int:
+        queues = self.client.get("/v1/queues").json()["queues"]
+        return int(next(q["depth"] for q in queues if q["name"] == queue))
+
+
+@contextmanager
+def topology(images: dict[str, str]) -> Iterator[Topology]:
+    with ExitStack() as stack, Network() as network:
+        topo = Topology(images, stack, network)
+        try:
+            yield topo
+        finally:
+            stack.close()
+
+
+def start_delay(record: dict[str, Any]) -> float:
+    """Seconds from the job's creation (the API) to its first start (a worker)."""
+    created = datetime.fromisoformat(record["created_at"])
+    started = datetime.fromisoformat(record["started_at"])
+    return (started - created).total_seconds()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values) * 1000, 1),
+        "p99_ms": round(percentile(values, 99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1),
+    }
+
+
+def report(record_property: Callable[[str, object], None], name: str, value: object) -> None:
+    """Prints a figure (read with pytest -s) and records it in the JUnit report."""
+    record_property(name, value)
+    print(f"\n[system] {name}: {value}")
