@@ -8,8 +8,10 @@ import time
 from functools import cached_property
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from kombu.exceptions import OperationalError
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
@@ -72,6 +74,16 @@ class JobTask(Task[Any, Any]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:
             return super().__call__(*args, **kwargs)
+        try:
+            return self._run_job(args, kwargs)
+        except (redis.RedisError, OperationalError) as exc:
+            # Redis is away: the outcome cannot be recorded (nor a retry published), so the
+            # message must not be acknowledged. Requeued, or restored after the visibility timeout
+            # if Redis cannot take it back now, the job runs again once Redis returns.
+            logger.warning("job %s handed back: Redis unavailable (%s)", self.job_id, exc)
+            raise Reject(exc, requeue=True) from exc
+
+    def _run_job(self, args: Any, kwargs: Any) -> Any:
         job_id = self.job_id
         queue = (self.request.delivery_info or {}).get("routing_key") or ""
         attempt = self.request.retries + 1
