@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -244,17 +245,6 @@ def write_result(
 
 
 # --- waiting --------------------------------------------------------------------------------
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
 # --- processes ------------------------------------------------------------------------------

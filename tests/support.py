@@ -9,8 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.parser import text_string_to_metric_families
 
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
 
 API_KEY = "test-key-0123456789abcdef"
@@ -48,18 +48,6 @@ TEST_SETTINGS = {
     "OFFLOAD_WORKER_CONCURRENCY": "2",
     "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
 }
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll until check() returns something truthy, or fail saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
 @dataclass

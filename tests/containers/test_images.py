@@ -12,8 +12,9 @@ import httpx
 import pytest
 from testcontainers.core.container import DockerContainer
 
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.support import API_KEY, submit_echo, wait_for, wait_job
+from tests.support import API_KEY, submit_echo, wait_job
 
 SETTINGS = {
     "OFFLOAD_REDIS_URL": "redis://redis:6379/0",

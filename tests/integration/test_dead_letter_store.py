@@ -12,8 +12,8 @@ from fastapi import Response
 from offload_api.idempotency import IdempotencyKey
 from offload_core.dead_letters import DeadLetters, dead_letter_key, index_key
 from offload_core.jobs import JobStatus, JobStore
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
-from tests.support import wait_for
 
 MAX = 3
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 
+from offload_dev.polling import wait_for
 from tests.conftest import Stack
-from tests.support import job, sample, scrape, submit_echo, wait_for, wait_job
+from tests.support import job, sample, scrape, submit_echo, wait_job
 
 ECHO = "offload.echo"
 

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 from tests.conftest import Stack
-from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, job, start_api, wait_for
+from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, job, start_api
 
 OTHER_API_KEY = "other-client-key-0123456789"
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from offload_api.metrics import QueueCollector
 from offload_core.topology import priority_lists
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 from tests.conftest import Stack
 from tests.support import (
@@ -31,7 +32,6 @@ from tests.support import (
     start_api,
     start_worker,
     submit_echo,
-    wait_for,
     wait_job,
 )
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from offload_core.settings import Settings
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker, submit_echo, wait_for, wait_job
+from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker, submit_echo, wait_job
 
 pytestmark = pytest.mark.slow
 

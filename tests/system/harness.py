@@ -19,8 +19,9 @@ import httpx
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.support import API_KEY, wait_for
+from tests.support import API_KEY
 
 FLOWER_AUTH = ("admin", "flower-test-password")
 TERMINAL = {"succeeded", "failed", "cancelled"}

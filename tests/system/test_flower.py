@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import wait_for
+from offload_dev.polling import wait_for
 from tests.system.harness import FLOWER_AUTH, Topology, report
 
 

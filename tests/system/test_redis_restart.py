@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.support import API_KEY, wait_for
+from offload_dev.polling import wait_for
+from tests.support import API_KEY
 from tests.system.harness import Topology, report
 
 Report = Callable[[str, object], None]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from tests.support import wait_for
+from offload_dev.polling import wait_for
 from tests.system.harness import (
     GRACE_PERIOD_SECONDS,
     RESTORE_BOUND_SECONDS,
