@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from offload_dev.redis_server import RedisServer, free_port
+from tests.receivers import ScriptedSmtpHandler, WebhookReceiver, smtp_server
 from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker
 
 # The reaper image cannot be pulled without a registry; container fixtures clean up themselves.
@@ -66,21 +67,33 @@ class Stack:
     notifier: Service
     client: httpx.Client
     log_dir: Path
+    smtp: ScriptedSmtpHandler
+    webhooks: WebhookReceiver
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Redis, the API, a default+low worker and the notifier, as real processes."""
+    """Redis, the API, a default+low worker and the notifier, as real processes, with a real
+    SMTP server and webhook receiver on loopback for them to deliver to."""
     base = tmp_path_factory.mktemp("stack")
+    with smtp_server() as (smtp, smtp_port):
+        webhooks = WebhookReceiver().start()
+        try:
+            yield from _stack(base, smtp, smtp_port, webhooks)
+        finally:
+            webhooks.stop()
+
+
+def _stack(base: Path, smtp: ScriptedSmtpHandler, smtp_port: int, webhooks: WebhookReceiver) -> Iterator[Stack]:
     redis = RedisServer(free_port(), base / "redis").start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url}
+    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url, "OFFLOAD_SMTP_PORT": str(smtp_port)}
     services: list[Service] = []
     try:
         services.append(worker := start_worker("worker", env, base))
         services.append(notifier := start_worker("notifier", env, base, module="offload_notifier"))
         services.append(api := start_api(env, base))
         with api_client(api) as client:
-            yield Stack(redis, env, api, worker, notifier, client, base)
+            yield Stack(redis, env, api, worker, notifier, client, base, smtp, webhooks)
     finally:
         for service in services:
             service.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import os
@@ -27,6 +28,11 @@ from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
 
 API_KEY = "test-key-0123456789abcdef"
+# Standard Webhooks secrets: "whsec_" + base64 of 32 bytes; the second is the "new" one of a rotation.
+WEBHOOK_SECRETS = (
+    "whsec_" + base64.b64encode(b"offload-test-webhook-secret-0001").decode(),
+    "whsec_" + base64.b64encode(b"offload-test-webhook-secret-0002").decode(),
+)
 T = TypeVar("T")
 
 # Small limits so shutdown and crash scenarios finish in seconds. They keep the rule the
@@ -47,6 +53,16 @@ TEST_SETTINGS = {
     "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": "2",
     "OFFLOAD_WORKER_CONCURRENCY": "2",
     "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
+    # Delivery: the tests' SMTP server and webhook receiver listen on loopback, exempt here from
+    # the outbound rule that refuses private addresses; two secrets, as during a rotation.
+    "OFFLOAD_SMTP_HOST": "127.0.0.1",
+    "OFFLOAD_SMTP_SECURITY": "none",
+    "OFFLOAD_SMTP_TIMEOUT_SECONDS": "5",
+    "OFFLOAD_EMAIL_FROM": "Offload Tests <offload@tests.example>",
+    "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "127.0.0.1",
+    "OFFLOAD_WEBHOOK_SECRETS": f"{WEBHOOK_SECRETS[0]},{WEBHOOK_SECRETS[1]}",
+    "OFFLOAD_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
+    "OFFLOAD_WEBHOOK_TIMEOUT_SECONDS": "3",
 }
 
 

@@ -26,7 +26,17 @@ logger = logging.getLogger(__name__)
 
 
 class TransientJobError(Exception):
-    """A failure worth retrying with backoff: a timeout, a refused connection, a 4xx reply."""
+    """A failure worth retrying with backoff: a timeout, a refused connection, an SMTP 4xx
+    reply, an HTTP 429 or 5xx. ``retry_after`` is the delay the other side asked for, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentJobError(Exception):
+    """A failure no retry can fix (an SMTP 5xx reply, an HTTP 4xx): the job fails at once,
+    with this message as its error."""
 
 
 class JobCancelled(Exception):
@@ -40,6 +50,8 @@ def retry_countdown(retries: int, base: float, cap: float) -> float:
 
 
 def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, PermanentJobError):
+        return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
         settings = get_settings()
         limit = (
@@ -118,10 +130,7 @@ class JobTask(Task[Any, Any]):
         except TransientJobError as exc:
             if self.request.retries >= self.max_retries:
                 raise  # on_failure records the final error
-            settings = get_settings()
-            countdown = retry_countdown(
-                self.request.retries, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS
-            )
+            countdown = self.retry_delay(exc)
             self.store.mark_retrying(job_id, describe_error(exc), countdown)
             outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
@@ -131,12 +140,28 @@ class JobTask(Task[Any, Any]):
                 metrics.OUTCOME_COUNTERS[outcome].labels(self.name, queue).inc()
             span.set_attribute(telemetry.OUTCOME, outcome.value)
 
+    def retry_delay(self, exc: TransientJobError) -> float:
+        """Seconds until the next attempt: exponential backoff, or the other side's Retry-After
+        if longer, within the cap the visibility timeout allows."""
+        settings = get_settings()
+        countdown = retry_countdown(
+            self.request.retries, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS
+        )
+        if exc.retry_after is not None:
+            countdown = max(countdown, exc.retry_after)
+        return min(countdown, settings.RETRY_BACKOFF_MAX_SECONDS)
+
+    def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What a replay of this failed job should submit; the original arguments by default."""
+        return kwargs
+
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         # Failed for good: the job store records the dead letter (payload, error, attempts) in
         # the same step. Also called in the worker's main process when the hard time limit
         # kills a run; there is no request there, so the queue comes from the job's record.
         delivered_on = (self.request.delivery_info or {}).get("routing_key") or ""
-        queue = self.store.fail(task_id, describe_error(exc), task=self.name, queue=delivered_on, payload=kwargs)
+        payload = self.dead_letter_payload(task_id, kwargs)
+        queue = self.store.fail(task_id, describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
         metrics.JOBS_FAILED.labels(self.name, queue).inc()
 
     def report_progress(self, percent: int, message: str = "") -> None:

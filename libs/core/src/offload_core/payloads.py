@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
 from offload_core.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
 
@@ -22,3 +25,100 @@ class EchoRequest(BaseModel):
 
     def task_kwargs(self) -> dict[str, object]:
         return {"message": self.message, "sleep_ms": self.sleep_ms, "fail_times": self.fail_times}
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line (no CR or LF)")
+    return value
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+
+
+class EmailRequest(BaseModel):
+    """An email sent over SMTP by the worker; retried on transient failures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: list[EmailStr] = Field(min_length=1, max_length=50, description="1 to 50 recipients.")
+    subject: SingleLine = Field(min_length=1, max_length=998, description="One line.")
+    text: str = Field(max_length=500_000, description="The plain-text body.")
+    html: str | None = Field(
+        None, max_length=500_000, description="An HTML body; the message is then multipart/alternative."
+    )
+    reply_to: EmailStr | None = None
+    queue: Literal[Queue.DEFAULT, Queue.LOW] | None = Field(
+        None, description="`default` when omitted; `low` for bulk mailings."
+    )
+    priority: int | None = Field(
+        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; the route's default when omitted."
+    )
+
+    def task_kwargs(self) -> dict[str, object]:
+        return self.model_dump(mode="json", include={"to", "subject", "text", "html", "reply_to"})
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class NotificationMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: SingleLine = Field(min_length=1, max_length=200)
+    body: str = Field(max_length=20_000)
+    severity: Severity = Severity.CRITICAL
+    data: dict[str, Any] | None = Field(None, description="Any JSON object, passed on to webhook receivers.")
+
+
+class WebhookTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["webhook"]
+    url: HttpUrl = Field(description="http(s) URL that receives a signed POST; it must resolve to a public address.")
+
+    @property
+    def address(self) -> str:
+        return str(self.url)
+
+
+class EmailTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["email"]
+    address: EmailStr
+
+
+MAX_NOTIFICATION_TARGETS = 20
+
+NotificationTarget = Annotated[WebhookTarget | EmailTarget, Field(discriminator="channel")]
+
+
+class NotificationRequest(BaseModel):
+    """A critical notification fanned out by the notifier to every target, each on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: NotificationMessage
+    targets: list[NotificationTarget] = Field(
+        min_length=1, max_length=MAX_NOTIFICATION_TARGETS, description="1 to 20 distinct targets."
+    )
+    priority: int | None = Field(
+        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; 0 when omitted."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, targets: list[WebhookTarget | EmailTarget]) -> list[WebhookTarget | EmailTarget]:
+        seen: dict[tuple[str, str], int] = {}
+        for index, target in enumerate(targets):
+            first = seen.setdefault((target.channel, target.address.lower()), index)
+            if first != index:
+                raise ValueError(f"target {index} repeats target {first}; each target is delivered once")
+        return targets
+
+    def task_kwargs(self) -> dict[str, object]:
+        return self.model_dump(mode="json", include={"message", "targets"})

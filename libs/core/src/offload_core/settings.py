@@ -6,6 +6,8 @@ thing in every process. The README lists each setting with its default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +28,23 @@ def _split_csv(value: object) -> object:
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105  (a format prefix, not a secret)
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why a webhook signing secret is unusable, if it is: Standard Webhooks secrets are
+    ``whsec_`` followed by 24 to 64 random bytes in base64."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return f"a secret must start with {WEBHOOK_SECRET_PREFIX!r}"
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        return f"a secret must be {WEBHOOK_SECRET_PREFIX!r} followed by base64"
+    if not 24 <= len(key) <= 64:
+        return f"a secret must hold 24 to 64 bytes, this one holds {len(key)}"
+    return None
 
 
 class Settings(BaseSettings):
@@ -115,10 +134,41 @@ class Settings(BaseSettings):
     # Queue depth gauges read Redis at most this often, however often Prometheus scrapes.
     QUEUE_METRICS_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
 
-    @field_validator("API_KEYS", "WORKER_QUEUES", mode="before")
+    # Outbound email: the email job and the notifier's email channel. "starttls" upgrades a
+    # plain connection (port 587), "tls" is implicit TLS from the first byte (port 465), "none"
+    # is for a local relay or a test server only.
+    SMTP_HOST: str = "localhost"
+    SMTP_PORT: int = Field(587, ge=1, le=65535)
+    SMTP_SECURITY: Literal["starttls", "tls", "none"] = "starttls"
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    # Bounds the connect and every SMTP command, so a silent server is a retryable timeout.
+    SMTP_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
+    EMAIL_FROM: str = "Offload <offload@localhost>"
+
+    # Webhook signing secrets (Standard Webhooks: "whsec_" + base64). Every delivery carries one
+    # signature per secret, so receivers can move to a new secret while the old one still works.
+    WEBHOOK_SECRETS: Annotated[list[SecretStr], NoDecode] = []
+    WEBHOOK_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=60)
+    # Read and write timeout of a webhook request once connected.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=120)
+
+    # Outbound URLs (webhooks, report sources) must resolve to public addresses. Hosts named
+    # here (host names, IP addresses or networks such as 10.0.0.0/8) are exempt.
+    OUTBOUND_ALLOWED_HOSTS: Annotated[list[str], NoDecode] = []
+
+    @field_validator("API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("OUTBOUND_ALLOWED_HOSTS")
+    @classmethod
+    def _allowed_hosts_parse(cls, value: list[str]) -> list[str]:
+        from offload_core.outbound import OutboundPolicy  # it imports this module
+
+        OutboundPolicy(value)  # raises ValueError naming the entry that is not a host, address or network
+        return value
 
     @field_validator("REDIS_URL")
     @classmethod
@@ -147,6 +197,9 @@ class Settings(BaseSettings):
         for key in self.API_KEYS:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
+        for secret in self.WEBHOOK_SECRETS:
+            if (problem := webhook_secret_problem(secret.get_secret_value())) is not None:
+                raise ValueError(f"OFFLOAD_WEBHOOK_SECRETS: {problem}")
         if not self.WORKER_QUEUES:
             raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
         return self

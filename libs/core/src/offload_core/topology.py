@@ -19,6 +19,11 @@ class Queue(StrEnum):
 
 class TaskName(StrEnum):
     ECHO = "offload.echo"
+    SEND_EMAIL = "offload.send_email"
+    NOTIFY = "offload.notify"
+    REPORT = "offload.report"
+    IMAGE_PROCESS = "offload.image.process"
+    IMAGE_INDEX = "offload.image.index"
 
 
 # Which queues each worker image consumes by default. Deployments may split them further
@@ -44,6 +49,14 @@ class Route:
 ROUTES: dict[TaskName, Route] = {
     # The probe may go anywhere: it exercises queueing, retries and shutdown on every queue.
     TaskName.ECHO: Route(queue=Queue.DEFAULT, allowed_queues=frozenset(Queue), priority=3),
+    # Emails run on the worker; bulk mailings may be sent to `low`.
+    TaskName.SEND_EMAIL: Route(queue=Queue.DEFAULT, allowed_queues=frozenset({Queue.DEFAULT, Queue.LOW}), priority=3),
+    # Critical notifications: the notifier alone, first in line.
+    TaskName.NOTIFY: Route(queue=Queue.HIGH, allowed_queues=frozenset({Queue.HIGH}), priority=0),
+    # Long and heavy work: bulk, on `low`, so it never starves `default`.
+    TaskName.REPORT: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
+    TaskName.IMAGE_PROCESS: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
+    TaskName.IMAGE_INDEX: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
 }
 
 

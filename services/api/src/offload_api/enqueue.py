@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -35,6 +36,10 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Where a job's status is read, for tasks whose status says more than GET /v1/jobs/{id}.
+STATUS_PATHS = {TaskName.NOTIFY: "/v1/notifications"}
+
+
 class JobAccepted(BaseModel):
     id: str
     status: JobStatus
@@ -54,7 +59,10 @@ def enqueue(
     priority: int | None = None,
     idempotency: IdempotencyKey | None = None,
     replay_of: str | None = None,
+    prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
+    """Accept a job and publish it. ``prepare(job_id)`` writes whatever the job needs besides
+    its record, before its message can be taken."""
     route = ROUTES[task]
     queue = queue or route.queue
     if queue not in route.allowed_queues:
@@ -63,7 +71,12 @@ def enqueue(
     priority = route.priority if priority is None else priority
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
-        id=job_id, status=JobStatus.QUEUED, task=task, queue=queue, priority=priority, status_url=f"/v1/jobs/{job_id}"
+        id=job_id,
+        status=JobStatus.QUEUED,
+        task=task,
+        queue=queue,
+        priority=priority,
+        status_url=f"{STATUS_PATHS.get(task, '/v1/jobs')}/{job_id}",
     )
     if idempotency is not None:
         fingerprint = request_fingerprint(idempotency.route, task, kwargs, queue, priority)
@@ -71,7 +84,7 @@ def enqueue(
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)
     try:
-        _publish(celery, store, accepted, kwargs, replay_of)
+        _publish(celery, store, accepted, kwargs, replay_of, prepare)
     except (OperationalError, OSError, redis.RedisError):
         # Nothing was accepted: free the key for the client's retry. If Redis itself is down the
         # release fails too, and the claim expires with its TTL.
@@ -83,7 +96,12 @@ def enqueue(
 
 
 def _publish(
-    celery: Celery, store: JobStore, accepted: JobAccepted, kwargs: dict[str, object], replay_of: str | None
+    celery: Celery,
+    store: JobStore,
+    accepted: JobAccepted,
+    kwargs: dict[str, object],
+    replay_of: str | None,
+    prepare: Callable[[str], None] | None,
 ) -> None:
     job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
     job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: str(task), telemetry.QUEUE: str(queue)}
@@ -91,6 +109,8 @@ def _publish(
     started = time.perf_counter()
     # The record first: a worker that takes the message at once must find it.
     store.create(job_id, task=task, queue=queue, replay_of=replay_of)
+    if prepare is not None:
+        prepare(job_id)
     # Our own publish span: the Celery instrumentation's never ends for a task sent by name that
     # this process has no code for. The worker's run span continues the context in the headers.
     with tracer.start_as_current_span(

@@ -13,7 +13,7 @@ from offload_api import metrics
 from offload_api.deps import require_api_key
 from offload_api.errors import install_error_handlers
 from offload_api.limits import BodySizeLimit
-from offload_api.routes import dead_letters, health, jobs, queues
+from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
@@ -69,4 +69,6 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
+    app.include_router(emails.router, prefix="/v1", dependencies=v1)
+    app.include_router(notifications.router, prefix="/v1", dependencies=v1)
     return app

@@ -1,9 +1,22 @@
 """The notifier's Celery app: the shared configuration plus the critical-notification tasks."""
 
+import logging
+
+from celery.signals import worker_ready
+
 from offload_core import probe  # noqa: F401  (registers the echo probe)
 from offload_core.celery_app import create_celery_app
 from offload_core.settings import get_settings
+from offload_notifier import notify  # noqa: F401  (registers the notification task)
 
 app = create_celery_app(get_settings(), main="offload-notifier")
 # Critical work must never wait behind a prefetched message.
 app.conf.worker_prefetch_multiplier = 1
+
+
+@worker_ready.connect(weak=False)
+def _warn_without_signing_secret(**_: object) -> None:
+    if not get_settings().WEBHOOK_SECRETS:
+        logging.getLogger(__name__).warning(
+            "OFFLOAD_WEBHOOK_SECRETS is empty: webhook targets will fail rather than be sent unsigned"
+        )

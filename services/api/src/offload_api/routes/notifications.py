@@ -1,0 +1,66 @@
+"""Critical notifications: fanned out by the notifier to webhooks and email addresses."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response
+
+from offload_api.deps import CeleryDep, SettingsDep, StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.errors import InvalidField
+from offload_api.idempotency import IdempotencyDep
+from offload_api.routes.jobs import JobId
+from offload_core.notifications import Notification, NotificationTargets
+from offload_core.outbound import OutboundPolicy, UnsafeURL
+from offload_core.payloads import NotificationRequest, WebhookTarget
+from offload_core.topology import TaskName
+
+router = APIRouter(prefix="/notifications", tags=["notifications"])
+
+
+@router.post("", status_code=202, responses=SUBMIT_RESPONSES)
+def submit_notification(
+    body: NotificationRequest,
+    celery: CeleryDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency: IdempotencyDep,
+    response: Response,
+) -> JobAccepted:
+    """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
+    the `high` queue. Each target is delivered and retried on its own; `GET
+    /v1/notifications/{id}` shows how each one went."""
+    policy = OutboundPolicy.from_settings(settings)
+    for index, target in enumerate(body.targets):
+        if isinstance(target, WebhookTarget):
+            try:
+                policy.check_url(str(target.url))
+            except UnsafeURL as exc:
+                raise InvalidField(f"body.targets.{index}.url", str(exc)) from exc
+    kwargs = body.task_kwargs()
+
+    def record_pending_targets(job_id: str) -> None:
+        # So the status lists every target before the notifier takes the job.
+        NotificationTargets(store.client, settings.JOB_TTL_SECONDS).ensure(
+            job_id, body.model_dump(mode="json")["targets"]
+        )
+
+    accepted = enqueue(
+        celery,
+        store,
+        TaskName.NOTIFY,
+        kwargs,
+        priority=body.priority,
+        idempotency=idempotency,
+        prepare=record_pending_targets,
+    )
+    response.headers["Location"] = accepted.status_url
+    return accepted
+
+
+@router.get("/{job_id}", responses={404: {"description": "No such notification (or it expired)."}})
+def get_notification(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Notification:
+    job = store.get(job_id)
+    if job is None or job.task != TaskName.NOTIFY:
+        raise HTTPException(404, f"No notification {job_id}: it never existed or its record expired.")
+    targets = NotificationTargets(store.client, settings.JOB_TTL_SECONDS).all(job_id)
+    return Notification(**job.model_dump(), targets=targets)

@@ -1,0 +1,192 @@
+"""Critical notifications: one job fans out to every target, each delivered and retried on its own.
+
+Every attempt of the job delivers the targets that are due, all at once, and records each
+outcome as soon as it is known. A delivered target is never sent again (not by a retry, not
+by a redelivery after a crash); a target that keeps failing neither delays nor re-sends the
+others. The job ends when no target is left open: succeeded if all were delivered, failed
+(and dead-lettered with the undelivered targets only) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+import httpx
+from celery import shared_task
+
+from offload_core import smtp, webhooks
+from offload_core.job_task import JobTask, PermanentJobError, TransientJobError, retry_countdown
+from offload_core.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
+from offload_core.outbound import OutboundPolicy
+from offload_core.payloads import MAX_NOTIFICATION_TARGETS
+from offload_core.settings import Settings, get_settings
+from offload_core.topology import TaskName
+
+logger = logging.getLogger(__name__)
+
+# A target whose next attempt is this close is treated as due now (ETA jitter).
+DUE_SLACK_SECONDS = 0.2
+
+
+class TargetsFailed(PermanentJobError):
+    """Some targets failed for good; the others were delivered."""
+
+
+class NotifyTask(JobTask):
+    @cached_property
+    def targets(self) -> NotificationTargets:
+        return NotificationTargets(self.store.client, get_settings().JOB_TTL_SECONDS)
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        # Each attempt of the job tries at least one target, and each target gets at most
+        # TASK_MAX_RETRIES + 1 attempts of its own.
+        return (get_settings().TASK_MAX_RETRIES + 1) * MAX_NOTIFICATION_TARGETS
+
+    def retry_delay(self, exc: TransientJobError) -> float:
+        # The targets keep their own backoff; the job wakes when the earliest one is due.
+        return min(exc.retry_after or 0.0, get_settings().RETRY_BACKOFF_MAX_SECONDS)
+
+    def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # A replay must not send again what was delivered: it gets the undelivered targets only.
+        delivered = {r.index for r in self.targets.all(task_id) if r.status is TargetStatus.DELIVERED}
+        targets = [t for index, t in enumerate(kwargs.get("targets", [])) if index not in delivered]
+        return {**kwargs, "targets": targets}
+
+
+def _email_body(message: dict[str, Any]) -> str:
+    lines = [str(message["body"])]
+    if message.get("data"):
+        lines += ["", "Data:", json.dumps(message["data"], indent=2, ensure_ascii=False)]
+    return "\n".join(lines)
+
+
+class Delivery:
+    """One attempt's deliveries of a notification, sharing an HTTP client and the body."""
+
+    def __init__(self, settings: Settings, job_id: str, message: dict[str, Any], created_at: datetime) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.message = message
+        self.body = webhooks.event_body(job_id, message, created_at)
+        self.secrets = [secret.get_secret_value() for secret in settings.WEBHOOK_SECRETS]
+
+    def attempt(self, client: httpx.Client, record: TargetRecord) -> Attempt:
+        if record.channel == "webhook":
+            return webhooks.deliver(
+                client,
+                record.address,
+                # The same id for every attempt: receivers drop repeats by it.
+                message_id=f"msg_{self.job_id}_{record.index}",
+                body=self.body,
+                secrets=self.secrets,
+            )
+        return self._email(record)
+
+    def _email(self, record: TargetRecord) -> Attempt:
+        severity = str(self.message.get("severity", "critical")).upper()
+        email = smtp.build_message(
+            self.settings,
+            # The same for every attempt, so a receiver can spot a repeat.
+            message_id=f"{self.job_id}.{record.index}",
+            to=[record.address],
+            subject=f"[{severity}] {self.message['title']}",
+            text=_email_body(self.message),
+        )
+        try:
+            report = smtp.send(self.settings, email, [record.address])
+        except TransientJobError as exc:
+            return Attempt(Outcome.RETRY, str(exc))
+        except PermanentJobError as exc:
+            return Attempt(Outcome.FAILED, str(exc))
+        if report.refused:
+            reply = next(iter(report.refused.values()))
+            return Attempt(Outcome.FAILED, f"recipient refused: {reply}")
+        return Attempt(Outcome.DELIVERED, smtp_reply=report.reply)
+
+
+def _record(record: TargetRecord, attempt: Attempt, settings: Settings) -> TargetRecord:
+    now = datetime.now(UTC)
+    attempts = record.attempts + 1
+    update: dict[str, Any] = {
+        "attempts": attempts,
+        "http_status": attempt.http_status,
+        "smtp_reply": attempt.smtp_reply,
+        "last_error": attempt.error,
+        "next_attempt_at": None,
+    }
+    if attempt.outcome is Outcome.DELIVERED:
+        update |= {"status": TargetStatus.DELIVERED, "delivered_at": now}
+    elif attempt.outcome is Outcome.RETRY and attempts <= settings.TASK_MAX_RETRIES:
+        delay = retry_countdown(attempts - 1, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS)
+        if attempt.retry_after is not None:
+            delay = max(delay, attempt.retry_after)
+        delay = min(delay, settings.RETRY_BACKOFF_MAX_SECONDS)
+        update |= {"status": TargetStatus.RETRYING, "next_attempt_at": now + timedelta(seconds=delay)}
+    else:
+        gave_up = attempt.outcome is Outcome.RETRY
+        error = f"gave up after {attempts} attempts: {attempt.error}" if gave_up else attempt.error
+        update |= {"status": TargetStatus.FAILED, "last_error": error}
+    return record.model_copy(update=update)
+
+
+def _summary(records: Sequence[TargetRecord]) -> str:
+    return "; ".join(f"target {r.index} ({r.channel}): {r.last_error}" for r in records)
+
+
+@shared_task(bind=True, base=NotifyTask, name=TaskName.NOTIFY.value)
+def notify(self: NotifyTask, message: dict[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    settings = get_settings()
+    job_id = self.job_id
+    records = self.targets.ensure(job_id, targets)
+    now = datetime.now(UTC)
+    due = [
+        r
+        for r in records
+        if r.status in OPEN
+        and (r.next_attempt_at is None or r.next_attempt_at <= now + timedelta(seconds=DUE_SLACK_SECONDS))
+    ]
+    if due:
+        job = self.store.get(job_id)
+        delivery = Delivery(settings, job_id, message, job.created_at if job else now)
+        policy = OutboundPolicy.from_settings(settings)
+        client = policy.client(
+            connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_SECONDS, read_timeout=settings.WEBHOOK_TIMEOUT_SECONDS
+        )
+
+        def deliver(record: TargetRecord) -> TargetRecord:
+            try:
+                attempt = delivery.attempt(client, record)
+            except Exception as exc:
+                # Unforeseen: count it as a failed attempt of this target alone; retries are bounded.
+                logger.exception("notification %s target %d: unexpected error", job_id, record.index)
+                attempt = Attempt(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+            updated = _record(record, attempt, settings)
+            # Written before anything else happens, so a crash after this point never re-sends it.
+            self.targets.save(job_id, updated)
+            logger.info(
+                "notification %s target %d (%s): %s", job_id, record.index, record.channel, updated.status.value
+            )
+            return updated
+
+        with client, ThreadPoolExecutor(max_workers=len(due), thread_name_prefix="notify") as pool:
+            done = {r.index: r for r in pool.map(deliver, due)}
+        records = [done.get(r.index, r) for r in records]
+
+    still_open = [r for r in records if r.status in OPEN]
+    if still_open:
+        next_at = min(r.next_attempt_at or now for r in still_open)
+        wait = max(0.0, (next_at - datetime.now(UTC)).total_seconds())
+        raise TransientJobError(
+            f"{len(still_open)} of {len(records)} targets not delivered yet: {_summary(still_open)}", retry_after=wait
+        )
+    failed = [r for r in records if r.status is TargetStatus.FAILED]
+    if failed:
+        raise TargetsFailed(f"{len(failed)} of {len(records)} targets failed: {_summary(failed)}")
+    return {"delivered": len(records), "attempts": sum(r.attempts for r in records)}
