@@ -27,6 +27,7 @@ VALUES: dict[str, Any] = {
     "api": {"auth": {"existingSecret": "offload-api-keys"}},
     "flower": {"auth": {"existingSecret": "offload-flower"}},
     "redis": {"auth": {"existingSecret": "offload-redis"}},
+    "delivery": {"webhooks": {"existingSecret": "offload-webhooks"}},
 }
 
 HEADER = (
@@ -35,8 +36,9 @@ HEADER = (
 )
 
 KUSTOMIZATION_NOTE = (
-    "# Expects Secrets offload-api-keys (api-keys), offload-flower (basic-auth: user:password)\n"
-    "# and offload-redis (redis-password) in namespace offload; see deploy/helm/offload/README.md.\n"
+    "# Expects Secrets offload-api-keys (api-keys), offload-flower (basic-auth: user:password),\n"
+    "# offload-redis (redis-password) and offload-webhooks (webhook-secrets: whsec_...) in namespace\n"
+    "# offload; see deploy/helm/offload/README.md.\n"
 )
 
 

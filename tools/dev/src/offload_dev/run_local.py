@@ -1,4 +1,5 @@
-"""`make run`: Redis, the API, a worker, the notifier and Flower on this machine, no Docker.
+"""`make run`: Redis, the API, a worker, the notifier and Flower on this machine, no Docker,
+plus a mail sink and a webhook receiver that print what the services deliver.
 
 Redis runs outside the process manager and stops last, so workers that stop on Ctrl-C can
 still hand their unfinished tasks back to it. Its data (append-only) survives restarts.
@@ -6,6 +7,7 @@ still hand their unfinished tasks back to it. Its data (append-only) survives re
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -39,6 +41,35 @@ def _port(preferred: int) -> int:
     return preferred if port_is_free(preferred) else free_port()
 
 
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: "whsec_" + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _fresh_credential(name: str, value: str) -> str:
+    """A development secret made for this run, written to .run/ for the developer to read."""
+    path = STATE / name
+    path.unlink(missing_ok=True)
+    # Created owner-only, so the secret is never readable by others even for a moment.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(value + "\n")
+    return value
+
+
+def delivery_env(mail_port: int, webhooks_port: int, webhook_secrets: str) -> dict[str, str]:
+    """Where the services deliver during `make run`: the local mail sink and webhook receiver.
+    Loopback is exempt from the outbound rule that refuses private addresses, for this local run only."""
+    return {
+        "OFFLOAD_SMTP_HOST": "127.0.0.1",
+        "OFFLOAD_SMTP_PORT": str(mail_port),
+        "OFFLOAD_SMTP_SECURITY": "none",
+        "OFFLOAD_WEBHOOK_SECRETS": webhook_secrets,
+        "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "MAIL_PORT": str(mail_port),
+        "WEBHOOKS_PORT": str(webhooks_port),
+    }
+
+
 def main() -> int:
     STATE.mkdir(exist_ok=True)
     redis_server = None
@@ -54,6 +85,13 @@ def main() -> int:
     # The worker and the notifier run side by side here, so each needs its own metrics port.
     worker_metrics_port = _port(9808)
     notifier_metrics_port = _port(9809)
+    # Fixed ports when free (1025 is the usual local SMTP sink's), so the README's commands work as written.
+    mail_port, webhooks_port = _port(1025), _port(8025)
+    webhook_secrets = os.environ.get("OFFLOAD_WEBHOOK_SECRETS")
+    if webhook_secrets:
+        (STATE / "webhook-secret").unlink(missing_ok=True)  # a stale one would mislead
+    else:
+        webhook_secrets = _fresh_credential("webhook-secret", new_webhook_secret())
 
     env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -71,6 +109,7 @@ def main() -> int:
         "FLOWER_PORT": str(flower_port),
         "OFFLOAD_STATE": str(STATE),
         "PYTHONUNBUFFERED": "1",
+        **delivery_env(mail_port, webhooks_port, webhook_secrets),
     }
     user, _, password = flower_auth.partition(":")
     print(
@@ -84,10 +123,16 @@ def main() -> int:
              http://127.0.0.1:{worker_metrics_port}/metrics  (worker)
              http://127.0.0.1:{notifier_metrics_port}/metrics  (notifier)
   Redis      {Redactor([])(redis_url)}
+  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
+  Webhooks   http://127.0.0.1:{webhooks_port}/<any path>  checks signatures, prints each delivery ("webhooks")
+             signing secret in .run/webhook-secret (new each run unless OFFLOAD_WEBHOOK_SECRETS is set)
+  Outbound   127.0.0.1 and localhost are allowed delivery targets for this local run only;
+             elsewhere webhooks to private addresses are refused
 
   Try:  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs/echo \\
           -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\
           -d '{{"message": "hello", "sleep_ms": 2000, "queue": "high"}}'
+        (README.md, "Send a notification and watch it arrive", delivers to the two above)
 """,
         flush=True,
     )
