@@ -62,6 +62,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "grafanaDashboard": {"namespace": "grafana", "annotations": {"grafana_folder": "Offload"}},
         }
     },
+    "delivery": {
+        "delivery": {
+            "smtp": {
+                "host": "smtp.example.com",
+                "port": 465,
+                "security": "tls",
+                "username": "offload-mailer",
+                "from": "Offload <jobs@example.com>",
+                "existingSecret": "mail-credentials",
+                "existingSecretKey": "password",
+            },
+            "webhooks": {"existingSecret": "signing", "existingSecretKey": "secrets"},
+            "outbound": {"allowedHosts": ["10.20.0.0/16", "hooks.internal.example"]},
+        }
+    },
     "existing-secrets": {
         "api": {"auth": {"existingSecret": "offload-api-keys"}},
         "flower": {"auth": {"existingSecret": "offload-flower"}},

@@ -46,7 +46,7 @@ def test_k8s_secret_references_match_the_documented_secrets() -> None:
         for item in container.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
     }
-    assert referenced == {"offload-api-keys", "offload-flower", "offload-redis"}
+    assert referenced == {"offload-api-keys", "offload-flower", "offload-redis", "offload-webhooks"}
     readme = (REPO_ROOT / "deploy" / "helm" / "offload" / "README.md").read_text()
     for name in referenced:
         assert f"create secret generic {name}" in readme

@@ -245,6 +245,8 @@ def test_secrets_come_from_secret_key_refs(rendered: Rendered, value_set: tuple[
     expected_external = {
         values.get(component, {}).get("auth", {}).get("existingSecret") for component in ("api", "flower", "redis")
     }
+    delivery = values.get("delivery", {})
+    expected_external |= {delivery.get(part, {}).get("existingSecret") for part in ("smtp", "webhooks")}
     external = values.get("externalRedis", {})
     expected_external |= {external.get("passwordSecret", {}).get("name"), external.get("urlSecret", {}).get("name")}
     for deployment in rendered.kind("Deployment"):
@@ -312,13 +314,15 @@ def test_generated_secrets_are_random_and_present_without_existing_secrets(rende
     import base64
 
     secrets = {secret["metadata"]["name"]: secret["data"] for secret in rendered_defaults.kind("Secret")}
-    assert set(secrets) == {f"{RELEASE}-api-keys", f"{RELEASE}-flower", f"{RELEASE}-redis"}
+    assert set(secrets) == {f"{RELEASE}-api-keys", f"{RELEASE}-flower", f"{RELEASE}-redis", f"{RELEASE}-webhooks"}
     api_key = base64.b64decode(secrets[f"{RELEASE}-api-keys"]["api-keys"]).decode()
     assert len(api_key) >= 16
     user, _, password = base64.b64decode(secrets[f"{RELEASE}-flower"]["basic-auth"]).decode().partition(":")
     assert user == "admin"
     assert len(password) >= 16
     assert len(base64.b64decode(secrets[f"{RELEASE}-redis"]["redis-password"])) >= 16
+    # test_delivery.py checks it is a valid Standard Webhooks secret.
+    assert base64.b64decode(secrets[f"{RELEASE}-webhooks"]["webhook-secrets"]).startswith(b"whsec_")
 
 
 def test_task_events_can_be_turned_off_per_worker_set() -> None:

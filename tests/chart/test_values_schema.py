@@ -33,6 +33,11 @@ def test_default_values_pass_the_schema() -> None:
         ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "does not match pattern"),
         ({"metrics": {"prometheusRule": {"failureRateHigh": {"ratio": 5}}}}, "maximum"),
         ({"metrics": {"workerPort": 0}}, "minimum"),
+        ({"delivery": {"smtp": {"security": "ssl"}}}, "value must be one of 'starttls', 'tls', 'none'"),
+        ({"delivery": {"smtp": {"password": "hunter2"}}}, "additional properties 'password' not allowed"),
+        ({"delivery": {"smtp": {"port": 0}}}, "minimum"),
+        ({"delivery": {"outbound": {"allowedHosts": "10.0.0.0/8"}}}, "got string, want array"),
+        ({"delivery": {"outbound": {"allowedHosts": ["a.example,b.example"]}}}, "does not match pattern"),
     ],
 )
 def test_schema_refuses(values: dict[str, Any], message: str) -> None:

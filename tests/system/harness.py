@@ -21,7 +21,7 @@ from testcontainers.core.network import Network
 
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.support import API_KEY
+from tests.support import API_KEY, WEBHOOK_SECRETS
 
 FLOWER_AUTH = ("admin", "flower-test-password")
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -63,6 +63,13 @@ def _worker_env(queues: str, concurrency: int) -> dict[str, str]:
         "OFFLOAD_WORKER_HEARTBEAT_INTERVAL_SECONDS": "1",
         "OFFLOAD_WORKER_METRICS_HOST": "0.0.0.0",
         "OFFLOAD_WORKER_METRICS_PORT": "9808",
+        # offload.deliveryEnv with the chart's defaults: no SMTP host or login, one signing
+        # secret (the chart generates it), an empty allow-list.
+        "OFFLOAD_SMTP_PORT": "587",
+        "OFFLOAD_SMTP_SECURITY": "starttls",
+        "OFFLOAD_EMAIL_FROM": "Offload <offload@localhost>",
+        "OFFLOAD_WEBHOOK_SECRETS": WEBHOOK_SECRETS[0],
+        "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "",
     }
 
 
@@ -71,6 +78,8 @@ API_ENV = {
     "OFFLOAD_API_PORT": "8000",
     "OFFLOAD_API_MAX_BODY_BYTES": "1048576",
     "OFFLOAD_API_KEYS": API_KEY,
+    # offload.outboundEnv: the API checks webhook URLs against the allow-list at submit.
+    "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "",
 }
 
 

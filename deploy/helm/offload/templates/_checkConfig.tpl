@@ -9,6 +9,7 @@ value and says what to do. Included once, from configmap.yaml (which always rend
 {{- $messages = append $messages (include "offload.checkConfig.redis" .) -}}
 {{- $messages = append $messages (include "offload.checkConfig.flower" .) -}}
 {{- $messages = append $messages (include "offload.checkConfig.api" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.delivery" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- fail (printf "\nOFFLOAD CONFIGURATION ERRORS:\n%s" (join "\n" $messages)) -}}
@@ -118,5 +119,21 @@ api: terminationGracePeriodSeconds ({{ .Values.api.terminationGracePeriodSeconds
 {{- end -}}
 {{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) }}
 api.autoscaling: minReplicas ({{ .Values.api.autoscaling.minReplicas }}) is above maxReplicas ({{ .Values.api.autoscaling.maxReplicas }}).
+{{- end -}}
+{{- end -}}
+
+{{- define "offload.checkConfig.delivery" -}}
+{{- $smtp := .Values.delivery.smtp -}}
+{{- if and $smtp.username (not $smtp.existingSecret) }}
+delivery.smtp: username "{{ $smtp.username }}" needs a password from a Secret, and the chart never holds one in values: create a Secret with the password under key "{{ $smtp.existingSecretKey }}" and set delivery.smtp.existingSecret to its name.
+{{- end -}}
+{{- if and $smtp.existingSecret (not $smtp.username) }}
+delivery.smtp: existingSecret "{{ $smtp.existingSecret }}" is set but username is empty, so its password would never be used; set delivery.smtp.username or clear existingSecret.
+{{- end -}}
+{{- if and (eq (int $smtp.port) 465) (eq $smtp.security "starttls") }}
+delivery.smtp: port 465 speaks TLS from the first byte; set security: tls (starttls is for port 587).
+{{- end -}}
+{{- if and (eq (int $smtp.port) 587) (eq $smtp.security "tls") }}
+delivery.smtp: port 587 expects starttls; set security: starttls (tls is for port 465).
 {{- end -}}
 {{- end -}}

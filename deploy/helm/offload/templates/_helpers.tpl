@@ -92,6 +92,10 @@ An image reference: "[registry/]repository@digest" when a digest is set, else
 {{- default (include "offload.componentName" (dict "ctx" . "suffix" "redis")) .Values.redis.auth.existingSecret -}}
 {{- end -}}
 
+{{- define "offload.webhookSecretName" -}}
+{{- default (include "offload.componentName" (dict "ctx" . "suffix" "webhooks")) .Values.delivery.webhooks.existingSecret -}}
+{{- end -}}
+
 {{/* Redis as the applications and KEDA see it. */}}
 {{- define "offload.redisHost" -}}
 {{- if .Values.externalRedis.enabled -}}
@@ -184,6 +188,45 @@ OpenTelemetry variables. Call with (dict "ctx" $ "service" "offload-api" "worker
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* OFFLOAD_OUTBOUND_ALLOWED_HOSTS, for the API (it checks webhook URLs at submit) and the workers. */}}
+{{- define "offload.outboundEnv" -}}
+- name: OFFLOAD_OUTBOUND_ALLOWED_HOSTS
+  value: {{ join "," .Values.delivery.outbound.allowedHosts | quote }}
+{{- end -}}
+
+{{/*
+Email and webhook delivery of every worker set: SMTP, the webhook signing secrets and the
+outbound allow-list. The SMTP password and the signing secrets come from Secrets only.
+*/}}
+{{- define "offload.deliveryEnv" -}}
+{{- $smtp := .Values.delivery.smtp -}}
+{{- with $smtp.host }}
+- name: OFFLOAD_SMTP_HOST
+  value: {{ . | quote }}
+{{- end }}
+- name: OFFLOAD_SMTP_PORT
+  value: {{ $smtp.port | quote }}
+- name: OFFLOAD_SMTP_SECURITY
+  value: {{ $smtp.security | quote }}
+{{- if $smtp.username }}
+- name: OFFLOAD_SMTP_USERNAME
+  value: {{ $smtp.username | quote }}
+- name: OFFLOAD_SMTP_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $smtp.existingSecret }}
+      key: {{ $smtp.existingSecretKey }}
+{{- end }}
+- name: OFFLOAD_EMAIL_FROM
+  value: {{ $smtp.from | quote }}
+- name: OFFLOAD_WEBHOOK_SECRETS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "offload.webhookSecretName" . }}
+      key: {{ .Values.delivery.webhooks.existingSecretKey }}
+{{ include "offload.outboundEnv" . }}
 {{- end -}}
 
 {{/* Container security context of every container. */}}
