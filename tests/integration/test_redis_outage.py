@@ -1,5 +1,6 @@
-"""The API without Redis: clear 503s within seconds, then recovery on its own; and queue depth
-that sums every priority list kombu keeps for a queue."""
+"""The API without Redis: clear 503s within seconds, then recovery on its own; queue depth that
+sums every priority list kombu keeps for a queue; and a worker that keeps consuming after Redis
+went away under it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import redis
 from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, submit_echo
+from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker, submit_echo, wait_job
 
 
 @pytest.fixture
@@ -65,3 +66,58 @@ def test_redis_down_gives_503_in_seconds_and_the_api_recovers(api_alone) -> None
     job_id = submit_echo(client)
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
     assert api.alive()
+
+
+@pytest.fixture
+def worker_stack(tmp_path: Path) -> Iterator[tuple[RedisServer, Service, httpx.Client]]:
+    """Redis (append-only, so queued work survives a restart), the API and a default+low worker."""
+    server = RedisServer(free_port(), tmp_path / "redis", persistent=True).start()
+    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}
+    worker = start_worker("worker", env, tmp_path)
+    api = start_api(env, tmp_path)
+    try:
+        with api_client(api) as client:
+            yield server, worker, client
+    finally:
+        api.stop()
+        worker.stop()
+        server.stop()
+
+
+def test_a_worker_consumes_again_after_redis_goes_away_mid_job(
+    worker_stack: tuple[RedisServer, Service, httpx.Client],
+) -> None:
+    """Redis stops while the worker runs a job (an unacknowledged message) with its BRPOP
+    pending. Its pub/sub connection is killed first, so the worker handles that error while the
+    BRPOP reply is still unread: the order in which kombu's channel close used to stop half-way
+    and Celery's second close then crashed the worker ("Unrecoverable error: AttributeError").
+    The same process must reconnect, finish the job and run new ones, outage after outage."""
+    server, worker, client = worker_stack
+
+    def broker_losses() -> int:
+        return worker.log.read_text(errors="replace").count("Connection to broker lost")
+
+    def finished(job_id: str) -> dict[str, object] | None:
+        assert worker.alive(), f"the worker exited:\n{worker.log_tail()}"
+        record: dict[str, object] = client.get(f"/v1/jobs/{job_id}").json()
+        return record if record["status"] in {"succeeded", "failed"} else None
+
+    def outage(number: int) -> None:
+        running = submit_echo(client, sleep_ms=3000)
+        wait_job(client, running, {"started"}, timeout=15)
+        losses = broker_losses()
+
+        redis.Redis(port=server.port).client_kill_filter(_type="pubsub")
+        server.stop()
+        wait_for(lambda: broker_losses() > losses, 15, "the worker to notice the lost connection")
+        server.start()
+
+        wait_for(lambda: client.get("/readyz").status_code == 200, 15, "/readyz to recover")
+        after = submit_echo(client, message=f"after outage {number}")
+        assert wait_for(lambda: finished(after), 30, "a job submitted after the outage")["status"] == "succeeded"
+        # Handed back (or restored after the visibility timeout), the interrupted job runs again.
+        assert wait_for(lambda: finished(running), 30, "the interrupted job")["status"] == "succeeded"
+
+    outage(1)
+    outage(2)
+    assert "Unrecoverable error" not in worker.log.read_text(errors="replace")

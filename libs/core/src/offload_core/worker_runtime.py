@@ -1,6 +1,6 @@
 """What the worker and the notifier entrypoints share: probe files, the consumer
-announcement, logs, traces and metrics, and starting Celery's worker with the queues and
-concurrency from settings.
+announcement, logs, traces and metrics, a task consumer that survives Redis restarts, and
+starting Celery's worker with the queues and concurrency from settings.
 
 The entrypoint must call worker_env.prepare_worker_environment before this module is imported:
 REMAP_SIGTERM makes SIGTERM start the soft shutdown that hands unfinished tasks back to the
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import redis
@@ -25,6 +26,7 @@ from celery.signals import (
     worker_ready,
     worker_shutting_down,
 )
+from celery.worker.consumer import Consumer
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from offload_core.logs import configure_logging, wants_json
@@ -90,6 +92,32 @@ class WorkerProbes(bootsteps.StartStopStep):
                 withdraw_consumer(self.client, self.hostname, self.queues)
 
 
+class ReconnectingConsumer(Consumer):
+    """Celery's task consumer, with a reconnect that survives the Redis transport's close.
+
+    When the broker connection is lost, Celery closes it twice: ``collect()``, which closes the
+    channels and then detaches the transport, and ``close()``. kombu's Redis channel starts
+    closing by reading the reply of the BRPOP it has in flight; with Redis gone that read raises,
+    and the channel is left open. If nothing else closes it before the transport is detached
+    (``collect()`` stops at the first channel that fails, such as the remote-control channel
+    deleting its queue), the second close finds no transport to reach Redis through and raises
+    AttributeError while restoring the unacknowledged messages: for Celery an unrecoverable error,
+    so the worker process exits and its queues have no consumer until something restarts it.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        # The task consumer's channel: a kombu Redis channel (untyped), or None before it started.
+        channel: Any = getattr(getattr(self, "task_consumer", None), "channel", None)
+        if channel is not None and getattr(channel, "_in_poll", None):
+            # Read the pending BRPOP reply first, as kombu's close would, but let a reply that
+            # cannot be read go with the connection instead of aborting the close: kombu's close
+            # then runs to the end, and the channel's unacknowledged messages are restored (now,
+            # or by any worker after the visibility timeout).
+            with contextlib.suppress(Empty, *channel.connection_errors):
+                channel._brpop_read()
+        super().on_connection_error_after_connected(exc)
+
+
 @worker_ready.connect
 def _write_ready_file(sender: Any = None, **_: Any) -> None:
     ready = probe_files(get_settings())[1]
@@ -131,6 +159,8 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
     if settings.WORKER_METRICS_PORT:
         serve_worker_metrics(settings)
     app.steps["worker"].add(WorkerProbes)
+    # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.
+    app.conf.worker_consumer = f"{ReconnectingConsumer.__module__}:{ReconnectingConsumer.__qualname__}"
     # The banner is for people; a JSON log stream gets one line per event instead.
     quiet = ["--quiet"] if wants_json(settings) else []
     app.worker_main(

@@ -21,6 +21,8 @@ def main() -> None:
         timeout_keep_alive=5,
         # In-flight requests get this long after SIGTERM; below the pod's grace period.
         timeout_graceful_shutdown=20,
+        # h11's cap on a request head; the httptools parser (used when installed) has none, so
+        # offload_api.limits.HeaderSizeLimit refuses oversized headers whichever parser runs.
         h11_max_incomplete_event_size=64 * 1024,
     )
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from offload_core.settings import get_settings
@@ -22,7 +26,26 @@ _CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    431: "request_header_fields_too_large",
 }
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where the problem is, e.g. body.sleep_ms or header.Idempotency-Key.")
+    message: str = Field(description="What is wrong with it.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer (4xx, 5xx), whichever part of the API gives it."""
+
+    detail: str = Field(description="What happened and what to do about it.")
+    code: str = Field(
+        description="A stable name for the kind of error: invalid_request, unauthorized, not_found, conflict, "
+        "payload_too_large, request_header_fields_too_large, redis_unavailable, bad_request, ..."
+    )
+    errors: list[FieldError] | None = Field(
+        default=None, description="On 422 only: every invalid field, with what is wrong with it."
+    )
 
 
 class InvalidField(Exception):
@@ -60,10 +83,19 @@ async def _invalid_field(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# FastAPI's words for a body it could not decode (JSON that is not UTF-8, a broken multipart
+# body), which say nothing about what to send instead.
+_FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
+_UNPARSABLE_BODY = (
+    "The request body could not be parsed: send it well-formed for its Content-Type (JSON encoded as UTF-8)."
+)
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODES.get(exc.status_code, "error")
-    return JSONResponse(status_code=exc.status_code, content=error_body(str(exc.detail), code), headers=exc.headers)
+    detail = _UNPARSABLE_BODY if exc.detail == _FASTAPI_UNPARSABLE_BODY else str(exc.detail)
+    return JSONResponse(status_code=exc.status_code, content=error_body(detail, code), headers=exc.headers)
 
 
 async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -79,6 +111,78 @@ async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return JSONResponse(status_code=500, content=error_body("Internal error; it has been logged.", "internal_error"))
+
+
+# Every /v1 route can answer these, whatever it does: they come from the API key check, the
+# body and header limits, the body parser and the Redis error handler, not from the route.
+V1_PREFIX = "/v1/"
+_V1_ERRORS: dict[str, tuple[str, dict[str, str]]] = {
+    "400": ("The request body could not be parsed (e.g. JSON that is not UTF-8).", {}),
+    "401": ("No API key, or not a valid one.", {"WWW-Authenticate": "Bearer"}),
+    "413": ("The request body is over its size limit (OFFLOAD_API_MAX_BODY_BYTES unless the route says).", {}),
+    "431": ("The request headers are too many or too large.", {}),
+    "503": ("Redis is unavailable; nothing was done, retry later.", {"Retry-After": "Seconds to wait, e.g. 5."}),
+}
+_INVALID = "Invalid input: `errors` lists each invalid field."
+_SCHEMA_REF = "#/components/schemas/"
+_FASTAPI_422 = "HTTPValidationError"
+
+
+def _json_schema_ref(response: dict[str, Any]) -> str:
+    """The name of the schema a documented response's JSON body refers to, or ""."""
+    ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+    return str(ref).removeprefix(_SCHEMA_REF)
+
+
+def _error_content() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"{_SCHEMA_REF}{ErrorBody.__name__}"}}}
+
+
+def document_error_responses(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Makes the OpenAPI schema say what the API really answers on errors (so clients and schema
+    checks can rely on it): ErrorBody on every 4xx/5xx, instead of FastAPI's HTTPValidationError
+    on 422 or no body at all; and on every /v1 operation the errors every /v1 route can give.
+    Works on the generated schema, so routes added later are covered without doing anything."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ErrorBody.model_json_schema(ref_template=_SCHEMA_REF + "{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas[ErrorBody.__name__] = error_schema
+    for path, operations in openapi.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path.startswith(V1_PREFIX):
+                for status, (description, headers) in _V1_ERRORS.items():
+                    documented = responses.setdefault(status, {"description": description})
+                    for name, header_description in headers.items():
+                        documented.setdefault("headers", {})[name] = {
+                            "description": header_description,
+                            "schema": {"type": "string"},
+                        }
+            for status, documented in responses.items():
+                if not status.startswith(("4", "5")):
+                    continue
+                if _json_schema_ref(documented) == _FASTAPI_422:
+                    # Added by FastAPI where there are parameters or a body, but never answered:
+                    # _validation_error answers ErrorBody instead.
+                    documented.pop("content")
+                    documented["description"] = _INVALID
+                documented.setdefault("content", _error_content())
+    if f'"{_SCHEMA_REF}{_FASTAPI_422}"' not in json.dumps(openapi["paths"]):
+        schemas.pop(_FASTAPI_422, None)
+        schemas.pop("ValidationError", None)  # only HTTPValidationError refers to it
+    return openapi
+
+
+def install_openapi_error_responses(app: FastAPI) -> None:
+    """app.openapi() documents the real error answers (document_error_responses)."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_error_responses(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
 
 
 def install_error_handlers(app: FastAPI) -> None:

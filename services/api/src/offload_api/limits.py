@@ -1,10 +1,14 @@
-"""Request body size limit, enforced while the body streams in (not only on Content-Length)."""
+"""Request size limits: the body, enforced while it streams in (not only on Content-Length), and
+the headers."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from offload_api.errors import error_body
 
 
 class BodyTooLarge(Exception):
@@ -12,17 +16,20 @@ class BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Exact paths with a limit of their own, e.g. an upload route that takes larger bodies.
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.overrides.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._reject(send, max_bytes)
             return
         received = 0
         started = False
@@ -33,7 +40,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise BodyTooLarge
             return message
@@ -45,7 +52,7 @@ class BodySizeLimit:
                 # while reading the body into 400 "error parsing the body"): answer 413 instead.
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await self._reject(send)
+                    await self._reject(send, max_bytes)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -54,12 +61,48 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, max_bytes)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"Request body exceeds {self.max_bytes} bytes.", "code": "payload_too_large"}
-        ).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, send: Send, max_bytes: int) -> None:
+        await _answer(send, 413, f"Request body exceeds {max_bytes} bytes.", "payload_too_large")
+
+
+# Generous for any real client (browsers send ~1-2 KiB; uvicorn's own h11 limit is 16 KiB),
+# small enough that a request cannot pin much memory in the app.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_COUNT = 100
+
+
+class HeaderSizeLimit:
+    """Refuses requests with too many or too large headers (431). uvicorn's httptools parser
+    (used whenever it is installed) has no header limit of its own and ignores
+    h11_max_incomplete_event_size, so this applies one to every request the app sees."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES, max_count: int = MAX_HEADER_COUNT) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        size = sum(len(name) + len(value) + 4 for name, value in headers)  # as on the wire: "name: value\r\n"
+        if len(headers) > self.max_count or size > self.max_bytes:
+            detail = (
+                f"Request headers too large: {len(headers)} headers, {size} bytes; at most "
+                f"{self.max_count} headers and {self.max_bytes} bytes in all. Send fewer or smaller headers."
+            )
+            await _answer(send, 431, detail, "request_header_fields_too_large", close=True)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, detail: str, code: str, *, close: bool = False) -> None:
+    body = json.dumps(error_body(detail, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -11,8 +11,8 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
 from offload_api.deps import require_api_key
-from offload_api.errors import install_error_handlers
-from offload_api.limits import BodySizeLimit
+from offload_api.errors import install_error_handlers, install_openapi_error_responses
+from offload_api.limits import BodySizeLimit, HeaderSizeLimit
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
@@ -57,8 +57,10 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi_error_responses(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES)
-    # Outside the size limit, so refused bodies are counted too.
+    app.add_middleware(HeaderSizeLimit)
+    # Outside the size limits, so refused requests are counted too.
     app.add_middleware(metrics.RequestMetrics)
     setup_tracing(API_SERVICE)
     # Probes and scrapes would drown the traces that matter.

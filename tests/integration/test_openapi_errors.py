@@ -1,0 +1,158 @@
+"""The running API answers errors the way its /openapi.json says: every 4xx/5xx documented on
+the operation that gives it, with the error model's body; and request headers too many or too
+large are refused with 431 without harming the process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+
+from offload_dev.redis_server import RedisServer, free_port
+from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, start_api
+
+MAX_BODY = 1048576  # OFFLOAD_API_MAX_BODY_BYTES' default
+Api = tuple[RedisServer, Service, httpx.Client]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """Redis and the API only: no answer here needs a worker."""
+    base: Path = tmp_path_factory.mktemp("openapi")
+    server = RedisServer(free_port(), base / "redis").start()
+    service = start_api({**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}, base)
+    try:
+        with api_client(service) as client:
+            yield server, service, client
+    finally:
+        service.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def openapi(api: Api) -> dict[str, Any]:
+    response = api[2].get("/openapi.json")
+    assert response.status_code == 200
+    schema: dict[str, Any] = response.json()
+    return schema
+
+
+def _conforms(openapi: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
+    """The answer's status is documented for the operation, and its body matches that schema."""
+    documented = openapi["paths"][path][method.lower()]["responses"]
+    status = str(response.status_code)
+    assert status in documented, f"{method} {path} answered {status}, documented: {sorted(documented)}"
+    assert response.headers["content-type"] == "application/json"
+    schema = documented[status]["content"]["application/json"]["schema"]
+    # The components travel along so the schema's $refs resolve.
+    jsonschema.validate(response.json(), {**schema, "components": openapi["components"]})
+
+
+def test_every_operation_documents_its_errors_with_the_error_model(openapi: dict[str, Any]) -> None:
+    assert "HTTPValidationError" not in json.dumps(openapi)
+    v1_operations = 0
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"
+                    }, (method, path, status)
+            if path.startswith("/v1/"):
+                v1_operations += 1
+                assert {"400", "401", "413", "431", "503"} <= set(responses), (method, path, sorted(responses))
+                if operation.get("parameters") or operation.get("requestBody"):
+                    assert "422" in responses, (method, path)
+    assert v1_operations >= 8  # jobs, queues, dead letters and whatever was added since
+
+
+def test_error_answers_match_the_schema(api: Api, openapi: dict[str, Any]) -> None:
+    _, service, client = api
+    url: str = service.extra["url"]
+    echo = "/v1/jobs/echo"
+    json_body = {"Content-Type": "application/json"}
+    wrong_key = {"Authorization": "Bearer not-a-valid-key"}
+    cases: list[tuple[str, str, httpx.Response, int]] = [
+        ("POST", echo, httpx.post(f"{url}{echo}", json={"message": "x"}, timeout=15), 401),
+        (
+            "GET",
+            "/v1/queues",
+            httpx.get(f"{url}/v1/queues", headers=wrong_key, timeout=15),
+            401,
+        ),
+        ("GET", "/v1/jobs/{job_id}", client.get("/v1/jobs/no-such-job"), 404),
+        ("DELETE", "/v1/dead-letters/{dead_letter_id}", client.delete("/v1/dead-letters/no-such-letter"), 404),
+        ("POST", echo, client.post(echo, json={"message": 1, "bogus": True}), 422),
+        ("POST", echo, client.post(echo, json={"message": "x"}, headers={"Idempotency-Key": "k" * 256}), 422),
+        ("GET", "/v1/dead-letters", client.get("/v1/dead-letters", params={"limit": 0}), 422),
+        ("POST", echo, client.post(echo, content=b'{"message": "\xff\xfe"}', headers=json_body), 400),
+        ("POST", echo, client.post(echo, content=b"x" * (MAX_BODY + 1), headers=json_body), 413),
+        ("POST", echo, client.post(echo, json={"message": "x"}, headers={"X-Big": "a" * 40_000}), 431),
+    ]
+    client.post(echo, json={"message": "first"}, headers={"Idempotency-Key": "reused-key"})
+    reused = client.post(echo, json={"message": "second"}, headers={"Idempotency-Key": "reused-key"})
+    cases.append(("POST", echo, reused, 409))
+    for method, path, response, expected in cases:
+        assert response.status_code == expected, (method, path, response.text)
+        _conforms(openapi, method, path, response)
+    invalid = cases[4][2].json()
+    assert {e["field"] for e in invalid["errors"]} == {"body.message", "body.bogus"}
+    assert "UTF-8" in cases[7][2].json()["detail"]  # says what to send instead
+
+
+def test_redis_unavailable_answer_matches_the_schema(api: Api, openapi: dict[str, Any]) -> None:
+    server, _, client = api
+    server.stop()
+    try:
+        response = client.get("/v1/jobs/some-job")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        _conforms(openapi, "GET", "/v1/jobs/{job_id}", response)
+    finally:
+        server.start()
+
+
+def _raw_status(url: str, head: bytes, timeout: float = 30) -> int | str:
+    """Sends a request head over one connection: the status answered, or how the connection ended."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        try:
+            sock.sendall(head)
+            answer = sock.recv(65536)
+        except OSError as exc:  # the server may close before reading all of a huge head
+            return type(exc).__name__
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else "closed"
+
+
+def test_oversized_request_headers_are_refused_with_431(api: Api) -> None:
+    _, service, client = api
+    url: str = service.extra["url"]
+    host = urlsplit(url).netloc.encode()
+
+    def request(headers: bytes) -> bytes:
+        return b"GET /livez HTTP/1.1\r\nHost: " + host + b"\r\n" + headers + b"Connection: close\r\n\r\n"
+
+    big = b"X-Big: " + b"a" * (256 * 1024) + b"\r\n"
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))
+    within = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(90))  # 90 headers, ~10 KiB
+    assert _raw_status(url, request(big)) == 431
+    assert _raw_status(url, request(many)) == 431
+    assert _raw_status(url, request(within)) == 200
+    refused = httpx.get(f"{url}/livez", headers={"X-Big": "a" * 40_000}, timeout=15)
+    assert refused.status_code == 431
+    assert refused.json()["code"] == "request_header_fields_too_large"
+    assert "at most 100 headers and 32768 bytes" in refused.json()["detail"]
+    assert refused.headers["connection"] == "close"
+    # 32 MiB of one header: the parser buffers it (no limit of its own), then it is refused too.
+    assert _raw_status(url, request(b"X-Huge: " + b"a" * (32 * 1024 * 1024) + b"\r\n")) in {431, "closed"}
+    assert service.alive()
+    assert client.get("/livez").status_code == 200
+    assert httpx.get(f"{url}/v1/queues", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=15).status_code == 200
