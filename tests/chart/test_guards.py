@@ -92,7 +92,7 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
     ),
     "api-grace": (
         {"api": {"preStopSleepSeconds": 40}},
-        ["api: terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds (40)"],
+        ["api: terminationGracePeriodSeconds (35) must exceed preStopSleepSeconds (40)"],
     ),
 }
 
