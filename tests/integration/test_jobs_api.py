@@ -146,7 +146,7 @@ def test_malformed_json_and_oversized_bodies_are_4xx(stack: Stack) -> None:
 
 def test_queues_report_consumers_per_queue(stack: Stack) -> None:
     queues = {q["name"]: q for q in stack.client.get("/v1/queues").json()["queues"]}
-    assert set(queues) == {"high", "default", "low"}
+    assert set(queues) == {"high", "default", "low", "in-process"}  # in-process: the API's own (POST /v1/compute)
     assert queues["high"]["consumers"] == 1  # the notifier alone
     assert queues["default"]["consumers"] == 1
     assert queues["low"]["consumers"] == 1

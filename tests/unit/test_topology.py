@@ -34,7 +34,9 @@ def test_celery_configuration_follows_the_settings() -> None:
     assert config["broker_transport_options"]["unacked_restore_throttle"] == 1
     assert config["worker_soft_shutdown_timeout"] == settings.WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS
     assert {q.name for q in config["task_queues"]} == {"high", "default", "low"}
-    assert config["task_routes"] == {"offload.echo": {"queue": "default"}}
+    assert config["task_routes"] == {str(name): {"queue": str(route.queue)} for name, route in ROUTES.items()}
+    assert config["task_routes"]["offload.notify"] == {"queue": "high"}  # critical work on the notifier alone
+    assert config["task_routes"]["offload.report"] == {"queue": "low"}
 
 
 @pytest.mark.parametrize("retries", range(8))

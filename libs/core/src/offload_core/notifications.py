@@ -57,6 +57,7 @@ class TargetRecord(BaseModel):
     smtp_reply: str | None = None  # email: the server's last reply
     delivered_at: datetime | None = None
     next_attempt_at: datetime | None = None
+    reachable: bool | None = None  # the API's connection check at submission; None: not checked
 
 
 class Notification(Job):

@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     # Larger request bodies are refused with 413 before they are read.
     API_MAX_BODY_BYTES: int = Field(1024 * 1024, ge=1024)
 
+    # In-process work of the API (the README's "Choose the right tool"). The audit trail keeps
+    # about this many entries (a capped Redis stream; the oldest go first).
+    AUDIT_MAX_ENTRIES: int = Field(100_000, ge=100, le=10_000_000)
+    # Tracked asyncio tasks (webhook reachability checks) running at once; more are skipped.
+    API_TRACKED_TASKS_MAX: int = Field(100, ge=1, le=10_000)
+    # On shutdown, tracked tasks and running computations get this long, then are cancelled.
+    # With uvicorn's 20 s for open requests it must fit the pod's grace period.
+    API_SHUTDOWN_TASKS_TIMEOUT_SECONDS: float = Field(5.0, ge=0, le=300)
+    # POST /v1/compute: waiting computations at most (more get 429), the processes running
+    # them, and the most numbers one computation may take.
+    COMPUTE_QUEUE_MAX: int = Field(100, ge=1, le=100_000)
+    COMPUTE_WORKERS: int = Field(2, ge=1, le=64)
+    COMPUTE_MAX_NUMBERS: int = Field(100_000, ge=1, le=1_000_000)
+
     # How long a job's record (status, progress, result, error) is kept after its last change.
     JOB_TTL_SECONDS: int = Field(7 * 24 * 3600, ge=60)
     # How long Celery's own result backend keeps task results.
@@ -157,6 +171,40 @@ class Settings(BaseSettings):
     # here (host names, IP addresses or networks such as 10.0.0.0/8) are exempt.
     OUTBOUND_ALLOWED_HOSTS: Annotated[list[str], NoDecode] = []
 
+    # Image pipelines: an upload larger than IMAGE_MAX_BYTES is refused with 413 (its path alone
+    # may exceed API_MAX_BODY_BYTES); images, and every step's output, may hold at most
+    # IMAGE_MAX_PIXELS pixels, which bounds a worker's memory (4 bytes a pixel) and refuses
+    # decompression bombs. Originals, results and their index entries live IMAGE_TTL_SECONDS
+    # after their last upload or processing.
+    IMAGE_MAX_BYTES: int = Field(20 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    IMAGE_MAX_PIXELS: int = Field(40_000_000, ge=1024, le=500_000_000)
+    IMAGE_MAX_RESULT_BYTES: int = Field(64 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    IMAGE_TTL_SECONDS: int = Field(24 * 3600, ge=60)
+
+    # Reports (POST /v1/reports). The source is streamed and aggregated as it arrives; these bound
+    # what one report may read, hold and produce. Each limit fails the job with a message naming it.
+    REPORT_MAX_SOURCE_BYTES: int = Field(1024 * 1024 * 1024, ge=1)
+    REPORT_MAX_ROWS: int = Field(20_000_000, ge=1)
+    # Memory grows with the number of groups, never with the rows.
+    REPORT_MAX_GROUPS: int = Field(100_000, ge=1)
+    REPORT_MAX_RESULT_BYTES: int = Field(10 * 1024 * 1024, ge=1024)
+    # Malformed rows are counted and skipped; above this share (judged once this many rows were
+    # read, and at the end) the job fails.
+    REPORT_MAX_MALFORMED_SHARE: float = Field(0.01, ge=0, le=1)
+    REPORT_MALFORMED_MIN_ROWS: int = Field(1000, ge=1)
+    # How long a finished report can be downloaded.
+    REPORT_RESULT_TTL_SECONDS: int = Field(24 * 3600, ge=1)
+    REPORT_FETCH_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=60)
+    # Longest silence of the source while streaming it.
+    REPORT_FETCH_READ_TIMEOUT_SECONDS: float = Field(30.0, gt=0, le=300)
+    # Time limits of a report when it needs other ones than OFFLOAD_TASK_*; unset: those.
+    REPORT_SOFT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
+    REPORT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
+    # GET /v1/reports/{id}/events reads the job this often, and ends a stream after this long
+    # (clients reconnect).
+    REPORT_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
+    REPORT_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
+
     @field_validator("API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", mode="before")
     @classmethod
     def _parse_list(cls, value: object) -> object:
@@ -194,6 +242,18 @@ class Settings(BaseSettings):
                 f"OFFLOAD_TASK_TIME_LIMIT_SECONDS + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({longest_hold:g}), "
                 "or Redis hands running tasks to a second worker"
             )
+        report_soft, report_hard = self.report_time_limits
+        if report_soft >= report_hard:
+            raise ValueError(
+                f"the report soft time limit ({report_soft}) must be below its hard limit ({report_hard}); "
+                "check OFFLOAD_REPORT_SOFT_TIME_LIMIT_SECONDS and OFFLOAD_REPORT_TIME_LIMIT_SECONDS"
+            )
+        if report_hard + self.RETRY_BACKOFF_MAX_SECONDS >= self.VISIBILITY_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"OFFLOAD_VISIBILITY_TIMEOUT_SECONDS ({self.VISIBILITY_TIMEOUT_SECONDS}) must exceed the report "
+                f"time limit + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({report_hard + self.RETRY_BACKOFF_MAX_SECONDS:g}), "
+                "or Redis hands running reports to a second worker"
+            )
         for key in self.API_KEYS:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
@@ -213,6 +273,14 @@ class Settings(BaseSettings):
                 "or OFFLOAD_ENVIRONMENT=development for a local run"
             )
         return None
+
+    @property
+    def report_time_limits(self) -> tuple[int, int]:
+        """Soft and hard time limit of a report: OFFLOAD_REPORT_*, else OFFLOAD_TASK_*."""
+        return (
+            self.REPORT_SOFT_TIME_LIMIT_SECONDS or self.TASK_SOFT_TIME_LIMIT_SECONDS,
+            self.REPORT_TIME_LIMIT_SECONDS or self.TASK_TIME_LIMIT_SECONDS,
+        )
 
     @property
     def redis_url(self) -> str:

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, chain
 from kombu.exceptions import OperationalError
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
@@ -37,7 +39,7 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # Where a job's status is read, for tasks whose status says more than GET /v1/jobs/{id}.
-STATUS_PATHS = {TaskName.NOTIFY: "/v1/notifications"}
+STATUS_PATHS = {TaskName.NOTIFY: "/v1/notifications", TaskName.REPORT: "/v1/reports"}
 
 
 class JobAccepted(BaseModel):
@@ -138,3 +140,108 @@ def _publish(
     ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
     JOBS_SUBMITTED.labels(task, queue).inc()
     logger.info("job %s accepted for %s on %s", job_id, task, queue, extra=job_fields(job_id, task, queue))
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    task: TaskName
+    kwargs: dict[str, object]
+    priority: int | None = None  # the route's default when None; each step runs on its route's queue
+
+
+def enqueue_chain(
+    celery: Celery,
+    store: JobStore,
+    steps: Sequence[ChainStep],
+    *,
+    idempotency: IdempotencyKey | None = None,
+    prepare: Callable[[list[JobAccepted]], None] | None = None,
+) -> list[JobAccepted]:
+    """Accept a Celery chain: every step a job with its own record, all created before anything
+    is published; Celery sends a step once the one before it succeeded. ``prepare(accepted)``
+    runs after the records exist and before the chain is published; if it raises, nothing is
+    published and the records and the Idempotency-Key are released."""
+    accepted = []
+    for step in steps:
+        route = ROUTES[step.task]
+        job_id = uuid.uuid4().hex
+        accepted.append(
+            JobAccepted(
+                id=job_id,
+                status=JobStatus.QUEUED,
+                task=step.task,
+                queue=route.queue,
+                priority=route.priority if step.priority is None else step.priority,
+                status_url=f"{STATUS_PATHS.get(step.task, '/v1/jobs')}/{job_id}",
+            )
+        )
+    if idempotency is not None:
+        chained = " | ".join(step.task for step in steps)
+        payload = {"steps": [step.kwargs for step in steps]}
+        fingerprint = request_fingerprint(idempotency.route, chained, payload, "", 0)
+        claim = json.dumps([a.model_dump(mode="json") for a in accepted])
+        earlier = idempotency.claim(store.client, fingerprint, claim)
+        if earlier is not None:
+            return [JobAccepted.model_validate(a) for a in json.loads(earlier)]
+    try:
+        _publish_chain(celery, store, accepted, steps, prepare)
+    except Exception:
+        if idempotency is not None:
+            with contextlib.suppress(redis.RedisError):
+                idempotency.release(store.client)
+        raise
+    return accepted
+
+
+def _publish_chain(
+    celery: Celery,
+    store: JobStore,
+    accepted: list[JobAccepted],
+    steps: Sequence[ChainStep],
+    prepare: Callable[[list[JobAccepted]], None] | None,
+) -> None:
+    first = accepted[0]
+    job_attributes = {telemetry.JOB_ID: first.id, telemetry.TASK: str(first.task), telemetry.QUEUE: str(first.queue)}
+    trace.get_current_span().set_attributes(job_attributes)
+    started = time.perf_counter()
+    try:
+        for job in accepted:  # every record first: a step may be taken the moment it is sent
+            store.create(job.id, task=job.task, queue=job.queue)
+        if prepare is not None:
+            prepare(accepted)
+        with tracer.start_as_current_span(
+            f"apply_async/{first.task}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={**job_attributes, "messaging.message.id": first.id, "messaging.destination": str(first.queue)},
+        ):
+            headers: dict[str, object] = {ENQUEUED_AT_HEADER: time.time()}
+            propagate.inject(headers)
+            signatures = [
+                celery.signature(
+                    job.task,
+                    kwargs=step.kwargs,
+                    task_id=job.id,
+                    queue=job.queue,
+                    routing_key=job.queue,
+                    priority=job.priority,
+                    headers=dict(headers),
+                    ignore_result=True,
+                    immutable=True,  # a step's arguments are its own, not the previous step's result
+                )
+                for job, step in zip(accepted, steps, strict=True)
+            ]
+            chain(*signatures).apply_async()
+    except Exception:
+        with contextlib.suppress(redis.RedisError):
+            for job in accepted:
+                store.discard(job.id)
+        raise
+    ENQUEUE_SECONDS.labels(first.task, first.queue).observe(time.perf_counter() - started)
+    for job in accepted:
+        JOBS_SUBMITTED.labels(job.task, job.queue).inc()
+    logger.info(
+        "chain %s accepted: %s",
+        first.id,
+        " | ".join(f"{job.task} {job.id}" for job in accepted),
+        extra=job_fields(first.id, first.task, first.queue),
+    )

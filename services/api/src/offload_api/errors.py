@@ -26,6 +26,8 @@ _CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
     431: "request_header_fields_too_large",
 }
 

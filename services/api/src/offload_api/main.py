@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,10 +11,17 @@ from fastapi import Depends, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
+from offload_api.audit import ResponseCapture, audit_trail
+from offload_api.background import TaskTracker
+from offload_api.compute import ComputeQueue
 from offload_api.deps import require_api_key
 from offload_api.errors import install_error_handlers, install_openapi_error_responses
 from offload_api.limits import BodySizeLimit, HeaderSizeLimit
+from offload_api.routes import audit as audit_routes
+from offload_api.routes import compute as compute_routes
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
+from offload_api.routes import images as image_routes
+from offload_api.routes import reports as report_routes
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
@@ -38,9 +46,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
     metrics.REGISTRY.register(queue_metrics)
+    app.state.tasks = TaskTracker(settings.API_TRACKED_TASKS_MAX)
+    app.state.compute = ComputeQueue.from_settings(settings, app.state.store.client)
+    app.state.compute.start()
     try:
         yield
     finally:
+        # Requests have ended by now; in-process work gets its bounded time before Redis goes.
+        timeout = settings.API_SHUTDOWN_TASKS_TIMEOUT_SECONDS
+        await asyncio.gather(app.state.tasks.drain(timeout), app.state.compute.stop(timeout))
         metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()
@@ -58,8 +72,11 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi_error_responses(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
+    )
     app.add_middleware(HeaderSizeLimit)
+    app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.
     app.add_middleware(metrics.RequestMetrics)
     setup_tracing(API_SERVICE)
@@ -67,10 +84,14 @@ def create_app() -> FastAPI:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="/livez,/readyz,/metrics")
     app.include_router(health.router)
     app.include_router(metrics.router)
-    v1 = [Depends(require_api_key)]
+    v1 = [Depends(require_api_key), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
     app.include_router(emails.router, prefix="/v1", dependencies=v1)
     app.include_router(notifications.router, prefix="/v1", dependencies=v1)
+    app.include_router(image_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(audit_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(compute_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(report_routes.router, prefix="/v1", dependencies=v1)
     return app

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from offload_api.deps import CeleryDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
+from offload_api.reachability import Reachability, start_checks
 from offload_api.routes.jobs import JobId
 from offload_core.notifications import Notification, NotificationTargets
 from offload_core.outbound import OutboundPolicy, UnsafeURL
@@ -25,6 +26,7 @@ def submit_notification(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
+    request: Request,
 ) -> JobAccepted:
     """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
     the `high` queue. Each target is delivered and retried on its own; `GET
@@ -54,6 +56,7 @@ def submit_notification(
         prepare=record_pending_targets,
     )
     response.headers["Location"] = accepted.status_url
+    start_checks(request, settings, accepted.id, body.targets)  # each target's `reachable`, in the background
     return accepted
 
 
@@ -63,4 +66,5 @@ def get_notification(job_id: JobId, store: StoreDep, settings: SettingsDep) -> N
     if job is None or job.task != TaskName.NOTIFY:
         raise HTTPException(404, f"No notification {job_id}: it never existed or its record expired.")
     targets = NotificationTargets(store.client, settings.JOB_TTL_SECONDS).all(job_id)
+    targets = Reachability(store.client, settings.JOB_TTL_SECONDS).merge(job_id, targets)
     return Notification(**job.model_dump(), targets=targets)

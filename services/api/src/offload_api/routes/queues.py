@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from offload_api.compute import ComputeQueue
 from offload_api.deps import SettingsDep, StoreDep
 from offload_core.queue_state import read_queue_states
 from offload_core.topology import Queue
@@ -23,11 +24,14 @@ class QueuesView(BaseModel):
 
 
 @router.get("")
-def list_queues(store: StoreDep, settings: SettingsDep) -> QueuesView:
+def list_queues(store: StoreDep, settings: SettingsDep, request: Request) -> QueuesView:
+    """The Celery queues (shared by every API process) and this API process's in-process compute queue."""
     states = read_queue_states(
         store.client,
         list(Queue),
         stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
+    compute: ComputeQueue = request.app.state.compute
+    states.append(compute.state())
     return QueuesView(queues=[QueueView(**vars(state)) for state in states])

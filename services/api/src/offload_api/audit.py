@@ -1,0 +1,300 @@
+"""The audit trail: who submitted or deleted what, and when.
+
+Every accepted (2xx) `POST` or `DELETE` under `/v1` appends one entry to a Redis stream capped
+at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is written by a FastAPI background task, after
+the response has been sent: the client never waits for it, and a failed write is logged, never
+turned into an error for a request that was accepted.
+
+Two pieces cover every /v1 route, present and future, without the routes doing anything:
+
+- ``ResponseCapture``, a pure ASGI middleware, notes the status each audited request was
+  answered with and the start of its JSON body (where a job's id is), as they are sent;
+- ``audit_trail``, a dependency of every /v1 router, adds the background task that reads what
+  the middleware noted once the response is out, and writes the entry.
+
+Who is a ``key_id``: a short hash of the API key, never the key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+from fastapi import BackgroundTasks, Request
+from opentelemetry import trace
+from pydantic import BaseModel, Field
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from offload_api.deps import CredentialsDep, SettingsDep
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEY = "offload:audit"
+AUDITED_METHODS = frozenset({"POST", "DELETE"})
+AUDITED_PREFIX = "/v1/"
+ANONYMOUS = "anonymous"  # development without API keys
+# Job answers are small; a larger body is not read for an id (the entry is still written).
+MAX_CAPTURED_BODY = 64 * 1024
+MAX_PATH_CHARS = 512
+_STATE_ATTRIBUTE = "audit_response"
+
+
+def api_key_id(api_key: str | None) -> str:
+    """A short, stable name for an API key that does not reveal it."""
+    if not api_key:
+        return ANONYMOUS
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CapturedResponse:
+    """What the client was answered, as ResponseCapture saw it go out."""
+
+    status: int | None = None
+    json_body: bool = False
+    body: bytearray = field(default_factory=bytearray)
+    body_complete: bool = False
+
+    def job_id(self) -> str | None:
+        """The id of the job the answer describes: a JSON object with an `id` and a `task`, which
+        is what submissions (the acceptance) and job cancellations (the job) answer."""
+        if not (self.json_body and self.body_complete and self.body):
+            return None
+        try:
+            answer = json.loads(self.body)
+        except ValueError:
+            return None
+        if isinstance(answer, dict) and isinstance(answer.get("id"), str) and "task" in answer:
+            return str(answer["id"])
+        return None
+
+
+class ResponseCapture:
+    """Notes the status and JSON body of every audited request on ``request.state``, for the
+    background task that writes its entry after the response is sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in AUDITED_METHODS
+            or not scope["path"].startswith(AUDITED_PREFIX)
+        ):
+            await self.app(scope, receive, send)
+            return
+        captured = CapturedResponse()
+        scope.setdefault("state", {})[_STATE_ATTRIBUTE] = captured
+
+        async def capturing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                captured.json_body = content_type.split(b";")[0].strip() == b"application/json"
+            elif message["type"] == "http.response.body" and captured.json_body:
+                chunk = message.get("body", b"")
+                if len(captured.body) + len(chunk) <= MAX_CAPTURED_BODY:
+                    captured.body += chunk
+                    captured.body_complete = not message.get("more_body", False)
+                else:
+                    captured.json_body = False  # too large to be a job's answer; not kept
+                    captured.body.clear()
+            await send(message)
+
+        await self.app(scope, receive, capturing_send)
+
+
+class AuditEntry(BaseModel):
+    id: str = Field(description="The entry's stream id; pass it as `cursor` to read older entries.")
+    at: datetime = Field(description="When the request was handled.")
+    key_id: str = Field(description="A hash of the API key used (never the key), or `anonymous`.")
+    method: str
+    route: str = Field(description="The route template, e.g. /v1/jobs/{job_id}.")
+    path: str
+    status: int = Field(description="The status the request was answered with.")
+    job_id: str | None = Field(None, description="The job the answer named, if any.")
+    trace_id: str | None = Field(None, description="The request's trace id (W3C), to find its trace and logs.")
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """What the dependency knows while the request runs; the status and job id come later."""
+
+    at: float
+    key_id: str
+    method: str
+    route: str
+    path: str
+    trace_id: str | None
+
+
+def route_template(request: Request) -> str:
+    """The request's route as the OpenAPI schema names it, router prefixes included
+    (/v1/jobs/{job_id}): the route object in the scope knows only its own router's prefix."""
+    templates: list[tuple[re.Pattern[str], str]] | None = getattr(request.app.state, "audit_templates", None)
+    if templates is None:
+        # Paths without parameters first, so /v1/jobs/echo is not taken for /v1/jobs/{job_id}.
+        paths = sorted(request.app.openapi()["paths"], key=lambda path: ("{" in path, path))
+        templates = [(compile_path(path)[0], path) for path in paths]
+        request.app.state.audit_templates = templates
+    own = str(getattr(request.scope.get("route"), "path", ""))
+    path = request.url.path
+    return next(
+        (template for regex, template in templates if template.endswith(own) and regex.match(path)),
+        path[:MAX_PATH_CHARS],
+    )
+
+
+def _trace_id() -> str | None:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+async def audit_trail(
+    request: Request, background: BackgroundTasks, credentials: CredentialsDep, settings: SettingsDep
+) -> None:
+    """A dependency of every /v1 router: audits the request once its response is sent."""
+    if request.method not in AUDITED_METHODS:
+        return
+    captured = getattr(request.state, _STATE_ATTRIBUTE, None)
+    if not isinstance(captured, CapturedResponse):
+        logger.error("audit trail off for %s %s: ResponseCapture is not installed", request.method, request.url.path)
+        return
+    draft = _Draft(
+        at=time.time(),
+        key_id=api_key_id(credentials.credentials if credentials else None),
+        method=request.method,
+        route=route_template(request),
+        path=request.url.path[:MAX_PATH_CHARS],
+        trace_id=_trace_id(),
+    )
+    client: redis.Redis = request.app.state.store.client
+    # Run after the response is sent (and only if the route answered: an error raised by the
+    # route, such as a 4xx, has no background tasks).
+    background.add_task(write_entry, client, settings.AUDIT_MAX_ENTRIES, draft, captured)
+
+
+def write_entry(client: redis.Redis, max_entries: int, draft: _Draft, captured: CapturedResponse) -> None:
+    status = captured.status
+    if status is None or not 200 <= status < 300:
+        return  # not accepted: nothing happened worth auditing
+    fields: dict[str, str | int | float] = {
+        "at": draft.at,
+        "key_id": draft.key_id,
+        "method": draft.method,
+        "route": draft.route,
+        "path": draft.path,
+        "status": status,
+    }
+    if (job_id := captured.job_id()) is not None:
+        fields["job_id"] = job_id
+    if draft.trace_id is not None:
+        fields["trace_id"] = draft.trace_id
+    try:
+        # "~": Redis trims whole nodes, so the cap costs next to nothing (and is approximate).
+        client.xadd(STREAM_KEY, cast(Any, fields), maxlen=max_entries, approximate=True)
+    except redis.RedisError as exc:
+        logger.warning(
+            "audit entry not written for %s %s (status %s, job %s): %s",
+            draft.method,
+            draft.path,
+            status,
+            fields.get("job_id", "-"),
+            exc,
+        )
+
+
+def _decode(stream_id: str, fields: dict[str, str]) -> AuditEntry:
+    return AuditEntry(
+        id=stream_id,
+        at=datetime.fromtimestamp(float(fields["at"]), UTC),
+        key_id=fields.get("key_id", ANONYMOUS),
+        method=fields.get("method", ""),
+        route=fields.get("route", ""),
+        path=fields.get("path", ""),
+        status=int(fields.get("status", 0)),
+        job_id=fields.get("job_id"),
+        trace_id=fields.get("trace_id"),
+    )
+
+
+# A filtered page reads at most this many entries, so a filter that matches little cannot make
+# one request walk the whole stream; the page then ends early with a cursor to go on.
+MAX_SCANNED_PER_PAGE = 10_000
+_FILTERED_BATCH = 500
+
+
+def read_page(
+    client: redis.Redis,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    key_id: str | None = None,
+    method: str | None = None,
+) -> AuditPage:
+    """Entries newest first, older than ``cursor`` (a stream id) when given."""
+    filtered = key_id is not None or method is not None
+    batch_size = _FILTERED_BATCH if filtered else limit
+    upper = "+" if cursor is None else _id_before(cursor)
+    if upper is None:
+        return AuditPage(entries=[], next_cursor=None)  # nothing is older than 0-0
+    entries: list[AuditEntry] = []
+    scanned = 0
+    last_seen: str | None = None
+    while scanned < MAX_SCANNED_PER_PAGE:
+        batch = cast(list[tuple[str, dict[str, str]]], client.xrevrange(STREAM_KEY, upper, "-", count=batch_size))
+        for stream_id, fields in batch:
+            scanned += 1
+            last_seen = stream_id
+            if (key_id is None or fields.get("key_id") == key_id) and (
+                method is None or fields.get("method") == method
+            ):
+                entries.append(_decode(stream_id, fields))
+                if len(entries) == limit:
+                    return AuditPage(entries=entries, next_cursor=stream_id)
+        if len(batch) < batch_size:
+            return AuditPage(entries=entries, next_cursor=None)  # the oldest entry was read
+        upper = _id_before(batch[-1][0])
+        if upper is None:
+            return AuditPage(entries=entries, next_cursor=None)
+    return AuditPage(entries=entries, next_cursor=last_seen)
+
+
+MAX_ID_PART = 2**64 - 1  # each half of a stream id is an unsigned 64-bit number
+
+
+def parse_stream_id(text: str) -> tuple[int, int] | None:
+    """(milliseconds, sequence) of a stream id such as 1795618531588-0, or None if it is not one."""
+    milliseconds, _, sequence = text.partition("-")
+    if not (milliseconds.isdigit() and sequence.isdigit()):
+        return None
+    parts = int(milliseconds), int(sequence)
+    return parts if max(parts) <= MAX_ID_PART else None
+
+
+def _id_before(stream_id: str) -> str | None:
+    """The greatest id below ``stream_id`` (an inclusive bound, so any Redis version takes it),
+    or None below 0-0."""
+    parsed = parse_stream_id(stream_id)
+    if parsed is None:
+        raise ValueError(f"not a stream id: {stream_id!r}")
+    milliseconds, sequence = parsed
+    if sequence > 0:
+        return f"{milliseconds}-{sequence - 1}"
+    if milliseconds > 0:
+        return f"{milliseconds - 1}-{MAX_ID_PART}"
+    return None

@@ -1,0 +1,203 @@
+"""Reports: a CSV or JSON Lines source aggregated by a worker on `low`, with live progress as
+Server-Sent Events and the result kept for download."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.to_thread
+import redis
+from fastapi import APIRouter, HTTPException, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from offload_api.deps import CeleryDep, SettingsDep, StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.errors import InvalidField
+from offload_api.idempotency import IdempotencyDep
+from offload_api.routes.jobs import JobId
+from offload_core.jobs import FINISHED, Job, JobStatus, JobStore
+from offload_core.outbound import OutboundPolicy, UnsafeURL
+from offload_core.reports import ReportSubmission, load_result
+from offload_core.topology import TaskName
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/reports", tags=["reports"])
+PREFIX = "/v1/reports"
+# A client that stops reading gets its stream closed after this long, instead of holding it.
+SEND_TIMEOUT_SECONDS = 10.0
+
+
+class ReportAccepted(JobAccepted):
+    events_url: str
+    download_url: str
+
+
+class Report(Job):
+    """The report's job (status, progress, and once it succeeded its summary as `result`) and
+    where to follow and fetch it."""
+
+    events_url: str
+    download_url: str
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {
+        "status_url": f"{PREFIX}/{job_id}",
+        "events_url": f"{PREFIX}/{job_id}/events",
+        "download_url": f"{PREFIX}/{job_id}/download",
+    }
+
+
+def _report(job: Job) -> Report:
+    links = _links(job.id)
+    return Report(**job.model_dump(), events_url=links["events_url"], download_url=links["download_url"])
+
+
+def _find(store: JobStore, job_id: str) -> Job:
+    job = store.get(job_id)
+    if job is None or job.task != TaskName.REPORT:
+        raise HTTPException(404, f"No report {job_id}: it never existed or its record expired.")
+    return job
+
+
+@router.post("", status_code=202, responses=SUBMIT_RESPONSES)
+def submit_report(
+    body: ReportSubmission,
+    celery: CeleryDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency: IdempotencyDep,
+    response: Response,
+) -> ReportAccepted:
+    """Aggregate a CSV (with a header row) or JSON Lines source fetched over HTTP(S): rows that
+    pass every filter are grouped by 0 to 5 columns, with count, sum, avg, min and max per group.
+    The source is streamed, so its size is bounded by OFFLOAD_REPORT_MAX_SOURCE_BYTES, not by
+    memory. Follow `events_url` (Server-Sent Events) or poll `status_url`; fetch the result
+    from `download_url` once the report succeeded."""
+    try:
+        OutboundPolicy.from_settings(settings).check_url(body.source_url)
+    except UnsafeURL as exc:
+        raise InvalidField("body.source_url", str(exc)) from exc
+    accepted = enqueue(
+        celery, store, TaskName.REPORT, body.task_kwargs(), priority=body.priority, idempotency=idempotency
+    )
+    links = _links(accepted.id)
+    response.headers["Location"] = links["status_url"]
+    return ReportAccepted(**{**accepted.model_dump(), **links})
+
+
+@router.get("/{job_id}", responses={404: {"description": "No such report (or it expired)."}})
+def get_report(job_id: JobId, store: StoreDep) -> Report:
+    """Status and progress (`percent` from the bytes read when the source's size is known, and a
+    message such as "412,000 rows"); once succeeded, `result` summarises the run: rows read,
+    matched and malformed (with the first problems), groups, bytes read, result size and expiry."""
+    return _report(_find(store, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `progress` on every change, then one `end`.",
+            "content": {"text/event-stream": {}},
+        },
+        404: {"description": "No such report (or it expired)."},
+    },
+)
+def report_events(job_id: JobId, store: StoreDep, settings: SettingsDep) -> EventSourceResponse:
+    """Server-Sent Events until the report ends: a `progress` event (`{"status", "percent",
+    "message"}`) whenever one of them changes, then one `end` event with the whole report (as
+    `GET /v1/reports/{id}`), then the stream closes. A stream lasts at most
+    OFFLOAD_REPORT_EVENTS_MAX_SECONDS and ends with a `timeout` event; reconnect to continue."""
+    job = _find(store, job_id)
+    stream = _events(store, job, settings.REPORT_EVENTS_POLL_SECONDS, settings.REPORT_EVENTS_MAX_SECONDS)
+    return EventSourceResponse(stream, send_timeout=SEND_TIMEOUT_SECONDS)
+
+
+async def _events(
+    store: JobStore, first: Job, poll_seconds: float, max_seconds: float
+) -> AsyncIterator[ServerSentEvent]:
+    job_id = first.id
+    deadline = time.monotonic() + max_seconds
+    sent = 0
+    last: tuple[str, int, str] | None = None
+    job: Job | None = first
+    how = "the report ended"
+    try:
+        while True:
+            if job is None:
+                how = "the report's record expired"
+                yield ServerSentEvent(event="gone", data=json.dumps({"detail": f"No report {job_id} any more."}))
+                return
+            state = (job.status.value, job.progress.percent, job.progress.message)
+            if state != last:
+                last = state
+                sent += 1
+                data = {"status": state[0], "percent": state[1], "message": state[2]}
+                yield ServerSentEvent(event="progress", id=str(sent), data=json.dumps(data))
+            if job.status in FINISHED:
+                yield ServerSentEvent(event="end", data=_report(job).model_dump_json())
+                return
+            if time.monotonic() >= deadline:
+                how = "the stream reached its time limit"
+                detail = f"The stream ended after {max_seconds:g} s; reconnect to follow the report further."
+                yield ServerSentEvent(event="timeout", data=json.dumps({"detail": detail}))
+                return
+            await anyio.sleep(poll_seconds)
+            try:
+                # The job store's client is synchronous: read it on a worker thread.
+                job = await anyio.to_thread.run_sync(store.get, job_id)
+            except redis.RedisError as exc:
+                how = "Redis failed"
+                logger.warning("report %s events: Redis unavailable (%s)", job_id, exc)
+                detail = "Redis is unavailable; reconnect later."
+                yield ServerSentEvent(event="error", data=json.dumps({"detail": detail}))
+                return
+    except anyio.get_cancelled_exc_class():
+        how = "the client went away"
+        raise
+    finally:
+        logger.info("report %s events: stream closed after %d progress events (%s)", job_id, sent, how)
+
+
+@router.get(
+    "/{job_id}/download",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The result, as an attachment named `report-<id>.csv` or `report-<id>.json`.",
+            "content": {"text/csv": {}, "application/json": {}},
+        },
+        404: {"description": "No such report, or its result expired (OFFLOAD_REPORT_RESULT_TTL_SECONDS)."},
+        409: {"description": "The report has not succeeded (yet); the answer says its status."},
+    },
+)
+def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
+    job = _find(store, job_id)
+    if job.status is not JobStatus.SUCCEEDED:
+        if job.status in FINISHED:
+            raise HTTPException(409, f"Report {job_id} {job.status.value} ({job.error}); it has no result.")
+        progress = f"{job.progress.percent}%" + (f", {job.progress.message}" if job.progress.message else "")
+        raise HTTPException(
+            409,
+            f"Report {job_id} is {job.status.value} ({progress}); download it once it succeeded "
+            f"(follow {PREFIX}/{job_id}/events).",
+        )
+    result = load_result(store.client, job_id)
+    if result is None:
+        raise HTTPException(
+            404,
+            f"The result of report {job_id} has expired: results are kept "
+            f"{settings.REPORT_RESULT_TTL_SECONDS} s after the report ends. Submit the report again.",
+        )
+    return Response(
+        content=result.body,
+        media_type=result.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{result.filename(job_id)}"'},
+    )
