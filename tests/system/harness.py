@@ -42,9 +42,16 @@ CONFIG = {
     "OFFLOAD_RETRY_BACKOFF_MAX_SECONDS": "0.5",
     # offload.redisEnv (in-cluster Redis without a password here)
     "OFFLOAD_REDIS_URL": "redis://redis:6379/0",
+    # Not in the chart (its defaults, 30 and 60, apply there): a shorter sweep for a job whose
+    # message Redis lost. The grace must exceed the longest publish, 36 s with the default
+    # broker timeouts the chart keeps.
+    "OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS": "2",
+    "OFFLOAD_ORPHAN_GRACE_SECONDS": "40",
 }
 # The bound README states for a SIGKILLed worker's job: visibility + restore interval x throttle.
 RESTORE_BOUND_SECONDS = 12 + 1 * 1
+# The bound README states for a job whose message Redis lost: grace + 2 sweeps, from acceptance.
+ORPHAN_RECOVERY_BOUND_SECONDS = 40 + 2 * 2
 SOFT_SHUTDOWN_SECONDS = 3
 PRE_STOP_SECONDS = 1
 # The chart requires the grace period to exceed preStop + soft shutdown + a margin.

@@ -10,17 +10,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
 
 import redis
+from kombu.utils import json as kombu_json
 from pydantic import BaseModel, Field
 
 from offload_core import dead_letters
 from offload_core.settings import Settings
 
 KEY_PREFIX = "offload:job:"
+# Jobs whose message the API published and no worker has started yet, scored by the time the
+# message was published; with each one's arguments (KWARGS_SUFFIX), so the orphan sweep
+# (offload_core.orphans) can publish a job again if Redis lost its message.
+WAITING_KEY = "offload:jobs:waiting"
+KWARGS_SUFFIX = ":kwargs"
 HashValue = str | int | float  # what a hash field may be set to
 
 
@@ -76,9 +83,38 @@ def job_key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
 
-# KEYS[1] job key; ARGV now, ttl, task, queue, key prefix, worker. Creates the record if a message arrived
-# without one (sent by another client, or its record expired).
+def kwargs_key(job_id: str) -> str:
+    return KEY_PREFIX + job_id + KWARGS_SUFFIX
+
+
+_WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step")
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    id: str
+    status: str
+    task: str
+    queue: str
+    priority: int | None
+    created_at: float
+    next_step: str | None  # the chain step published when this one succeeds
+    kwargs: dict[str, Any] | None  # None once a worker started it (or it was never kept)
+
+
+class RecoveryOutcome(StrEnum):
+    REPUBLISH = "republish"  # still waiting: publish it again (its wait restarts now)
+    EXHAUSTED = "exhausted"  # lost too often: fail it instead
+    GONE = "gone"  # started, cancelled or forgotten meanwhile: nothing to do
+
+
+# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, task, queue, key prefix,
+# worker, job id. Creates the record if a message arrived without one (sent by another client, or its
+# record expired). A worker holds the message now: if it dies, kombu restores it from its unacked
+# hash, so the job leaves the waiting set and its kept arguments go.
 _START = """
+redis.call('ZREM', KEYS[3], ARGV[7])
+redis.call('DEL', KEYS[2])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'cancelled' then return 'cancelled' end
 if status == 'succeeded' or status == 'failed' then return 'finished' end
@@ -100,11 +136,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 'run'
 """
 
-# KEYS[1] job key; ARGV now, ttl.
+# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, job id.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'queued' or status == 'retrying' then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'updated_at', ARGV[1],
              'error', 'cancelled before it ran')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -115,6 +153,37 @@ if status == 'started' then
   return 'requested'
 end
 return 'finished'
+"""
+
+# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, result, job id, key
+# prefix. A chain step's successor is published by the worker once this step succeeded: only
+# from then on is it waiting for a worker, so it joins the waiting set now (if still queued).
+_SUCCEED = """
+redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[1], 'updated_at', ARGV[1],
+           'result', ARGV[3], 'progress', 100)
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[2])
+local next_step = redis.call('HGET', KEYS[1], 'next_step')
+if next_step and redis.call('HGET', ARGV[5] .. next_step, 'status') == 'queued' then
+  redis.call('ZADD', KEYS[3], ARGV[1], next_step)
+end
+return 1
+"""
+
+# KEYS[1] job key, KEYS[2] WAITING_KEY; ARGV now, job id, most recoveries. Claims a republish
+# of a job whose message is lost: only while it is still queued and waiting, and at most so often.
+_CLAIM_RECOVERY = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  return 'gone'
+end
+if redis.call('HINCRBY', KEYS[1], 'recoveries', 1) > tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 'exhausted'
+end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 'republish'
 """
 
 # KEYS[1] job key; ARGV now, ttl, then field/value pairs. Writes only while the job is
@@ -180,6 +249,8 @@ class JobStore:
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._update_if_running = client.register_script(_UPDATE_IF_RUNNING)
+        self._succeed = client.register_script(_SUCCEED)
+        self._claim_recovery = client.register_script(_CLAIM_RECOVERY)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -192,10 +263,25 @@ class JobStore:
 
     # --- API side -------------------------------------------------------------------
 
-    def create(self, job_id: str, *, task: str, queue: str, replay_of: str | None = None) -> None:
+    def create(
+        self,
+        job_id: str,
+        *,
+        task: str,
+        queue: str,
+        replay_of: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        published_now: bool = True,
+        next_step: str | None = None,
+    ) -> None:
+        """Write a queued job's record. With ``kwargs``, what publishing it again takes is kept
+        until a worker starts it; ``published_now`` puts it in the waiting set at once (False
+        for a chain step after the first, which the worker publishes when the step before it
+        succeeds; ``next_step`` names that successor)."""
         now = time.time()
         key = job_key(job_id)
-        record: dict[str, HashValue] = {
+        record: dict[Any, HashValue] = {
             "id": job_id,
             "task": task,
             "queue": queue,
@@ -207,24 +293,42 @@ class JobStore:
         }
         if replay_of:
             record["replay_of"] = replay_of
-        self._write(key, record)
+        if priority is not None:
+            record["priority"] = priority
+        if next_step:
+            record["next_step"] = next_step
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=record)
+        pipe.expire(key, self.ttl)
+        if kwargs is not None:
+            # kombu's JSON, as in the message: the same types survive the round trip.
+            pipe.set(kwargs_key(job_id), kombu_json.dumps(dict(kwargs)), ex=self.ttl)
+            if published_now:
+                pipe.zadd(WAITING_KEY, {job_id: now})
+        pipe.execute()
 
     def discard(self, job_id: str) -> None:
         """Forget a record whose message never reached the broker."""
-        self.client.delete(job_key(job_id))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(job_key(job_id), kwargs_key(job_id))
+        pipe.zrem(WAITING_KEY, job_id)
+        pipe.execute()
 
     def get(self, job_id: str) -> Job | None:
         fields = cast(dict[str, str], self.client.hgetall(job_key(job_id)))
         return decode_job(fields) if fields else None
 
     def cancel(self, job_id: str) -> CancelOutcome:
-        return CancelOutcome(self._cancel(keys=[job_key(job_id)], args=[time.time(), self.ttl]))
+        keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY]
+        return CancelOutcome(self._cancel(keys=keys, args=[time.time(), self.ttl, job_id]))
 
     # --- worker side ----------------------------------------------------------------
 
     def start(self, job_id: str, *, task: str, queue: str, worker: str) -> StartOutcome:
-        key = job_key(job_id)
-        return StartOutcome(self._start(keys=[key], args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker]))
+        keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY]
+        return StartOutcome(
+            self._start(keys=keys, args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker, job_id])
+        )
 
     def progress(self, job_id: str, percent: int, message: str = "") -> bool:
         percent = max(0, min(100, int(percent)))
@@ -238,23 +342,67 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(job_key(job_id), "cancel_requested") == "1"
 
-    def _write(self, key: str, mapping: Mapping[Any, HashValue], *, delete: tuple[str, ...] = ()) -> None:
+    def _write(self, key: str, mapping: Mapping[Any, HashValue]) -> None:
         """Set fields and renew the TTL in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=mapping)
-        if delete:
-            pipe.hdel(key, *delete)
         pipe.expire(key, self.ttl)
         pipe.execute()
 
-    def _finish(self, job_id: str, status: JobStatus, *, clear_error: bool = False, **fields: HashValue) -> None:
+    # --- orphan sweep ---------------------------------------------------------------
+
+    def waiting_since(self, *, before: float, after: float | None, limit: int) -> list[tuple[str, float]]:
+        """Waiting jobs published before ``before`` (and after ``after``), oldest first."""
+        low = "-inf" if after is None else f"({after!r}"
+        entries = self.client.zrangebyscore(WAITING_KEY, low, before, start=0, num=limit, withscores=True)
+        return [(str(job_id), float(score)) for job_id, score in cast(list[tuple[str, float]], entries)]
+
+    def waiting_jobs(self, job_ids: list[str]) -> dict[str, WaitingJob]:
+        """What publishing each job again takes; jobs without a record are left out."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), *_WAITING_FIELDS)
+            pipe.get(kwargs_key(job_id))
+        replies = pipe.execute() if job_ids else []
+        found = {}
+        for job_id, fields, kwargs in zip(job_ids, replies[0::2], replies[1::2], strict=True):
+            values = dict(zip(_WAITING_FIELDS, fields, strict=True))
+            if values["status"] is None:
+                continue
+            found[job_id] = WaitingJob(
+                id=job_id,
+                status=values["status"],
+                task=values["task"] or "",
+                queue=values["queue"] or "",
+                priority=int(values["priority"]) if values["priority"] is not None else None,
+                created_at=float(values["created_at"] or 0),
+                next_step=values["next_step"],
+                kwargs=kombu_json.loads(kwargs) if kwargs is not None else None,
+            )
+        return found
+
+    def forget_waiting(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.client.zrem(WAITING_KEY, *job_ids)
+
+    def claim_recovery(self, job_id: str, *, most: int) -> RecoveryOutcome:
+        """Take the right to publish a lost job again; its wait restarts, so the next sweeps
+        leave it alone for a grace."""
+        return RecoveryOutcome(
+            self._claim_recovery(keys=[job_key(job_id), WAITING_KEY], args=[time.time(), job_id, most])
+        )
+
+    def _finish(self, job_id: str, status: JobStatus, **fields: HashValue) -> None:
         now = time.time()
         mapping: dict[str, HashValue] = {"status": status, "finished_at": now, "updated_at": now, **fields}
-        # On success an earlier attempt's error no longer describes the job.
-        self._write(job_key(job_id), mapping, delete=("error",) if clear_error else ())
+        self._write(job_key(job_id), mapping)
 
     def succeed(self, job_id: str, result: object) -> None:
-        self._finish(job_id, JobStatus.SUCCEEDED, clear_error=True, result=json.dumps(result), progress=100)
+        # On success an earlier attempt's error no longer describes the job.
+        self._succeed(
+            keys=[job_key(job_id), kwargs_key(job_id), WAITING_KEY],
+            args=[time.time(), self.ttl, json.dumps(result), job_id, KEY_PREFIX],
+        )
 
     def fail(
         self, job_id: str, error: str, *, task: str = "", queue: str = "", payload: Mapping[str, Any] | None = None
@@ -262,7 +410,9 @@ class JobStore:
         """Mark the job failed for good and record its dead letter, in one atomic step.
 
         Task and queue default to the job's record; returns the queue the job was on."""
-        queue_of_job = self._fail_and_record(
+        pipe = self.client.pipeline(transaction=True)
+        self._fail_and_record(
+            client=pipe,
             keys=[
                 job_key(job_id),
                 dead_letters.dead_letter_key(job_id),
@@ -283,6 +433,9 @@ class JobStore:
                 dead_letters.KEY_PREFIX,
             ],
         )
+        pipe.zrem(WAITING_KEY, job_id)
+        pipe.delete(kwargs_key(job_id))
+        queue_of_job = pipe.execute()[0]
         return str(queue_of_job)
 
     def mark_cancelled(self, job_id: str) -> None:

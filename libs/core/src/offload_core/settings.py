@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     UNACKED_RESTORE_INTERVAL_SECONDS: float = Field(5.0, gt=0)
     UNACKED_RESTORE_THROTTLE: int = Field(1, ge=1)
 
+    # Recovery of accepted jobs whose broker message Redis lost (a restart between the BRPOP that
+    # takes a message and the write that records it as unacknowledged). Every interval one worker
+    # looks for jobs still queued after the grace whose message is on no list and held by no
+    # worker; missing in two sweeps in a row, such a job is published again. The grace must exceed
+    # the longest publish of the API, or a message still on its way could be published twice.
+    ORPHAN_SWEEP_INTERVAL_SECONDS: float = Field(30.0, ge=0.1, le=3600)
+    ORPHAN_GRACE_SECONDS: float = Field(60.0, ge=1, le=7 * 24 * 3600)
+
     # Publishing: connection attempts and their timeout, so a broker outage answers 503 in
     # seconds instead of hanging a request.
     PUBLISH_MAX_RETRIES: int = Field(2, ge=0, le=10)
@@ -260,6 +268,13 @@ class Settings(BaseSettings):
         for secret in self.WEBHOOK_SECRETS:
             if (problem := webhook_secret_problem(secret.get_secret_value())) is not None:
                 raise ValueError(f"OFFLOAD_WEBHOOK_SECRETS: {problem}")
+        if self.publish_bound_seconds >= self.ORPHAN_GRACE_SECONDS:
+            raise ValueError(
+                f"OFFLOAD_ORPHAN_GRACE_SECONDS ({self.ORPHAN_GRACE_SECONDS:g}) must exceed the longest publish, "
+                f"{self.publish_bound_seconds:g} s = (OFFLOAD_PUBLISH_MAX_RETRIES + 1) x "
+                "(OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS + OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS), "
+                "or a job whose message is still being published may be published twice"
+            )
         if not self.WORKER_QUEUES:
             raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
         return self
@@ -293,6 +308,19 @@ class Settings(BaseSettings):
         if parts.scheme == "unix":
             return parts.path
         return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    @property
+    def publish_bound_seconds(self) -> float:
+        """Longest time the API can spend publishing one message (every attempt timing out)."""
+        return (self.PUBLISH_MAX_RETRIES + 1) * (
+            self.BROKER_CONNECT_TIMEOUT_SECONDS + self.BROKER_SOCKET_TIMEOUT_SECONDS
+        )
+
+    @property
+    def orphan_recovery_bound_seconds(self) -> float:
+        """Longest time, from acceptance (or from the loss, if later), before a job whose message
+        Redis lost is published again: the grace, then two sweeps that find it missing."""
+        return self.ORPHAN_GRACE_SECONDS + 2 * self.ORPHAN_SWEEP_INTERVAL_SECONDS
 
     @property
     def unacked_restore_bound_seconds(self) -> float:

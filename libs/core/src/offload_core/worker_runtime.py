@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -29,7 +30,9 @@ from celery.signals import (
 from celery.worker.consumer import Consumer
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
+from offload_core.jobs import JobStore
 from offload_core.logs import configure_logging, wants_json
+from offload_core.orphans import OrphanSweep
 from offload_core.queue_state import announce_consumer, withdraw_consumer
 from offload_core.settings import Settings, get_settings
 from offload_core.telemetry import NOTIFIER_SERVICE, flush_tracing, setup_tracing
@@ -90,6 +93,40 @@ class WorkerProbes(bootsteps.StartStopStep):
         if self.client is not None:
             with contextlib.suppress(redis.RedisError):  # the announcement expires by itself
                 withdraw_consumer(self.client, self.hostname, self.queues)
+
+
+class OrphanSweeper(bootsteps.StartStopStep):
+    """Every OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS, publishes again the queued jobs whose broker
+    message Redis lost (offload_core.orphans; one worker at a time sweeps). From a thread of the
+    main process: a sweep reads whole queues, which must not stall the event loop that takes
+    messages and touches the heartbeat."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        sweep = OrphanSweep(worker.app, JobStore.from_settings(settings), settings, owner=worker.hostname)
+        self.thread = threading.Thread(
+            target=self._loop, args=(sweep, settings.ORPHAN_SWEEP_INTERVAL_SECONDS), name="orphan-sweep", daemon=True
+        )
+        self.thread.start()
+
+    def _loop(self, sweep: OrphanSweep, interval: float) -> None:
+        while not self.stopping.wait(interval):
+            try:
+                sweep.run_once()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("orphan sweep skipped: Redis unavailable (%s)", exc)
+            except Exception:
+                logger.exception("orphan sweep failed")
+
+    def stop(self, worker: Any) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)  # a sweep in progress ends within its Redis timeouts
 
 
 class ReconnectingConsumer(Consumer):
@@ -159,6 +196,7 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
     if settings.WORKER_METRICS_PORT:
         serve_worker_metrics(settings)
     app.steps["worker"].add(WorkerProbes)
+    app.steps["worker"].add(OrphanSweeper)
     # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.
     app.conf.worker_consumer = f"{ReconnectingConsumer.__module__}:{ReconnectingConsumer.__qualname__}"
     # The banner is for people; a JSON log stream gets one line per event instead.

@@ -109,8 +109,9 @@ def _publish(
     job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: str(task), telemetry.QUEUE: str(queue)}
     trace.get_current_span().set_attributes(job_attributes)  # the request's span
     started = time.perf_counter()
-    # The record first: a worker that takes the message at once must find it.
-    store.create(job_id, task=task, queue=queue, replay_of=replay_of)
+    # The record first: a worker that takes the message at once must find it. With the
+    # arguments and priority, so the job can be published again if Redis loses its message.
+    store.create(job_id, task=task, queue=queue, replay_of=replay_of, kwargs=kwargs, priority=priority)
     if prepare is not None:
         prepare(job_id)
     # Our own publish span: the Celery instrumentation's never ends for a task sent by name that
@@ -205,8 +206,19 @@ def _publish_chain(
     trace.get_current_span().set_attributes(job_attributes)
     started = time.perf_counter()
     try:
-        for job in accepted:  # every record first: a step may be taken the moment it is sent
-            store.create(job.id, task=job.task, queue=job.queue)
+        # Every record first: a step may be taken the moment it is sent. Only the first step's
+        # message is published now; each later one joins the waiting set when the step before
+        # it succeeds (JobStore.succeed) and the worker publishes it.
+        for index, (job, step) in enumerate(zip(accepted, steps, strict=True)):
+            store.create(
+                job.id,
+                task=job.task,
+                queue=job.queue,
+                kwargs=step.kwargs,
+                priority=job.priority,
+                published_now=index == 0,
+                next_step=accepted[index + 1].id if index + 1 < len(accepted) else None,
+            )
         if prepare is not None:
             prepare(accepted)
         with tracer.start_as_current_span(

@@ -1,0 +1,147 @@
+"""An accepted job whose broker message Redis lost is published again by the workers' orphan
+sweep, and runs once; a job whose message is still waiting on a list, or held by a worker, is
+left alone. Real Redis, API and worker processes with a short grace and sweep interval."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from offload_core.orphans import UNACKED_KEY
+from offload_core.topology import priority_lists
+from offload_dev.polling import wait_for
+from offload_dev.redis_server import RedisServer, free_port
+from tests.support import (
+    TEST_SETTINGS,
+    Service,
+    api_client,
+    sample,
+    scrape,
+    start_api,
+    start_worker,
+    submit_echo,
+    wait_job,
+)
+
+pytestmark = pytest.mark.slow
+
+SWEEP_INTERVAL = 0.5
+GRACE = 4.0
+RECOVERED = "offload_jobs_recovered_total"
+
+ENV = {
+    **TEST_SETTINGS,
+    "OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS": str(SWEEP_INTERVAL),
+    "OFFLOAD_ORPHAN_GRACE_SECONDS": str(GRACE),
+    # The grace must exceed the longest publish: (0 + 1) x (1 + 2) s here.
+    "OFFLOAD_PUBLISH_MAX_RETRIES": "0",
+    "OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS": "1",
+    "OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS": "2",
+    # Room for a job that runs while the sweeps look at the one a worker holds.
+    "OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS": "20",
+    "OFFLOAD_TASK_TIME_LIMIT_SECONDS": "25",
+    "OFFLOAD_VISIBILITY_TIMEOUT_SECONDS": "40",
+    "OFFLOAD_WORKER_CONCURRENCY": "1",
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], httpx.Client, redis.Redis, list[Service]]]:
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    env = {**ENV, "OFFLOAD_REDIS_URL": server.url}
+    services: list[Service] = []
+    try:
+        services.append(api := start_api(env, tmp_path))
+        with api_client(api) as client, redis.Redis(port=server.port, decode_responses=True) as direct:
+            yield env, client, direct, services
+    finally:
+        for service in services:
+            service.stop()
+        server.stop()
+
+
+def _listed(direct: redis.Redis, queue: str, job_id: str) -> list[tuple[str, str]]:
+    """(list name, raw message) of every message of the job on the queue's lists."""
+    return [
+        (name, str(raw))
+        for name in priority_lists(queue)
+        for raw in direct.lrange(name, 0, -1)
+        if json.loads(raw)["headers"]["id"] == job_id
+    ]
+
+
+def _held(direct: redis.Redis, job_id: str) -> int:
+    """How many messages of the job workers hold (kombu's unacked hash)."""
+    return sum(json.loads(raw)[0]["headers"]["id"] == job_id for raw in direct.hvals(UNACKED_KEY))
+
+
+def _recovered(worker: Service, queue: str) -> float:
+    return sample(scrape(worker.extra["metrics_url"]), RECOVERED, task="offload.echo", queue=queue)
+
+
+def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, tmp_path: Path) -> None:
+    env, client, direct, services = cluster
+    lost = submit_echo(client, message="lost")
+    # No worker consumes `low` in this test: its job's message stays on the list throughout.
+    backlog = submit_echo(client, message="backlog", queue="low")
+    [(name, raw)] = _listed(direct, "default", lost)
+    assert direct.lrem(name, 1, raw) == 1  # what a Redis restart between BRPOP and the unacked write leaves
+    assert _listed(direct, "default", lost) == []
+    assert _held(direct, lost) == 0
+
+    worker = start_worker("sweeper", env, tmp_path, queues="default")
+    services.append(worker)
+    done = wait_job(client, lost, {"succeeded", "failed"}, timeout=GRACE + 4 * SWEEP_INTERVAL + 20)
+    assert (done["status"], done["attempts"], done["worker"]) == ("succeeded", 1, "sweeper@test"), done
+    assert done["result"] == {"message": "lost", "attempts": 1, "worker": "sweeper@test"}
+    assert _recovered(worker, "default") == 1
+    log = worker.log.read_text()
+    assert f"job {lost} (offload.echo on default) was queued but its broker message was lost" in log
+
+    # The backlog job is past its grace too; a few more sweeps must leave its one message alone.
+    deadline = time.monotonic() + 6 * SWEEP_INTERVAL
+    while time.monotonic() < deadline:  # a negative check needs time to pass: several sweeps
+        assert len(_listed(direct, "low", backlog)) == 1
+        time.sleep(SWEEP_INTERVAL / 2)
+    assert _recovered(worker, "low") == 0
+    assert wait_job(client, backlog, {"queued"})["attempts"] == 0
+    assert f"job {backlog}" not in worker.log.read_text()
+    # The lost job ran once: nothing of it is left to run again.
+    assert _listed(direct, "default", lost) == []
+    assert _held(direct, lost) == 0
+
+
+def test_a_job_a_worker_holds_is_not_published_again(cluster, tmp_path: Path) -> None:
+    env, client, direct, services = cluster
+    # One process that reserves a second message while it runs the first one.
+    worker = start_worker("holder", {**env, "OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "2"}, tmp_path, queues="default")
+    services.append(worker)
+    running = submit_echo(client, message="long", sleep_ms=int((GRACE + 8 * SWEEP_INTERVAL + 2) * 1000))
+    wait_job(client, running, {"started"})
+    held = submit_echo(client, message="held")
+    accepted_at = time.time()
+    wait_for(lambda: _held(direct, held) == 1, 10, "the worker to reserve the second job")
+
+    # Past the grace, sweeps look at it while it waits in the worker's hands.
+    deadline = accepted_at + GRACE + 6 * SWEEP_INTERVAL
+    while time.time() < deadline:  # a negative check needs time to pass: several sweeps
+        assert _held(direct, held) == 1
+        assert _listed(direct, "default", held) == []
+        assert job_status(client, held) == "queued"
+        time.sleep(SWEEP_INTERVAL / 2)
+
+    done = wait_job(client, held, {"succeeded", "failed"}, timeout=30)
+    assert (done["status"], done["attempts"]) == ("succeeded", 1), done
+    assert _recovered(worker, "default") == 0
+    assert "broker message was lost" not in worker.log.read_text()
+
+
+def job_status(client: httpx.Client, job_id: str) -> str:
+    status: str = client.get(f"/v1/jobs/{job_id}").json()["status"]
+    return status
