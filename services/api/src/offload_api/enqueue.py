@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,16 +85,22 @@ def enqueue(
         earlier = idempotency.claim(store.client, fingerprint, accepted.model_dump_json())
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)
-    try:
+    with _released_unless_published(idempotency, store):
         _publish(celery, store, accepted, kwargs, replay_of, prepare)
-    except (OperationalError, OSError, redis.RedisError):
-        # Nothing was accepted: free the key for the client's retry. If Redis itself is down the
-        # release fails too, and the claim expires with its TTL.
+    return accepted
+
+
+@contextlib.contextmanager
+def _released_unless_published(idempotency: IdempotencyKey | None, store: JobStore) -> Iterator[None]:
+    """Nothing was accepted if publishing failed: free the key for the client's retry. If Redis
+    itself is down the release fails too, and the claim expires with its TTL."""
+    try:
+        yield
+    except Exception:
         if idempotency is not None:
             with contextlib.suppress(redis.RedisError):
                 idempotency.release(store.client)
         raise
-    return accepted
 
 
 def _publish(
@@ -184,13 +190,8 @@ def enqueue_chain(
         earlier = idempotency.claim(store.client, fingerprint, claim)
         if earlier is not None:
             return [JobAccepted.model_validate(a) for a in json.loads(earlier)]
-    try:
+    with _released_unless_published(idempotency, store):
         _publish_chain(celery, store, accepted, steps, prepare)
-    except Exception:
-        if idempotency is not None:
-            with contextlib.suppress(redis.RedisError):
-                idempotency.release(store.client)
-        raise
     return accepted
 
 

@@ -19,6 +19,7 @@ from offload_api.deps import CeleryDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, ChainStep, JobAccepted, enqueue_chain
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep, request_fingerprint
+from offload_api.routes.notifications import check_webhook_targets
 from offload_core.images import (
     MAX_SEARCH_TAGS,
     SEARCH_TAG,
@@ -47,8 +48,8 @@ from offload_core.images import (
 )
 from offload_core.jobs import JobStatus, JobStore
 from offload_core.notifications import NotificationTargets
-from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.payloads import NotificationMessage, NotificationRequest, WebhookTarget
+from offload_core.outbound import OutboundPolicy
+from offload_core.payloads import NotificationMessage, NotificationRequest
 from offload_core.settings import Settings
 from offload_core.topology import TaskName
 
@@ -434,11 +435,5 @@ def _notification(
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise InvalidField(f"body.notify.{where}", first["msg"]) from exc
-    policy = OutboundPolicy.from_settings(settings)
-    for index, target in enumerate(request.targets):
-        if isinstance(target, WebhookTarget):
-            try:
-                policy.check_url(str(target.url))
-            except UnsafeURL as exc:
-                raise InvalidField(f"body.notify.targets.{index}.url", str(exc)) from exc
+    check_webhook_targets(OutboundPolicy.from_settings(settings), request.targets, "body.notify.targets")
     return request

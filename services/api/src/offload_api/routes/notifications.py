@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from offload_api.deps import CeleryDep, SettingsDep, StoreDep
@@ -12,10 +14,20 @@ from offload_api.reachability import Reachability, start_checks
 from offload_api.routes.jobs import JobId
 from offload_core.notifications import Notification, NotificationTargets
 from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.payloads import NotificationRequest, WebhookTarget
+from offload_core.payloads import EmailTarget, NotificationRequest, WebhookTarget
 from offload_core.topology import TaskName
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
+
+
+def check_webhook_targets(policy: OutboundPolicy, targets: Sequence[WebhookTarget | EmailTarget], field: str) -> None:
+    """422 naming the first webhook target whose URL the outbound rules refuse."""
+    for index, target in enumerate(targets):
+        if isinstance(target, WebhookTarget):
+            try:
+                policy.check_url(str(target.url))
+            except UnsafeURL as exc:
+                raise InvalidField(f"{field}.{index}.url", str(exc)) from exc
 
 
 @router.post("", status_code=202, responses=SUBMIT_RESPONSES)
@@ -31,13 +43,7 @@ def submit_notification(
     """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
     the `high` queue. Each target is delivered and retried on its own; `GET
     /v1/notifications/{id}` shows how each one went."""
-    policy = OutboundPolicy.from_settings(settings)
-    for index, target in enumerate(body.targets):
-        if isinstance(target, WebhookTarget):
-            try:
-                policy.check_url(str(target.url))
-            except UnsafeURL as exc:
-                raise InvalidField(f"body.targets.{index}.url", str(exc)) from exc
+    check_webhook_targets(OutboundPolicy.from_settings(settings), body.targets, "body.targets")
     kwargs = body.task_kwargs()
 
     def record_pending_targets(job_id: str) -> None:
