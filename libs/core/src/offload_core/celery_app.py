@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from celery import Celery
+from celery import Celery, chain
+from celery.canvas import Signature
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
@@ -95,3 +97,36 @@ def create_celery_app(settings: Settings, *, main: str = "offload") -> Celery:
     app = Celery(main, set_as_current=True)
     app.conf.update(celery_config(settings))
     return app
+
+
+def job_signature(
+    app: Celery,
+    task: str,
+    *,
+    job_id: str,
+    kwargs: Mapping[str, Any] | None,
+    queue: str,
+    priority: int | None,
+    headers: Mapping[str, object],
+) -> Signature[Any]:
+    """One job's message, sent by task name: the job's id is the task id, its arguments are its
+    own (never a previous chain step's result), and the job store, not Celery, keeps its result."""
+    return app.signature(
+        task,
+        kwargs=dict(kwargs or {}),
+        task_id=job_id,
+        queue=queue,
+        routing_key=queue,
+        priority=priority,
+        headers=dict(headers),
+        ignore_result=True,
+        immutable=True,
+    )
+
+
+def send_jobs(signatures: Sequence[Signature[Any]]) -> None:
+    """Publish one job, or a chain whose later steps Celery sends as each one before succeeds."""
+    if len(signatures) == 1:
+        signatures[0].apply_async()
+    else:
+        chain(*signatures).apply_async()

@@ -22,10 +22,11 @@ import time
 from typing import Any, cast
 
 import redis
-from celery import Celery, chain
+from celery import Celery
 from kombu.transport.redis import Channel
 
 from offload_core import worker_metrics as metrics
+from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import JobStatus, JobStore, RecoveryOutcome, WaitingJob
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.settings import Settings
@@ -247,21 +248,17 @@ class OrphanSweep:
     def _publish(self, steps: list[WaitingJob]) -> None:
         # The original acceptance time: the queue-wait figures then show the wait the job had.
         headers: dict[str, object] = {ENQUEUED_AT_HEADER: steps[0].created_at}
-        signatures = [
-            self.app.signature(
-                step.task,
-                kwargs=step.kwargs,
-                task_id=step.id,
-                queue=step.queue,
-                routing_key=step.queue,
-                priority=step.priority,
-                headers=dict(headers),
-                ignore_result=True,
-                immutable=True,
-            )
-            for step in steps
-        ]
-        if len(signatures) == 1:
-            signatures[0].apply_async()
-        else:
-            chain(*signatures).apply_async()
+        send_jobs(
+            [
+                job_signature(
+                    self.app,
+                    step.task,
+                    job_id=step.id,
+                    kwargs=step.kwargs,
+                    queue=step.queue,
+                    priority=step.priority,
+                    headers=headers,
+                )
+                for step in steps
+            ]
+        )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import Celery, chain
+from celery import Celery
 from kombu.exceptions import OperationalError
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
+from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import JobStatus, JobStore
 from offload_core.logs import job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
@@ -229,21 +230,20 @@ def _publish_chain(
         ):
             headers: dict[str, object] = {ENQUEUED_AT_HEADER: time.time()}
             propagate.inject(headers)
-            signatures = [
-                celery.signature(
-                    job.task,
-                    kwargs=step.kwargs,
-                    task_id=job.id,
-                    queue=job.queue,
-                    routing_key=job.queue,
-                    priority=job.priority,
-                    headers=dict(headers),
-                    ignore_result=True,
-                    immutable=True,  # a step's arguments are its own, not the previous step's result
-                )
-                for job, step in zip(accepted, steps, strict=True)
-            ]
-            chain(*signatures).apply_async()
+            send_jobs(
+                [
+                    job_signature(
+                        celery,
+                        job.task,
+                        job_id=job.id,
+                        kwargs=step.kwargs,
+                        queue=job.queue,
+                        priority=job.priority,
+                        headers=headers,
+                    )
+                    for job, step in zip(accepted, steps, strict=True)
+                ]
+            )
     except Exception:
         with contextlib.suppress(redis.RedisError):
             for job in accepted:
