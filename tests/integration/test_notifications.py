@@ -239,7 +239,9 @@ def test_the_event_body_is_the_same_json_on_every_attempt(stack: Stack) -> None:
     path = _path()
     stack.webhooks.script(path, ScriptedReply(503))
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    finished(stack.client, job_id)
-    bodies = {r.body for r in stack.webhooks.received(path)}
+    assert finished(stack.client, job_id)["status"] == "succeeded"
+    requests = stack.webhooks.received(path)
+    assert len(requests) == 2  # the 503, then the retry
+    bodies = {r.body for r in requests}
     assert len(bodies) == 1
     assert json.loads(bodies.pop())["data"]["id"] == job_id
