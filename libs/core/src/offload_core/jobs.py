@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel, Field
 
@@ -106,6 +107,49 @@ class RecoveryOutcome(StrEnum):
     REPUBLISH = "republish"  # still waiting: publish it again (its wait restarts now)
     EXHAUSTED = "exhausted"  # lost too often: fail it instead
     GONE = "gone"  # started, cancelled or forgotten meanwhile: nothing to do
+
+
+def queued_record(
+    job_id: str,
+    task: str,
+    queue: str,
+    now: float,
+    *,
+    replay_of: str | None = None,
+    priority: int | None = None,
+    next_step: str | None = None,
+) -> dict[str, HashValue]:
+    """The record of a job that was just accepted and waits for a worker."""
+    record: dict[str, HashValue] = {
+        "id": job_id,
+        "task": task,
+        "queue": queue,
+        "status": JobStatus.QUEUED,
+        "progress": 0,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if replay_of:
+        record["replay_of"] = replay_of
+    if priority is not None:
+        record["priority"] = priority
+    if next_step:
+        record["next_step"] = next_step
+    return record
+
+
+# Accepting a job in one step, so it exists either wholly or not at all: its record, its kept
+# arguments, its place in the waiting set and its Celery message on the queue's list.
+# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY, KEYS[4] the queue's Redis list;
+# ARGV now, ttl, job id, kwargs (kombu JSON), message, then the record's field/value pairs.
+SUBMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+return redis.call('LPUSH', KEYS[4], ARGV[5])
+"""
 
 
 # KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, task, queue, key prefix,
@@ -232,6 +276,17 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def async_redis_client(settings: Settings) -> aioredis.Redis:
+    """``redis_client`` for the event loop."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
 class JobStore:
     def __init__(
         self,
@@ -281,22 +336,9 @@ class JobStore:
         succeeds; ``next_step`` names that successor)."""
         now = time.time()
         key = job_key(job_id)
-        record: dict[Any, HashValue] = {
-            "id": job_id,
-            "task": task,
-            "queue": queue,
-            "status": JobStatus.QUEUED,
-            "progress": 0,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        if replay_of:
-            record["replay_of"] = replay_of
-        if priority is not None:
-            record["priority"] = priority
-        if next_step:
-            record["next_step"] = next_step
+        record: dict[Any, HashValue] = queued_record(
+            job_id, task, queue, now, replay_of=replay_of, priority=priority, next_step=next_step
+        )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=record)
         pipe.expire(key, self.ttl)

@@ -1,22 +1,22 @@
 """The audit trail: who submitted or deleted what, and when.
 
 Every accepted (2xx) `POST` or `DELETE` under `/v1` appends one entry to a Redis stream capped
-at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is written by a FastAPI background task, after
-the response has been sent: the client never waits for it, and a failed write is logged, never
-turned into an error for a request that was accepted.
+at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is queued after the response has been sent, and
+written by one task in batches (AuditLog): the client never waits for it, and a failed write
+is logged, never turned into an error for a request that was accepted.
 
-Two pieces cover every /v1 route, present and future, without the routes doing anything:
-
-- ``ResponseCapture``, a pure ASGI middleware, notes the status each audited request was
-  answered with and the start of its JSON body (where a job's id is), as they are sent;
-- ``audit_trail``, a dependency of every /v1 router, adds the background task that reads what
-  the middleware noted once the response is out, and writes the entry.
+``AuditTrail``, a pure ASGI middleware, covers every /v1 route, present and future, without
+the routes doing anything: it notes the status each audited request was answered with and the
+start of its JSON body (where a job's id is) as they are sent, and queues the entry once the
+response is out.
 
 Who is a ``key_id``: a short hash of the API key, never the key itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,13 +27,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
-from fastapi import BackgroundTasks, Request
+import redis.asyncio as aioredis
+from fastapi import Request
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from offload_api.deps import CredentialsDep, SettingsDep
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ ANONYMOUS = "anonymous"  # development without API keys
 # Job answers are small; a larger body is not read for an id (the entry is still written).
 MAX_CAPTURED_BODY = 64 * 1024
 MAX_PATH_CHARS = 512
-_STATE_ATTRIBUTE = "audit_response"
 
 
 def api_key_id(api_key: str | None) -> str:
@@ -56,7 +54,7 @@ def api_key_id(api_key: str | None) -> str:
 
 @dataclass
 class CapturedResponse:
-    """What the client was answered, as ResponseCapture saw it go out."""
+    """What the client was answered, as AuditTrail saw it go out."""
 
     status: int | None = None
     json_body: bool = False
@@ -77,9 +75,9 @@ class CapturedResponse:
         return None
 
 
-class ResponseCapture:
-    """Notes the status and JSON body of every audited request on ``request.state``, for the
-    background task that writes its entry after the response is sent."""
+class AuditTrail:
+    """A pure ASGI middleware: notes the status and JSON body of every audited request as they
+    go out, and once the response is sent, queues the entry on the app's AuditLog."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -92,8 +90,8 @@ class ResponseCapture:
         ):
             await self.app(scope, receive, send)
             return
+        at = time.time()
         captured = CapturedResponse()
-        scope.setdefault("state", {})[_STATE_ATTRIBUTE] = captured
 
         async def capturing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -111,6 +109,28 @@ class ResponseCapture:
             await send(message)
 
         await self.app(scope, receive, capturing_send)
+        if captured.status is None or not 200 <= captured.status < 300:
+            return  # not accepted: nothing happened worth auditing
+        request = Request(scope)
+        fields: dict[str, str | int | float] = {
+            "at": at,
+            "key_id": api_key_id(_bearer_token(request)),
+            "method": request.method,
+            "route": route_template(request),
+            "path": request.url.path[:MAX_PATH_CHARS],
+            "status": captured.status,
+        }
+        if (job_id := captured.job_id()) is not None:
+            fields["job_id"] = job_id
+        if (trace_id := _trace_id()) is not None:
+            fields["trace_id"] = trace_id
+        audit_log: AuditLog = request.app.state.audit_log
+        audit_log.add(fields)
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 class AuditEntry(BaseModel):
@@ -128,18 +148,6 @@ class AuditEntry(BaseModel):
 class AuditPage(BaseModel):
     entries: list[AuditEntry]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
-
-
-@dataclass(frozen=True)
-class _Draft:
-    """What the dependency knows while the request runs; the status and job id come later."""
-
-    at: float
-    key_id: str
-    method: str
-    route: str
-    path: str
-    trace_id: str | None
 
 
 def route_template(request: Request) -> str:
@@ -164,58 +172,78 @@ def _trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
-async def audit_trail(
-    request: Request, background: BackgroundTasks, credentials: CredentialsDep, settings: SettingsDep
-) -> None:
-    """A dependency of every /v1 router: audits the request once its response is sent."""
-    if request.method not in AUDITED_METHODS:
-        return
-    captured = getattr(request.state, _STATE_ATTRIBUTE, None)
-    if not isinstance(captured, CapturedResponse):
-        logger.error("audit trail off for %s %s: ResponseCapture is not installed", request.method, request.url.path)
-        return
-    draft = _Draft(
-        at=time.time(),
-        key_id=api_key_id(credentials.credentials if credentials else None),
-        method=request.method,
-        route=route_template(request),
-        path=request.url.path[:MAX_PATH_CHARS],
-        trace_id=_trace_id(),
-    )
-    client: redis.Redis = request.app.state.store.client
-    # Run after the response is sent (and only if the route answered: an error raised by the
-    # route, such as a 4xx, has no background tasks).
-    background.add_task(write_entry, client, settings.AUDIT_MAX_ENTRIES, draft, captured)
+class AuditLog:
+    """Appends entries to the stream from one task, many per round trip: under load, the
+    entries of concurrent requests share a pipeline instead of a write each.
 
+    At most ``buffer_max`` entries wait; beyond that (Redis down for long) new entries are
+    dropped and counted in a warning, so memory stays bounded. ``close`` writes what waits."""
 
-def write_entry(client: redis.Redis, max_entries: int, draft: _Draft, captured: CapturedResponse) -> None:
-    status = captured.status
-    if status is None or not 200 <= status < 300:
-        return  # not accepted: nothing happened worth auditing
-    fields: dict[str, str | int | float] = {
-        "at": draft.at,
-        "key_id": draft.key_id,
-        "method": draft.method,
-        "route": draft.route,
-        "path": draft.path,
-        "status": status,
-    }
-    if (job_id := captured.job_id()) is not None:
-        fields["job_id"] = job_id
-    if draft.trace_id is not None:
-        fields["trace_id"] = draft.trace_id
-    try:
-        # "~": Redis trims whole nodes, so the cap costs next to nothing (and is approximate).
-        client.xadd(STREAM_KEY, cast(Any, fields), maxlen=max_entries, approximate=True)
-    except redis.RedisError as exc:
-        logger.warning(
-            "audit entry not written for %s %s (status %s, job %s): %s",
-            draft.method,
-            draft.path,
-            status,
-            fields.get("job_id", "-"),
-            exc,
-        )
+    BATCH_MAX = 500
+
+    def __init__(self, client: aioredis.Redis, max_entries: int, buffer_max: int = 10_000) -> None:
+        self.client = client
+        self.max_entries = max_entries
+        self._pending: asyncio.Queue[dict[str, str | int | float]] = asyncio.Queue(buffer_max)
+        self._writer: asyncio.Task[None] | None = None
+        self._dropped = 0
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_forever(), name="audit-log")
+
+    def add(self, fields: dict[str, str | int | float]) -> None:
+        """Queue an entry; it is written within a round trip or so."""
+        try:
+            self._pending.put_nowait(fields)
+        except asyncio.QueueFull:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                logger.warning("audit buffer full: %d entries dropped (is Redis reachable?)", self._dropped)
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            while len(batch) < self.BATCH_MAX and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[dict[str, str | int | float]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for fields in batch:
+            # "~": Redis trims whole nodes, so the cap costs next to nothing (and is approximate).
+            pipe.xadd(STREAM_KEY, cast(Any, fields), maxlen=self.max_entries, approximate=True)
+        try:
+            outcomes = await pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            outcomes = [exc] * len(batch)
+        for fields, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                logger.warning(
+                    "audit entry not written for %s %s (status %s, job %s): %s",
+                    fields["method"],
+                    fields["path"],
+                    fields["status"],
+                    fields.get("job_id", "-"),
+                    outcome,
+                )
+
+    async def close(self, timeout: float) -> None:
+        """Write the entries still waiting (within ``timeout``), then stop."""
+        if self._writer is None:
+            return
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        batch: list[dict[str, str | int | float]] = []
+        while not self._pending.empty():
+            batch.append(self._pending.get_nowait())
+        if batch:
+            try:
+                async with asyncio.timeout(timeout):
+                    for start in range(0, len(batch), self.BATCH_MAX):
+                        await self._write(batch[start : start + self.BATCH_MAX])
+            except TimeoutError:
+                logger.warning("audit entries not all written at shutdown: gave up after %.0f s", timeout)
 
 
 def _decode(stream_id: str, fields: dict[str, str]) -> AuditEntry:

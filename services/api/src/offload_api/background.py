@@ -17,8 +17,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from anyio import from_thread
-
 logger = logging.getLogger(__name__)
 
 Work = Callable[[], Coroutine[Any, Any, None]]
@@ -27,7 +25,7 @@ _CANCEL_GRACE_SECONDS = 1.0
 
 
 class TaskTracker:
-    """Every method runs on the event loop, except ``start_from_thread``."""
+    """Every method runs on the event loop."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -51,15 +49,6 @@ class TaskTracker:
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return True
-
-    def start_from_thread(self, name: str, work: Work) -> bool:
-        """``start`` for synchronous route handlers, which FastAPI runs in worker threads: the
-        task is created on the event loop, which this thread waits for."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return from_thread.run_sync(self.start, name, work)
-        return self.start(name, work)  # called on the loop after all
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -1,4 +1,7 @@
-"""Dependencies as Annotated aliases, so route handlers read as plain signatures."""
+"""Dependencies as Annotated aliases, so route handlers read as plain signatures.
+
+Those that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in a worker
+thread, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -13,20 +16,25 @@ from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
 from offload_core.settings import Settings, get_settings
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def current_settings() -> Settings:
+    return get_settings()
 
 
-def get_store(request: Request) -> JobStore:
+SettingsDep = Annotated[Settings, Depends(current_settings)]
+
+
+async def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     celery: Celery = request.app.state.celery
     return celery
 
 
-def get_dead_letters(request: Request) -> DeadLetters:
+async def get_dead_letters(request: Request) -> DeadLetters:
     dead_letters: DeadLetters = request.app.state.dead_letters
     return dead_letters
 
@@ -39,7 +47,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from OFFLOAD_API_
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def require_api_key(settings: SettingsDep, credentials: CredentialsDep) -> None:
+async def require_api_key(credentials: CredentialsDep) -> None:
+    settings = get_settings()  # not a dependency: one resolution step less on every request
     if not settings.API_KEYS and settings.ENVIRONMENT == "development":
         return  # development without keys: open, and the API logged a warning at start-up
     if credentials is None:

@@ -1,31 +1,40 @@
-"""Publishing a job: claim its Idempotency-Key, create its record, then send the task by name
-(the API has no task code). Every route that submits work goes through enqueue()."""
+"""Publishing a job: claim its Idempotency-Key, then accept it in one atomic Redis script that
+writes its record and pushes its Celery message (the API has no task code). Every route that
+submits one job goes through enqueue(); a chain of jobs through enqueue_chain()."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import redis
+import redis.asyncio as aioredis
 from celery import Celery
-from kombu.exceptions import OperationalError
+from fastapi import Depends, Request
+from kombu.utils import json as kombu_json
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
+from offload_api.batching import ScriptBatcher
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
 from offload_core.celery_app import job_signature, send_jobs
-from offload_core.jobs import JobStatus, JobStore
-from offload_core.logs import job_fields
+from offload_core.jobs import SUBMIT, WAITING_KEY, JobStatus, JobStore, job_key, kwargs_key, queued_record
+from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.task_message import queue_list, task_message
 from offload_core.topology import ROUTES, Queue, TaskName
 
 logger = logging.getLogger(__name__)
@@ -52,9 +61,58 @@ class JobAccepted(BaseModel):
     status_url: str
 
 
-def enqueue(
-    celery: Celery,
-    store: JobStore,
+class JobPublisher:
+    """Accepts jobs on the event loop: the record, the kept arguments, the waiting-set entry and
+    the Celery message go in together (offload_core.jobs.SUBMIT), so a job exists wholly or not
+    at all; concurrent submits share round trips (ScriptBatcher); no thread, producer pool or
+    exchange lookup is involved."""
+
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int) -> None:
+        self.client = client
+        self.ttl = ttl_seconds
+        self._submit = ScriptBatcher(client, SUBMIT)
+        self.origin = f"offload-api-{os.getpid()}@{socket.gethostname()}"  # Celery's `origin` header
+
+    async def publish(self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None) -> None:
+        job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
+        job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: task, telemetry.QUEUE: str(queue)}
+        trace.get_current_span().set_attributes(job_attributes)  # the request's span
+        started = time.perf_counter()
+        # The worker's run span continues the context this producer span puts in the headers.
+        with tracer.start_as_current_span(
+            f"apply_async/{task}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={**job_attributes, "messaging.message.id": job_id, "messaging.destination": str(queue)},
+        ):
+            now = time.time()
+            headers: dict[str, object] = {ENQUEUED_AT_HEADER: now}
+            propagate.inject(headers)
+            message = task_message(
+                task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=self.origin
+            )
+            # With the arguments and priority kept, the job can be published again if Redis loses its message.
+            record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
+            await self._submit(
+                [job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(queue, priority)],
+                [now, self.ttl, job_id, kombu_json.dumps(kwargs), message, *itertools.chain(*record.items())],
+            )
+        ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
+        JOBS_SUBMITTED.labels(task, queue).inc()
+        # The request's access line names the job: a line of its own would cost every submit a write.
+        REQUEST_JOB.set(job_fields(job_id, task, queue))
+        logger.debug("job %s accepted for %s on %s", job_id, task, queue)
+
+
+async def get_publisher(request: Request) -> JobPublisher:
+    publisher: JobPublisher = request.app.state.publisher
+    return publisher
+
+
+PublisherDep = Annotated[JobPublisher, Depends(get_publisher)]
+
+
+async def enqueue(
+    publisher: JobPublisher,
     task: TaskName,
     kwargs: dict[str, object],
     *,
@@ -64,8 +122,8 @@ def enqueue(
     replay_of: str | None = None,
     prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
-    """Accept a job and publish it. ``prepare(job_id)`` writes whatever the job needs besides
-    its record, before its message can be taken."""
+    """Accept a job and publish it. ``prepare(job_id)`` (blocking; run in a thread) writes
+    whatever the job needs besides its record, before its message can be taken."""
     route = ROUTES[task]
     queue = queue or route.queue
     if queue not in route.allowed_queues:
@@ -83,11 +141,20 @@ def enqueue(
     )
     if idempotency is not None:
         fingerprint = request_fingerprint(idempotency.route, task, kwargs, queue, priority)
-        earlier = idempotency.claim(store.client, fingerprint, accepted.model_dump_json())
+        earlier = await idempotency.claim_async(publisher.client, fingerprint, accepted.model_dump_json())
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)
-    with _released_unless_published(idempotency, store):
-        _publish(celery, store, accepted, kwargs, replay_of, prepare)
+    try:
+        if prepare is not None:
+            await run_in_threadpool(prepare, job_id)
+        await publisher.publish(accepted, kwargs, replay_of=replay_of)
+    except Exception:
+        # Nothing was accepted: free the key for the client's retry. If Redis itself is down
+        # the release fails too, and the claim expires with its TTL.
+        if idempotency is not None:
+            with contextlib.suppress(redis.RedisError):
+                await idempotency.release_async(publisher.client)
+        raise
     return accepted
 
 
@@ -102,52 +169,6 @@ def _released_unless_published(idempotency: IdempotencyKey | None, store: JobSto
             with contextlib.suppress(redis.RedisError):
                 idempotency.release(store.client)
         raise
-
-
-def _publish(
-    celery: Celery,
-    store: JobStore,
-    accepted: JobAccepted,
-    kwargs: dict[str, object],
-    replay_of: str | None,
-    prepare: Callable[[str], None] | None,
-) -> None:
-    job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
-    job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: str(task), telemetry.QUEUE: str(queue)}
-    trace.get_current_span().set_attributes(job_attributes)  # the request's span
-    started = time.perf_counter()
-    # The record first: a worker that takes the message at once must find it. With the
-    # arguments and priority, so the job can be published again if Redis loses its message.
-    store.create(job_id, task=task, queue=queue, replay_of=replay_of, kwargs=kwargs, priority=priority)
-    if prepare is not None:
-        prepare(job_id)
-    # Our own publish span: the Celery instrumentation's never ends for a task sent by name that
-    # this process has no code for. The worker's run span continues the context in the headers.
-    with tracer.start_as_current_span(
-        f"apply_async/{task}",
-        kind=trace.SpanKind.PRODUCER,
-        attributes={**job_attributes, "messaging.message.id": job_id, "messaging.destination": str(queue)},
-    ):
-        headers: dict[str, object] = {ENQUEUED_AT_HEADER: time.time()}
-        propagate.inject(headers)
-        try:
-            # ignore_result: the job store answers for the job, so no subscription to a result channel.
-            celery.send_task(
-                task,
-                kwargs=kwargs,
-                task_id=job_id,
-                queue=queue,
-                routing_key=queue,
-                priority=priority,
-                headers=headers,
-                ignore_result=True,
-            )
-        except (OperationalError, OSError):
-            store.discard(job_id)
-            raise
-    ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
-    JOBS_SUBMITTED.labels(task, queue).inc()
-    logger.info("job %s accepted for %s on %s", job_id, task, queue, extra=job_fields(job_id, task, queue))
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import Depends, Header, HTTPException, Request, Response
 
-from offload_api.deps import CredentialsDep, SettingsDep
 from offload_api.errors import InvalidField
+from offload_core.settings import get_settings
 
 HEADER = "Idempotency-Key"
 KEY_PREFIX = "offload:idempotency:"
@@ -67,8 +68,29 @@ class IdempotencyKey:
         """Claim the key for this request; if an earlier request holds it, its acceptance (JSON).
 
         A held key with another fingerprint is a 409: the client reused a key for a new request."""
-        claim = json.dumps({"fingerprint": fingerprint, "accepted": acceptance})
+        claim = self._new_claim(fingerprint, acceptance)
         earlier = client.register_script(_CLAIM)(keys=[self.redis_key], args=[claim, self.ttl_seconds])
+        return self._outcome(claim, earlier, fingerprint)
+
+    async def claim_async(self, client: aioredis.Redis, fingerprint: str, acceptance: str) -> str | None:
+        """``claim`` on the event loop."""
+        claim = self._new_claim(fingerprint, acceptance)
+        earlier = await client.register_script(_CLAIM)(keys=[self.redis_key], args=[claim, self.ttl_seconds])
+        return self._outcome(claim, earlier, fingerprint)
+
+    def release(self, client: redis.Redis) -> None:
+        """Give the key back after a failed publish, so the client's retry can succeed."""
+        client.register_script(_RELEASE)(keys=[self.redis_key], args=[self._claim])
+
+    async def release_async(self, client: aioredis.Redis) -> None:
+        """``release`` on the event loop."""
+        await client.register_script(_RELEASE)(keys=[self.redis_key], args=[self._claim])
+
+    @staticmethod
+    def _new_claim(fingerprint: str, acceptance: str) -> str:
+        return json.dumps({"fingerprint": fingerprint, "accepted": acceptance})
+
+    def _outcome(self, claim: str, earlier: str | None, fingerprint: str) -> str | None:
         if earlier is None:
             self._claim = claim
             return None
@@ -85,16 +107,10 @@ class IdempotencyKey:
         accepted: str = held["accepted"]
         return accepted
 
-    def release(self, client: redis.Redis) -> None:
-        """Give the key back after a failed publish, so the client's retry can succeed."""
-        client.register_script(_RELEASE)(keys=[self.redis_key], args=[self._claim])
 
-
-def idempotency_key(
+async def idempotency_key(
     request: Request,
     response: Response,
-    settings: SettingsDep,
-    credentials: CredentialsDep,
     key: Annotated[
         str | None,
         Header(
@@ -104,18 +120,21 @@ def idempotency_key(
         ),
     ] = None,
 ) -> IdempotencyKey | None:
+    # No sub-dependencies: each one costs every submit a resolution step.
     if key is None:
         return None
     if not _VALID_KEY.fullmatch(key):
         raise InvalidField(f"header.{HEADER}", "must be 1 to 255 printable ASCII characters, e.g. a UUID")
     # Scoped per client by a hash of the API key it presented, never the key itself.
-    client = hashlib.sha256(credentials.credentials.encode()).hexdigest()[:32] if credentials else "anonymous"
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else ""
+    client = hashlib.sha256(presented.encode()).hexdigest()[:32] if presented else "anonymous"
     digest = hashlib.sha256(key.encode()).hexdigest()
     return IdempotencyKey(
         key=key,
         redis_key=f"{KEY_PREFIX}{client}:{digest}",
         route=request.url.path,
-        ttl_seconds=settings.IDEMPOTENCY_TTL_SECONDS,
+        ttl_seconds=get_settings().IDEMPOTENCY_TTL_SECONDS,
         response=response,
     )
 

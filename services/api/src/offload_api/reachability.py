@@ -116,7 +116,7 @@ async def check_targets(
 
 
 def start_checks(request: Request, settings: Settings, job_id: str, targets: Sequence[object]) -> bool:
-    """From a synchronous route: check the notification's webhook targets in a tracked task.
+    """Check the notification's webhook targets in a tracked task.
     False when the tracker refused (busy or shutting down): the targets stay unchecked."""
     urls = {index: str(target.url) for index, target in enumerate(targets) if isinstance(target, WebhookTarget)}
     if not urls:
@@ -131,4 +131,4 @@ def start_checks(request: Request, settings: Settings, job_id: str, targets: Seq
         urls,
         settings.WEBHOOK_CONNECT_TIMEOUT_SECONDS,
     )
-    return tracker.start_from_thread(f"reachability:{job_id}", work)
+    return tracker.start(f"reachability:{job_id}", work)

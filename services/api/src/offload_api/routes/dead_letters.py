@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
+from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import CeleryDep, DeadLettersDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.deps import DeadLettersDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
 from offload_core.dead_letters import DeadLetter, DeadLetterPage
 from offload_core.topology import ROUTES, Queue, TaskName
@@ -44,17 +45,16 @@ def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) 
     status_code=202,
     responses={**SUBMIT_RESPONSES, 404: {"description": "No such dead letter."}},
 )
-def replay_dead_letter(
+async def replay_dead_letter(
     dead_letter_id: DeadLetterId,
     dead_letters: DeadLettersDep,
-    celery: CeleryDep,
-    store: StoreDep,
+    publisher: PublisherDep,
     idempotency: IdempotencyDep,
     response: Response,
 ) -> JobAccepted:
     """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
     letter's `replayed_as` link the two."""
-    letter = dead_letters.get(dead_letter_id)
+    letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
     if letter is None:
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     if letter.task not in ROUTES:
@@ -65,8 +65,8 @@ def replay_dead_letter(
     route = ROUTES[task]
     # The queue it failed on, unless the topology no longer allows it there.
     queue = Queue(letter.queue) if letter.queue in route.allowed_queues else route.queue
-    accepted = enqueue(celery, store, task, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id)
-    dead_letters.mark_replayed(letter.id, accepted.id)
+    accepted = await enqueue(publisher, task, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id)
+    await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
     response.headers["Location"] = accepted.status_url
     return accepted
 

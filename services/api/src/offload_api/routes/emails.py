@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from offload_api.deps import CeleryDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
 from offload_core.payloads import EmailRequest
 from offload_core.topology import TaskName
@@ -14,14 +13,13 @@ router = APIRouter(tags=["emails"])
 
 
 @router.post("/emails", status_code=202, responses=SUBMIT_RESPONSES)
-def submit_email(
-    body: EmailRequest, celery: CeleryDep, store: StoreDep, idempotency: IdempotencyDep, response: Response
+async def submit_email(
+    body: EmailRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
 ) -> JobAccepted:
     """Send one email to 1 to 50 recipients, multipart/alternative when `html` is given. The job's
     result lists the recipients the server accepted and those it refused, with its replies."""
-    accepted = enqueue(
-        celery,
-        store,
+    accepted = await enqueue(
+        publisher,
         TaskName.SEND_EMAIL,
         body.task_kwargs(),
         queue=body.queue,

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
-from offload_api.deps import CeleryDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.deps import StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
 from offload_core.jobs import CancelOutcome, Job
 from offload_core.payloads import EchoRequest
@@ -18,13 +18,12 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
-def submit_echo(
-    body: EchoRequest, celery: CeleryDep, store: StoreDep, idempotency: IdempotencyDep, response: Response
+async def submit_echo(
+    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
 ) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
-    accepted = enqueue(
-        celery,
-        store,
+    accepted = await enqueue(
+        publisher,
         TaskName.ECHO,
         body.task_kwargs(),
         queue=body.queue,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import CeleryDep, SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.deps import SettingsDep, StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_api.reachability import Reachability, start_checks
@@ -31,9 +32,9 @@ def check_webhook_targets(policy: OutboundPolicy, targets: Sequence[WebhookTarge
 
 
 @router.post("", status_code=202, responses=SUBMIT_RESPONSES)
-def submit_notification(
+async def submit_notification(
     body: NotificationRequest,
-    celery: CeleryDep,
+    publisher: PublisherDep,
     store: StoreDep,
     settings: SettingsDep,
     idempotency: IdempotencyDep,
@@ -43,7 +44,8 @@ def submit_notification(
     """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
     the `high` queue. Each target is delivered and retried on its own; `GET
     /v1/notifications/{id}` shows how each one went."""
-    check_webhook_targets(OutboundPolicy.from_settings(settings), body.targets, "body.targets")
+    # Resolving the hosts blocks: in a thread, off the event loop.
+    await run_in_threadpool(check_webhook_targets, OutboundPolicy.from_settings(settings), body.targets, "body.targets")
     kwargs = body.task_kwargs()
 
     def record_pending_targets(job_id: str) -> None:
@@ -52,9 +54,8 @@ def submit_notification(
             job_id, body.model_dump(mode="json")["targets"]
         )
 
-    accepted = enqueue(
-        celery,
-        store,
+    accepted = await enqueue(
+        publisher,
         TaskName.NOTIFY,
         kwargs,
         priority=body.priority,

@@ -14,8 +14,8 @@ import redis
 from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from offload_api.deps import CeleryDep, SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, enqueue
+from offload_api.deps import SettingsDep, StoreDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
@@ -66,10 +66,9 @@ def _find(store: JobStore, job_id: str) -> Job:
 
 
 @router.post("", status_code=202, responses=SUBMIT_RESPONSES)
-def submit_report(
+async def submit_report(
     body: ReportSubmission,
-    celery: CeleryDep,
-    store: StoreDep,
+    publisher: PublisherDep,
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
@@ -80,11 +79,12 @@ def submit_report(
     memory. Follow `events_url` (Server-Sent Events) or poll `status_url`; fetch the result
     from `download_url` once the report succeeded."""
     try:
-        OutboundPolicy.from_settings(settings).check_url(body.source_url)
+        # Resolving the host blocks: in a thread, off the event loop.
+        await anyio.to_thread.run_sync(OutboundPolicy.from_settings(settings).check_url, body.source_url)
     except UnsafeURL as exc:
         raise InvalidField("body.source_url", str(exc)) from exc
-    accepted = enqueue(
-        celery, store, TaskName.REPORT, body.task_kwargs(), priority=body.priority, idempotency=idempotency
+    accepted = await enqueue(
+        publisher, TaskName.REPORT, body.task_kwargs(), priority=body.priority, idempotency=idempotency
     )
     links = _links(accepted.id)
     response.headers["Location"] = links["status_url"]
