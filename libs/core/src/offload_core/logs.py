@@ -1,8 +1,8 @@
 """Logs of every Offload process: one JSON object a line for log search, or plain text for a
 person at a terminal. Each line names the job, task and queue it belongs to (from the running
-Celery task, or `extra=job_fields(...)`) and the trace it is part of, and never carries a
-secret: credentials in URLs and the configured Redis password and API keys are masked,
-whatever code wrote the line.
+Celery task, the job the API request accepted, or `extra=job_fields(...)`) and the trace it is
+part of, and never carries a secret: credentials in URLs and the configured Redis password and
+API keys are masked, whatever code wrote the line.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -24,6 +25,11 @@ MASK = "***"
 _URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 
 JOB_FIELDS = ("job_id", "task", "queue")
+
+
+# The job a request accepted, for the lines logged after it in the same request (the access
+# line among them): each request runs in its own task, so its own copy of the context.
+REQUEST_JOB: ContextVar[dict[str, str] | None] = ContextVar("offload_request_job", default=None)
 
 
 def job_fields(job_id: str, task: str, queue: str) -> dict[str, str]:
@@ -54,6 +60,8 @@ class Redactor:
 def correlation_fields(record: logging.LogRecord) -> dict[str, str]:
     """The record's job (given, or the Celery task running now) and the current trace."""
     fields = {name: str(getattr(record, name)) for name in JOB_FIELDS if hasattr(record, name)}
+    if not fields and (accepted := REQUEST_JOB.get()) is not None:
+        fields = dict(accepted)
     task = get_current_task()
     if not fields and task is not None and task.request.id:
         queue = (task.request.delivery_info or {}).get("routing_key") or ""
