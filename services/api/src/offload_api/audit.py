@@ -1,14 +1,17 @@
 """The audit trail: who submitted or deleted what, and when.
 
 Every accepted (2xx) `POST` or `DELETE` under `/v1` appends one entry to a Redis stream capped
-at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is queued after the response has been sent, and
-written by one task in batches (AuditLog): the client never waits for it, and a failed write
-is logged, never turned into an error for a request that was accepted.
+at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is queued by a FastAPI background task, after
+the response has been sent, and written by one task in batches (AuditLog): the client never
+waits for it, and a failed write is logged, never turned into an error for a request that was
+accepted.
 
-``AuditTrail``, a pure ASGI middleware, covers every /v1 route, present and future, without
-the routes doing anything: it notes the status each audited request was answered with and the
-start of its JSON body (where a job's id is) as they are sent, and queues the entry once the
-response is out.
+Two pieces cover every /v1 route, present and future, without the routes doing anything:
+
+- ``ResponseCapture``, a pure ASGI middleware, notes the status each audited request was
+  answered with and the start of its JSON body (where a job's id is), as they are sent;
+- ``audit_trail``, a dependency of every /v1 router, adds the background task that reads what
+  the middleware noted once the response is out, and queues the entry.
 
 Who is a ``key_id``: a short hash of the API key, never the key itself.
 """
@@ -28,7 +31,7 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import Request
+from fastapi import BackgroundTasks, Request
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 from starlette.routing import compile_path
@@ -43,6 +46,7 @@ ANONYMOUS = "anonymous"  # development without API keys
 # Job answers are small; a larger body is not read for an id (the entry is still written).
 MAX_CAPTURED_BODY = 64 * 1024
 MAX_PATH_CHARS = 512
+_STATE_ATTRIBUTE = "audit_response"
 
 
 def api_key_id(api_key: str | None) -> str:
@@ -54,7 +58,7 @@ def api_key_id(api_key: str | None) -> str:
 
 @dataclass
 class CapturedResponse:
-    """What the client was answered, as AuditTrail saw it go out."""
+    """What the client was answered, as ResponseCapture saw it go out."""
 
     status: int | None = None
     json_body: bool = False
@@ -75,9 +79,9 @@ class CapturedResponse:
         return None
 
 
-class AuditTrail:
-    """A pure ASGI middleware: notes the status and JSON body of every audited request as they
-    go out, and once the response is sent, queues the entry on the app's AuditLog."""
+class ResponseCapture:
+    """Notes the status and JSON body of every audited request on ``request.state``, for the
+    background task that queues its entry after the response is sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -90,8 +94,8 @@ class AuditTrail:
         ):
             await self.app(scope, receive, send)
             return
-        at = time.time()
         captured = CapturedResponse()
+        scope.setdefault("state", {})[_STATE_ATTRIBUTE] = captured
 
         async def capturing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,23 +113,29 @@ class AuditTrail:
             await send(message)
 
         await self.app(scope, receive, capturing_send)
-        if captured.status is None or not 200 <= captured.status < 300:
-            return  # not accepted: nothing happened worth auditing
-        request = Request(scope)
-        fields: dict[str, str | int | float] = {
-            "at": at,
-            "key_id": api_key_id(_bearer_token(request)),
-            "method": request.method,
-            "route": route_template(request),
-            "path": request.url.path[:MAX_PATH_CHARS],
-            "status": captured.status,
-        }
-        if (job_id := captured.job_id()) is not None:
-            fields["job_id"] = job_id
-        if (trace_id := _trace_id()) is not None:
-            fields["trace_id"] = trace_id
-        audit_log: AuditLog = request.app.state.audit_log
-        audit_log.add(fields)
+
+
+async def audit_trail(request: Request, background: BackgroundTasks) -> None:
+    """A dependency of every /v1 router: audits the request once its response is sent."""
+    if request.method not in AUDITED_METHODS:
+        return
+    captured = getattr(request.state, _STATE_ATTRIBUTE, None)
+    if not isinstance(captured, CapturedResponse):
+        logger.error("audit trail off for %s %s: ResponseCapture is not installed", request.method, request.url.path)
+        return
+    fields: dict[str, str | int | float] = {
+        "at": time.time(),
+        "key_id": api_key_id(_bearer_token(request)),
+        "method": request.method,
+        "route": route_template(request),
+        "path": request.url.path[:MAX_PATH_CHARS],
+    }
+    if (trace_id := _trace_id()) is not None:
+        fields["trace_id"] = trace_id
+    audit_log: AuditLog = request.app.state.audit_log
+    # A coroutine function, so it runs on the event loop (no thread), after the response is
+    # sent, and only if the route answered: an error raised by the route has no background tasks.
+    background.add_task(audit_log.record, fields, captured)
 
 
 def _bearer_token(request: Request) -> str | None:
@@ -191,8 +201,14 @@ class AuditLog:
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_forever(), name="audit-log")
 
-    def add(self, fields: dict[str, str | int | float]) -> None:
-        """Queue an entry; it is written within a round trip or so."""
+    async def record(self, fields: dict[str, str | int | float], captured: CapturedResponse) -> None:
+        """Queue the entry of a request whose response went out (a FastAPI background task);
+        it is written within a round trip or so."""
+        if captured.status is None or not 200 <= captured.status < 300:
+            return  # not accepted: nothing happened worth auditing
+        fields["status"] = captured.status
+        if (job_id := captured.job_id()) is not None:
+            fields["job_id"] = job_id
         try:
             self._pending.put_nowait(fields)
         except asyncio.QueueFull:

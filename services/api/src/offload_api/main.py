@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
-from offload_api.audit import AuditLog, AuditTrail
+from offload_api.audit import AuditLog, ResponseCapture, audit_trail
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
 from offload_api.deps import require_api_key
@@ -84,7 +84,7 @@ def create_app() -> FastAPI:
         BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
     )
     app.add_middleware(HeaderSizeLimit)
-    app.add_middleware(AuditTrail)  # what /v1 POSTs and DELETEs answered
+    app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.
     app.add_middleware(metrics.RequestMetrics)
     setup_tracing(API_SERVICE)
@@ -93,7 +93,7 @@ def create_app() -> FastAPI:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="/livez,/readyz,/metrics", exclude_spans=["receive", "send"])
     app.include_router(health.router)
     app.include_router(metrics.router)
-    v1 = [Depends(require_api_key)]
+    v1 = [Depends(require_api_key), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
