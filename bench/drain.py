@@ -1,5 +1,5 @@
-"""2. Drain throughput: N no-op echo jobs are queued first (each with its job record, published
-as the API publishes: bench.harness.OffloadPublisher), then one worker process set
+"""2. Drain throughput: N no-op echo jobs are queued first (each with its job record, in the
+API's own submit script: bench.harness.OffloadPublisher), then one worker process set
 (`python -m offload_worker`, 2 prefork processes) drains them.
 
 Baseline in the same run: stock Celery (bench/stock_celery.py: default settings, prefork,
