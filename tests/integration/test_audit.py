@@ -152,3 +152,27 @@ def test_the_stream_keeps_about_audit_max_entries(tmp_path: Path) -> None:
         entries_for(api.client, last, 1)  # the last write is in, and the trim ran with it
         # Approximate trimming removes whole stream nodes (100 entries each by default).
         assert 100 <= api.redis.xlen(STREAM) <= 200
+
+
+def test_the_callers_trace_continues_when_spans_are_not_exported(tmp_path: Path) -> None:
+    """No OTLP endpoint: spans are not recorded, yet the request continues the caller's trace
+    (W3C traceparent), so the audit entry and the API's log line name the caller's trace id."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with standalone_api(tmp_path) as api:
+        response = api.client.post(
+            "/v1/jobs/echo",
+            json={"message": "traced"},
+            headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        (entry,) = entries_for(api.client, job_id, 1)
+        assert entry["trace_id"] == trace_id
+        untraced = submit_echo(api.client)
+        (other,) = entries_for(api.client, untraced, 1)
+        assert len(other["trace_id"]) == 32
+        assert other["trace_id"] != trace_id  # a new trace for a caller that sent none
+        wait_for(lambda: f'"job_id": "{job_id}"' in api.log(), 10, "the access line naming the job")
+        (line,) = [line for line in api.log().splitlines() if f'"job_id": "{job_id}"' in line]
+        assert f'"trace_id": "{trace_id}"' in line
+        assert "POST /v1/jobs/echo" in line

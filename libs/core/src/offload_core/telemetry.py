@@ -34,6 +34,7 @@ ATTEMPT = "offload.attempt"
 OUTCOME = "offload.outcome"
 
 _provider: TracerProvider | None = None
+_exported = False
 
 
 def _env(*names: str) -> str:
@@ -72,13 +73,15 @@ def service_resource(service: str, queues: Sequence[str] = ()) -> Resource:
     return Resource(attributes).merge(Resource.create({SERVICE_NAME: attributes[SERVICE_NAME]}))
 
 
-def setup_tracing(service: str, queues: Sequence[str] = ()) -> None:
-    """Install this process's tracer provider, once. Prefork workers call it in each pool
-    process after the fork (worker_process_init), since the export thread does not survive one."""
-    global _provider
+def setup_tracing(service: str, queues: Sequence[str] = ()) -> bool:
+    """Install this process's tracer provider, once; True when its spans are exported. Prefork
+    workers call it in each pool process after the fork (worker_process_init), since the export
+    thread does not survive one."""
+    global _provider, _exported
     if _provider is not None or _env("OTEL_SDK_DISABLED").lower() == "true":
-        return
+        return _exported
     exporter = otlp_span_exporter()
+    _exported = exporter is not None
     if exporter is None:
         # Nothing would read the spans: record none (recording costs the API about a third of a
         # submit's CPU), yet every span still has its trace and span ids, for logs and headers.
@@ -88,6 +91,7 @@ def setup_tracing(service: str, queues: Sequence[str] = ()) -> None:
         _provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(_provider)
     logger.debug("tracing for %s: %s", service, "exported over OTLP" if exporter else "no OTLP endpoint, not exported")
+    return _exported
 
 
 def flush_tracing() -> None:

@@ -23,6 +23,7 @@ from offload_api.routes import compute as compute_routes
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
 from offload_api.routes import images as image_routes
 from offload_api.routes import reports as report_routes
+from offload_api.trace_context import TraceContext
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
@@ -30,6 +31,8 @@ from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
 
 logger = logging.getLogger(__name__)
+
+UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 @asynccontextmanager
@@ -87,10 +90,14 @@ def create_app() -> FastAPI:
     app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.
     app.add_middleware(metrics.RequestMetrics)
-    setup_tracing(API_SERVICE)
     # Probes and scrapes would drown the traces that matter.
-    # Without the ASGI receive/send spans: three spans a request where one says all.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="/livez,/readyz,/metrics", exclude_spans=["receive", "send"])
+    if setup_tracing(API_SERVICE):
+        # Without the ASGI receive/send spans: three spans a request where one says all.
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls=",".join(UNTRACED_PATHS), exclude_spans=["receive", "send"]
+        )
+    else:
+        app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
     app.include_router(metrics.router)
     v1 = [Depends(require_api_key), Depends(audit_trail)]
