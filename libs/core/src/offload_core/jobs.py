@@ -265,26 +265,24 @@ def decode_job(fields: dict[str, str]) -> Job:
     )
 
 
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """Every call bounded by the configured timeouts."""
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        "health_check_interval": 30,
+    }
+
+
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client whose every call is bounded by the configured timeouts."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
-        health_check_interval=30,
-    )
+    return redis.Redis.from_url(settings.redis_url, **_client_options(settings))
 
 
 def async_redis_client(settings: Settings) -> aioredis.Redis:
     """``redis_client`` for the event loop."""
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
-        health_check_interval=30,
-    )
+    return aioredis.Redis.from_url(settings.redis_url, **_client_options(settings))
 
 
 class JobStore:
