@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import redis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -25,7 +26,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.parser import text_string_to_metric_families
 
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import free_port
+from offload_dev.redis_server import RedisServer, free_port
 
 API_KEY = "test-key-0123456789abcdef"
 # Standard Webhooks secrets: "whsec_" + base64 of 32 bytes; the second is the "new" one of a rotation.
@@ -159,6 +160,26 @@ def start_api(env: dict[str, str], log_dir: Path) -> Service:
 
     wait_for(is_up, 30, "the API to answer /livez")
     return service
+
+
+Cluster = tuple[dict[str, str], httpx.Client, redis.Redis, list[Service]]
+
+
+@contextlib.contextmanager
+def api_on_own_redis(env: dict[str, str], log_dir: Path) -> Iterator[Cluster]:
+    """A Redis of its own and an API on it: (env with its URL, API client, direct Redis client,
+    the services started, to which a test appends its workers; all stopped at the end)."""
+    server = RedisServer(free_port(), log_dir / "redis").start()
+    env = {**env, "OFFLOAD_REDIS_URL": server.url}
+    services: list[Service] = []
+    try:
+        services.append(api := start_api(env, log_dir))
+        with api_client(api) as client, redis.Redis.from_url(server.url, decode_responses=True) as direct:
+            yield env, client, direct, services
+    finally:
+        for service in reversed(services):
+            service.stop()
+        server.stop()
 
 
 def api_client(api: Service, key: str | None = API_KEY) -> httpx.Client:

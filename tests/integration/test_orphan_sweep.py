@@ -16,14 +16,13 @@ import redis
 from offload_core.orphans import UNACKED_KEY
 from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
 from tests.support import (
     TEST_SETTINGS,
+    Cluster,
     Service,
-    api_client,
+    api_on_own_redis,
     sample,
     scrape,
-    start_api,
     start_worker,
     submit_echo,
     wait_job,
@@ -52,18 +51,9 @@ ENV = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], httpx.Client, redis.Redis, list[Service]]]:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
-    env = {**ENV, "OFFLOAD_REDIS_URL": server.url}
-    services: list[Service] = []
-    try:
-        services.append(api := start_api(env, tmp_path))
-        with api_client(api) as client, redis.Redis(port=server.port, decode_responses=True) as direct:
-            yield env, client, direct, services
-    finally:
-        for service in services:
-            service.stop()
-        server.stop()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with api_on_own_redis(ENV, tmp_path) as started:
+        yield started
 
 
 def _listed(direct: redis.Redis, queue: str, job_id: str) -> list[tuple[str, str]]:

@@ -11,14 +11,19 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
-import redis
 
 from offload_core.orphans import UNACKED_KEY
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.support import TEST_SETTINGS, Service, api_client, job, start_api, start_worker, submit_echo, wait_job
+from tests.support import (
+    TEST_SETTINGS,
+    Cluster,
+    api_on_own_redis,
+    job,
+    start_worker,
+    submit_echo,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +38,9 @@ ENV = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], httpx.Client, redis.Redis, list[Service]]]:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
-    env = {**ENV, "OFFLOAD_REDIS_URL": server.url}
-    services: list[Service] = []
-    try:
-        services.append(api := start_api(env, tmp_path))
-        with api_client(api) as client:
-            yield env, client, redis.Redis.from_url(server.url, decode_responses=True), services
-    finally:
-        for service in reversed(services):
-            service.stop()
-        server.stop()
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with api_on_own_redis(ENV, tmp_path) as started:
+        yield started
 
 
 def test_a_backlog_drains_in_priority_order_and_leaves_nothing_unacknowledged(cluster, tmp_path: Path) -> None:
