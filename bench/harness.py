@@ -480,14 +480,10 @@ class OffloadPublisher:
         self.submit = self.client.register_script(SUBMIT)
 
     def publish(self, n: int, kwargs: dict[str, object], queue: str | None = None) -> list[str]:
-        import itertools
         import uuid
 
-        from kombu.utils import json as kombu_json
-
-        from offload_core.jobs import WAITING_KEY, job_key, kwargs_key, queued_record
+        from offload_core.jobs import submit_call
         from offload_core.queue_state import ENQUEUED_AT_HEADER
-        from offload_core.task_message import queue_list, task_message
         from offload_core.topology import ROUTES, Queue, TaskName
 
         route = ROUTES[TaskName.ECHO]
@@ -498,28 +494,18 @@ class OffloadPublisher:
             for _ in range(min(500, n - start)):
                 job_id = uuid.uuid4().hex
                 now = time.time()
-                message = task_message(
-                    TaskName.ECHO,
+                keys, args = submit_call(
                     job_id,
+                    TaskName.ECHO,
                     kwargs,
                     queue=target,
                     priority=route.priority,
                     headers={ENQUEUED_AT_HEADER: now},
                     origin="offload-bench",
+                    now=now,
+                    ttl_seconds=self.settings.JOB_TTL_SECONDS,
                 )
-                record = queued_record(job_id, TaskName.ECHO, target, now, priority=route.priority)
-                self.submit(
-                    keys=[job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(target, route.priority)],
-                    args=[
-                        now,
-                        self.settings.JOB_TTL_SECONDS,
-                        job_id,
-                        kombu_json.dumps(kwargs),
-                        message,
-                        *itertools.chain(*record.items()),
-                    ],
-                    client=pipe,
-                )
+                self.submit(keys=keys, args=args, client=pipe)
                 ids.append(job_id)
             pipe.execute()
         return ids

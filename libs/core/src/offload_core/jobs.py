@@ -7,6 +7,7 @@ scripts, so each one is atomic in Redis.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from offload_core import dead_letters
 from offload_core.settings import Settings
+from offload_core.task_message import queue_list, task_message
 
 KEY_PREFIX = "offload:job:"
 # Jobs whose message the API published and no worker has started yet, scored by the time the
@@ -150,6 +152,28 @@ redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 return redis.call('LPUSH', KEYS[4], ARGV[5])
 """
+
+
+def submit_call(
+    job_id: str,
+    task: str,
+    kwargs: Mapping[str, Any],
+    *,
+    queue: str,
+    priority: int,
+    headers: Mapping[str, object],
+    origin: str,
+    now: float,
+    ttl_seconds: int,
+    replay_of: str | None = None,
+) -> tuple[list[str], list[HashValue]]:
+    """SUBMIT's keys and arguments for one job. Its arguments and priority are kept in Redis, so
+    the job can be published again if Redis loses its message (offload_core.orphans)."""
+    message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
+    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
+    keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(queue, priority)]
+    args: list[HashValue] = [now, ttl_seconds, job_id, kombu_json.dumps(dict(kwargs)), message]
+    return keys, [*args, *itertools.chain.from_iterable(record.items())]
 
 
 # KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, task, queue, key prefix,

@@ -5,7 +5,6 @@ submits one job goes through enqueue(); a chain of jobs through enqueue_chain().
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, Request
-from kombu.utils import json as kombu_json
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -31,10 +29,9 @@ from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
 from offload_core.celery_app import job_signature, send_jobs
-from offload_core.jobs import SUBMIT, WAITING_KEY, JobStatus, JobStore, job_key, kwargs_key, queued_record
+from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.task_message import queue_list, task_message
 from offload_core.topology import ROUTES, Queue, TaskName
 
 logger = logging.getLogger(__name__)
@@ -87,15 +84,19 @@ class JobPublisher:
             now = time.time()
             headers: dict[str, object] = {ENQUEUED_AT_HEADER: now}
             propagate.inject(headers)
-            message = task_message(
-                task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=self.origin
+            keys, args = submit_call(
+                job_id,
+                task,
+                kwargs,
+                queue=queue,
+                priority=priority,
+                headers=headers,
+                origin=self.origin,
+                now=now,
+                ttl_seconds=self.ttl,
+                replay_of=replay_of,
             )
-            # With the arguments and priority kept, the job can be published again if Redis loses its message.
-            record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
-            await self._submit(
-                [job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(queue, priority)],
-                [now, self.ttl, job_id, kombu_json.dumps(kwargs), message, *itertools.chain(*record.items())],
-            )
+            await self._submit(keys, args)
         ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
         JOBS_SUBMITTED.labels(task, queue).inc()
         # The request's access line names the job: a line of its own would cost every submit a write.
