@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     # Outbound URLs (webhooks, report sources) must resolve to public addresses. Hosts named
     # here (host names, IP addresses or networks such as 10.0.0.0/8) are exempt.
     OUTBOUND_ALLOWED_HOSTS: Annotated[list[str], NoDecode] = []
+    # Timeouts of the outbound HTTP client that user jobs get as JobContext.http.
+    OUTBOUND_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=60)
+    OUTBOUND_READ_TIMEOUT_SECONDS: float = Field(30.0, gt=0, le=300)
+
+    # Job types (offload_core.sdk) come from the built-ins, from installed packages' `offload.jobs`
+    # entry points, and from the modules named here (comma-separated), for code not packaged.
+    JOB_MODULES: Annotated[list[str], NoDecode] = []
 
     # Image pipelines: an upload larger than IMAGE_MAX_BYTES is refused with 413 (its path alone
     # may exceed API_MAX_BODY_BYTES); images, and every step's output, may hold at most
@@ -215,7 +222,9 @@ class Settings(BaseSettings):
     REPORT_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
     REPORT_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
-    @field_validator("API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", mode="before")
+    @field_validator(
+        "API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"
+    )
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_csv(value)

@@ -21,7 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from offload_core.job_task import PermanentJobError, TransientJobError
+from offload_core.job_errors import PermanentJobError, TransientJobError
 from offload_core.settings import Settings
 
 # Bodies are written as quoted-printable or base64 whenever they are not plain short ASCII, and

@@ -4,12 +4,13 @@ import logging
 
 from celery.signals import worker_ready
 
-from offload_core import probe  # noqa: F401  (registers the echo probe)
-from offload_core.celery_app import create_celery_app
+from offload_core.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
+from offload_core.topology import NOTIFIER_QUEUES
 from offload_notifier import notify  # noqa: F401  (registers the notification task)
 
 app = create_celery_app(get_settings(), main="offload-notifier")
+job_types = register_worker_job_types(app, get_settings(), [str(q) for q in NOTIFIER_QUEUES])
 # Critical work must never wait behind a prefetched message.
 app.conf.worker_prefetch_multiplier = 1
 

@@ -21,7 +21,8 @@ import httpx
 from celery import shared_task
 
 from offload_core import smtp, webhooks
-from offload_core.job_task import JobTask, PermanentJobError, TransientJobError, retry_countdown
+from offload_core.job_errors import PermanentJobError, TransientJobError
+from offload_core.job_task import JobTask, retry_countdown
 from offload_core.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
 from offload_core.outbound import OutboundPolicy
 from offload_core.payloads import MAX_NOTIFICATION_TARGETS
