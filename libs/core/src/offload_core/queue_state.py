@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -60,7 +61,7 @@ def _enqueued_at(raw: str | None) -> float | None:
 
 
 def read_queue_states(
-    client: redis.Redis, queues: list[Queue], stale_after: float, dead_letter_ttl: float
+    client: redis.Redis, queues: Sequence[str], stale_after: float, dead_letter_ttl: float
 ) -> list[QueueState]:
     """One pipelined round trip for every queue's depth, consumers, oldest message and dead letters."""
     now = time.time()

@@ -217,10 +217,10 @@ class Settings(BaseSettings):
     # Time limits of a report when it needs other ones than OFFLOAD_TASK_*; unset: those.
     REPORT_SOFT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
     REPORT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
-    # GET /v1/reports/{id}/events reads the job this often, and ends a stream after this long
-    # (clients reconnect).
-    REPORT_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
-    REPORT_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
+    # GET /v1/jobs/{id}/events (and a report's) reads the job this often, and ends a stream
+    # after this long (clients reconnect with Last-Event-ID).
+    JOB_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
+    JOB_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
     @field_validator(
         "API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
@@ -22,13 +22,16 @@ from offload_api.routes import audit as audit_routes
 from offload_api.routes import compute as compute_routes
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
 from offload_api.routes import images as image_routes
+from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
 from offload_api.trace_context import TraceContext
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
+from offload_core.registry import load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
+from offload_core.topology import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +78,15 @@ def create_app() -> FastAPI:
     settings = get_settings()
     if problem := settings.missing_api_keys():
         raise RuntimeError(problem)
+    # Declarations only: the API never imports a handler (offload_core.sdk).
+    job_types = load_job_types(settings, known_queues=[str(q) for q in Queue])
     app = FastAPI(
         title="Offload",
         summary="Accepts background jobs, runs them on Celery workers, reports their status.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.job_types = job_types
     install_error_handlers(app)
     install_openapi_error_responses(app)
     app.add_middleware(
@@ -102,6 +108,10 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     v1 = [Depends(require_api_key), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
+    submit_routes = APIRouter()
+    job_type_routes.add_submit_routes(submit_routes, job_types)  # after /jobs/echo, which it would shadow
+    app.include_router(submit_routes, prefix="/v1", dependencies=v1)
+    app.include_router(job_type_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
     app.include_router(emails.router, prefix="/v1", dependencies=v1)
