@@ -21,16 +21,13 @@ from offload_core import telemetry
 from offload_core import worker_metrics as metrics
 from offload_core.job_errors import JobCancelled, PermanentJobError, TransientJobError
 from offload_core.jobs import JobStore, StartOutcome
-from offload_core.outbound import OutboundPolicy
+from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.sdk import JobContext, JobType
 from offload_core.settings import Settings, get_settings
 from offload_core.worker_metrics import RunOutcome
 
 logger = logging.getLogger(__name__)
-
-# A job type's declared time limit is the soft one; its process is killed this much later.
-HARD_LIMIT_GRACE_SECONDS = 30
 
 
 def retry_countdown(retries: int, base: float, cap: float) -> float:
@@ -39,17 +36,15 @@ def retry_countdown(retries: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, *, soft_limit: int | None = None, hard_limit: int | None = None) -> str:
+    """A job's error as its record shows it; time limits named in seconds (the task's own, if given)."""
     if isinstance(exc, PermanentJobError):
         return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
         settings = get_settings()
-        limit = (
-            settings.TASK_SOFT_TIME_LIMIT_SECONDS
-            if isinstance(exc, SoftTimeLimitExceeded)
-            else settings.TASK_TIME_LIMIT_SECONDS
-        )
-        return f"timed out after {limit} s"
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return f"timed out after {soft_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS} s"
+        return f"timed out after {hard_limit or settings.TASK_TIME_LIMIT_SECONDS} s"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -121,7 +116,7 @@ class JobTask(Task[Any, Any]):
             if self.request.retries >= self.max_retries:
                 raise  # on_failure records the final error
             countdown = self.retry_delay(exc)
-            self.store.mark_retrying(job_id, describe_error(exc), countdown)
+            self.store.mark_retrying(job_id, self.describe_error(exc), countdown)
             outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
         finally:
@@ -141,6 +136,9 @@ class JobTask(Task[Any, Any]):
             countdown = max(countdown, exc.retry_after)
         return min(countdown, settings.RETRY_BACKOFF_MAX_SECONDS)
 
+    def describe_error(self, exc: BaseException) -> str:
+        return describe_error(exc, soft_limit=self.soft_time_limit, hard_limit=self.time_limit)
+
     def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """What a replay of this failed job should submit; the original arguments by default."""
         return kwargs
@@ -151,7 +149,7 @@ class JobTask(Task[Any, Any]):
         # kills a run; there is no request there, so the queue comes from the job's record.
         delivered_on = (self.request.delivery_info or {}).get("routing_key") or ""
         payload = self.dead_letter_payload(task_id, kwargs)
-        queue = self.store.fail(task_id, describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
+        queue = self.store.fail(task_id, self.describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
         metrics.JOBS_FAILED.labels(self.name, queue).inc()
 
     def report_progress(self, percent: int, message: str = "") -> None:
@@ -191,6 +189,9 @@ class JobTypeTask(JobTask):
             result = job_type.run(ctx, payload)
         except (PermanentJobError, TransientJobError, JobCancelled, SoftTimeLimitExceeded, TimeLimitExceeded):
             raise
+        except UnsafeURL as exc:
+            # An address the outbound rules refuse stays refused: retrying cannot help.
+            raise PermanentJobError(f"outbound request refused: {exc}") from exc
         except Exception as exc:
             # Any other failure is worth another attempt, as Celery users expect of autoretry.
             raise TransientJobError(describe_error(exc)) from exc
@@ -253,8 +254,9 @@ def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], sett
 
 
 def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
-    """(soft, hard) seconds for one attempt: the declared limit is the soft one, the process is
-    killed a little later; the settings' limits otherwise."""
+    """(soft, hard) seconds for one attempt: the declared limit is the soft one (the handler gets
+    SoftTimeLimitExceeded and the job fails as timed out); a tenth later, between 2 and 30 s, the
+    process is killed. The settings' limits for a job that declares none."""
     if job_type.time_limit is None:
         return settings.TASK_SOFT_TIME_LIMIT_SECONDS, settings.TASK_TIME_LIMIT_SECONDS
-    return job_type.time_limit, job_type.time_limit + HARD_LIMIT_GRACE_SECONDS
+    return job_type.time_limit, job_type.time_limit + min(30, max(2, job_type.time_limit // 10))
