@@ -32,7 +32,7 @@ from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.topology import ROUTES, Queue, TaskName
+from offload_core.topology import ROUTES, TaskName
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -53,7 +53,7 @@ class JobAccepted(BaseModel):
     id: str
     status: JobStatus
     task: str
-    queue: Queue
+    queue: str  # one of the deployment's queues (OFFLOAD_QUEUES)
     priority: int
     status_url: str
 
@@ -117,7 +117,7 @@ async def enqueue(
     task: TaskName,
     kwargs: dict[str, object],
     *,
-    queue: Queue | None = None,
+    queue: str | None = None,
     priority: int | None = None,
     idempotency: IdempotencyKey | None = None,
     replay_of: str | None = None,

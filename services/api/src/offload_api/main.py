@@ -50,6 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.audit_log.start()
     queue_metrics = metrics.QueueCollector(
         app.state.store.client,
+        queues=settings.QUEUES,
         stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
         cache_seconds=settings.QUEUE_METRICS_CACHE_SECONDS,
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,

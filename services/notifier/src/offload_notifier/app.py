@@ -1,4 +1,5 @@
-"""The notifier's Celery app: the shared configuration plus the critical-notification tasks."""
+"""The notifier's Celery app: the shared configuration plus the critical-notification tasks and any
+job type on the queues it consumes."""
 
 import logging
 
@@ -9,8 +10,10 @@ from offload_core.settings import get_settings
 from offload_core.topology import NOTIFIER_QUEUES
 from offload_notifier import notify  # noqa: F401  (registers the notification task)
 
+# Its worker set's queues (the chart sets OFFLOAD_WORKER_QUEUES); `high` alone by default.
+queues = get_settings().consumed_queues(NOTIFIER_QUEUES)
 app = create_celery_app(get_settings(), main="offload-notifier")
-job_types = register_worker_job_types(app, get_settings(), [str(q) for q in NOTIFIER_QUEUES])
+job_types = register_worker_job_types(app, get_settings(), queues)
 # Critical work must never wait behind a prefetched message.
 app.conf.worker_prefetch_multiplier = 1
 
