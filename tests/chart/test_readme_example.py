@@ -34,6 +34,6 @@ def test_the_readmes_own_queue_overlays_add_the_queue_everywhere() -> None:
         assert len(blocks) == 1, f"{readme.name} lost its example of a queue of your own"
         rendered = render(yaml.safe_load(blocks[0]))
         (config,) = [c for c in rendered.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
-        assert config["data"]["OFFLOAD_QUEUES"].split(",") == ["default", "low", "high", "acme"]
+        assert config["data"]["OFFLOAD_QUEUES"].split(",") == ["high", "default", "low", "acme"]
         for kind in ("Deployment", "ScaledObject", "PodDisruptionBudget"):
             assert len(rendered.worker_set(kind, "acme")) == 1, (readme, kind)

@@ -280,19 +280,32 @@ zeros and falses in the entry win (sprig's merge would drop them).
 
 {{/*
 The deployment's queues, OFFLOAD_QUEUES of every component: every queue some worker set
-consumes, in the order the sets first name them. The worker sets are the one declaration of
-the queues; a new set with a new queue adds it everywhere.
+consumes, the built-in ones first (in offload_core.topology's order), then the others in the
+order the sets first name them. The worker sets are the one declaration of the queues; a new
+set with a new queue adds it everywhere.
 */}}
 {{- define "offload.queues" -}}
-{{- $queues := list -}}
+{{- $consumed := list -}}
 {{- range $entry := .Values.workers.sets -}}
 {{- $set := dict -}}
 {{- include "offload.mergeWorkerSet" (dict "ctx" $ "entry" $entry "out" $set) -}}
 {{- range $queue := (default list $set.queues) -}}
-{{- $queues = append $queues (toString $queue) -}}
+{{- $consumed = append $consumed (toString $queue) -}}
 {{- end -}}
 {{- end -}}
-{{- toJson (uniq $queues) -}}
+{{- $builtin := include "offload.builtinQueues" . | fromJson -}}
+{{- $queues := list -}}
+{{- range $queue := concat $builtin.notifier $builtin.worker -}}
+{{- if has $queue $consumed -}}
+{{- $queues = append $queues $queue -}}
+{{- end -}}
+{{- end -}}
+{{- range $queue := $consumed -}}
+{{- if not (has $queue $queues) -}}
+{{- $queues = append $queues $queue -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $queues -}}
 {{- end -}}
 
 {{/*
