@@ -67,6 +67,8 @@ def test_a_worker_consumes_a_queue_of_the_deployments_own(module: str, tmp_path:
         assert state["depth"] == 0
         metrics = api.get("/metrics").text
         assert f'offload_queue_depth{{queue="{OWN_QUEUE}"}} 0.0' in metrics
+        if module == "offload_notifier":  # allowed, but said: nothing of this notifier's takes `high`
+            wait_for(lambda: "this notifier does not consume high" in worker.log_tail(200), 10, "the warning")
 
 
 def start_refused(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

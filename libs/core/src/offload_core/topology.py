@@ -52,8 +52,8 @@ class WorkerSet:
     image: str = "worker"  # "worker" (offload_worker) or "notifier" (offload_notifier)
 
 
-# The built-in worker sets: the chart's default `workers.sets`, compose's services and the
-# workers of `make run` (a test checks the first two). `low` gets its own set so bulk work
+# The built-in worker sets: the chart's default `workers.sets` and compose's worker services
+# (tests check both against this), and the workers `make run` starts. `low` gets its own set so bulk work
 # never starves `default`; `high` runs on the notifier alone.
 DEFAULT_WORKER_SETS: tuple[WorkerSet, ...] = (
     WorkerSet("default", (Queue.DEFAULT,)),

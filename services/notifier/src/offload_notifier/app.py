@@ -24,3 +24,16 @@ def _warn_without_signing_secret(**_: object) -> None:
         logging.getLogger(__name__).warning(
             "OFFLOAD_WEBHOOK_SECRETS is empty: webhook targets will fail rather than be sent unsigned"
         )
+
+
+@worker_ready.connect(weak=False)
+def _warn_without_notifier_queues(**_: object) -> None:
+    missing = [str(queue) for queue in NOTIFIER_QUEUES if queue not in queues]
+    if missing:
+        # Allowed (a deployment may run critical notifications elsewhere), but rarely meant.
+        logging.getLogger(__name__).warning(
+            "this notifier does not consume %s (OFFLOAD_WORKER_QUEUES=%s): critical notifications wait for "
+            "another consumer",
+            ", ".join(missing),
+            ",".join(queues),
+        )
