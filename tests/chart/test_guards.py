@@ -150,6 +150,11 @@ SCHEMA_BACKED: dict[str, tuple[dict[str, Any], str, str]] = {
         "'not' failed",
         'workers.sets[acme]: queue name "unacked" is reserved',
     ),
+    "in-process-queue-name": (
+        sets(extra=[{"name": "acme", "queues": ["in-process"]}]),
+        "'not' failed",
+        'workers.sets[acme]: queue name "in-process" is reserved',
+    ),
     "queue-listed-twice": (
         sets(extra=[{"name": "acme", "queues": ["acme", "acme"]}]),
         "items at 0 and 1 are equal",

@@ -37,7 +37,9 @@ def test_queue_names_users_may_choose(name: str) -> None:
     assert queue_name_problem(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "Acme", "2fast", "-x", "a.b", "a:b", "a b", "q" * 64, "unacked", "unacked_index"])
+@pytest.mark.parametrize(
+    "name", ["", "Acme", "2fast", "-x", "a.b", "a:b", "a b", "q" * 64, "unacked", "unacked_index", "in-process"]
+)
 def test_queue_names_that_would_break_something_are_refused(name: str) -> None:
     assert queue_name_problem(name) is not None
 

@@ -48,8 +48,8 @@ workers.sets[{{ $name }}]: queues is empty; list the queues this set consumes (e
 {{- $_ := set $consumed $queue true -}}
 {{- if not (regexMatch "^[a-z][a-z0-9_-]{0,62}$" $queue) }}
 workers.sets[{{ $name }}]: "{{ $queue }}" is not a valid queue name; use a lower-case letter, then lower-case letters, digits, - and _ (63 characters at most).
-{{- else if has $queue (list "unacked" "unacked_index" "unacked_mutex") }}
-workers.sets[{{ $name }}]: queue name "{{ $queue }}" is reserved (the Redis transport's own key); choose another name.
+{{- else if has $queue (list "in-process" "unacked" "unacked_index" "unacked_mutex") }}
+workers.sets[{{ $name }}]: queue name "{{ $queue }}" is reserved (a Redis transport key, or the API's in-process queue); choose another name.
 {{- end -}}
 {{- $trigger := $queue | replace "-" "_" -}}
 {{- if eq (get $triggers $trigger | default "") $queue }}

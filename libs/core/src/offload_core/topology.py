@@ -26,9 +26,10 @@ BUILTIN_QUEUES: tuple[str, ...] = tuple(str(q) for q in Queue)
 # A queue's name is a Redis key, a metric label and part of a KEDA trigger's name: lower-case
 # letters, digits, - and _, starting with a letter. The chart's schema holds the same pattern.
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-# kombu's Redis transport keeps its unacknowledged messages under these keys; a queue of that
-# name would overwrite them.
-RESERVED_QUEUE_NAMES = frozenset({"unacked", "unacked_index", "unacked_mutex"})
+# Names taken: kombu's Redis transport keeps its unacknowledged messages under the first three
+# keys (a queue of that name would overwrite them); the API names its own compute queue
+# `in-process` in GET /v1/queues, job records and metrics.
+RESERVED_QUEUE_NAMES = frozenset({"unacked", "unacked_index", "unacked_mutex", "in-process"})
 
 
 def queue_name_problem(name: str) -> str | None:
@@ -39,7 +40,7 @@ def queue_name_problem(name: str) -> str | None:
             "- and _ (63 characters at most)"
         )
     if name in RESERVED_QUEUE_NAMES:
-        return f"{name!r} is reserved (the Redis transport's own key); choose another queue name"
+        return f"{name!r} is reserved (a Redis transport key, or the API's in-process queue); choose another name"
     return None
 
 
