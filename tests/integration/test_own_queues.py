@@ -3,6 +3,7 @@ the jobs published to it, and the API counts it among the queues."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import redis
 
 from offload_core.jobs import SUBMIT, submit_call
 from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
 from tests.integration.own_queue_jobs import OWN_QUEUE
 from tests.support import TEST_SETTINGS, api_on_own_redis, start_worker, wait_job
@@ -90,3 +92,36 @@ def test_a_job_type_on_an_undeclared_queue_stops_the_worker_at_start(tmp_path: P
     assert result.returncode != 0
     assert "job type 'acme.echo'" in result.stderr
     assert f"names the queue(s) {OWN_QUEUE}, which this deployment does not have" in result.stderr
+
+
+def test_the_orphan_sweep_publishes_a_lost_job_again_on_its_own_queue(tmp_path: Path) -> None:
+    """Any worker sweeps, whatever it consumes: it must know every queue of OFFLOAD_QUEUES to
+    publish a job there again."""
+    grace = 3.0
+    env = {
+        **OWN_QUEUE_ENV,
+        "OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS": "0.5",
+        "OFFLOAD_ORPHAN_GRACE_SECONDS": str(grace),
+        # The grace must exceed the longest publish: (0 + 1) x (1 + 1.5) s here.
+        "OFFLOAD_PUBLISH_MAX_RETRIES": "0",
+        "OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS": "1",
+        "OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS": "1.5",
+    }
+    with api_on_own_redis(env, tmp_path) as (env, _, direct, services):
+        job_id = publish(direct, "acme.echo", OWN_QUEUE, "lost")
+        waiting = priority_lists(OWN_QUEUE)[1]  # priority 3: the second list
+        (raw,) = direct.lrange(waiting, 0, -1)
+        assert direct.lrem(waiting, 1, str(raw)) == 1  # lost, as in a Redis restart
+
+        services.append(sweeper := start_worker("sweeper", env, tmp_path, queues="default"))
+
+        def republished() -> bool:
+            return any(
+                json.loads(m)["headers"]["id"] == job_id
+                for n in priority_lists(OWN_QUEUE)
+                for m in direct.lrange(n, 0, -1)
+            )
+
+        wait_for(republished, grace + 15, f"the sweep to publish {job_id} again on {OWN_QUEUE}")
+        said = f"job {job_id} (acme.echo on {OWN_QUEUE}) was queued but its broker message was lost"
+        wait_for(lambda: said in sweeper.log.read_text(), 5, "the sweeper to log the recovery")
