@@ -48,6 +48,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ]
         }
     },
+    # A queue of the deployment's own, added through values only: a set of its own, and one more
+    # queue on the notifier's set (tests/chart/test_topology.py checks what it renders).
+    "own-queues": {
+        "workers": {
+            "sets": [
+                {"name": "default", "queues": ["default"]},
+                {"name": "low", "queues": ["low"], "minReplicas": 0, "prefetchMultiplier": 1},
+                {"name": "high", "image": "notifier", "queues": ["high", "acme-urgent"], "prefetchMultiplier": 1},
+                {"name": "acme", "queues": ["acme", "acme_bulk"], "minReplicas": 0, "keda": {"listLength": 5}},
+            ]
+        }
+    },
     "monitoring": {
         "metrics": {
             "workerPort": 9900,

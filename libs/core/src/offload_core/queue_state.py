@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import redis
 
 from offload_core.dead_letters import index_key, oldest_kept_score
-from offload_core.topology import Queue, priority_lists
+from offload_core.topology import priority_lists
 
 CONSUMERS_PREFIX = "offload:consumers:"
 # Message header the API sets at publish time, read back to age the oldest waiting job.
 ENQUEUED_AT_HEADER = "offload_enqueued_at"
 
 
-def consumers_key(queue: Queue | str) -> str:
+def consumers_key(queue: str) -> str:
     return f"{CONSUMERS_PREFIX}{queue}"
 
 

@@ -164,8 +164,9 @@ def _from_entry_point(entry_point: importlib.metadata.EntryPoint) -> list[tuple[
     return _declared(target, source)
 
 
-def load_job_types(settings: Settings, *, known_queues: Collection[str]) -> JobTypes:
-    """Every job type of this deployment; raises JobTypeError on the first unusable plugin."""
+def load_job_types(settings: Settings, *, known_queues: Collection[str] | None = None) -> JobTypes:
+    """Every job type of this deployment; raises JobTypeError on the first unusable plugin, or on
+    one naming a queue outside ``known_queues`` (the deployment's, OFFLOAD_QUEUES, by default)."""
     declared: list[tuple[JobType[Any, Any], Source]] = []
     for name in BUILTIN_MODULES:
         declared += _from_module(name, Source(f"Offload's built-in module {name}", "a bug in Offload"))
@@ -174,5 +175,5 @@ def load_job_types(settings: Settings, *, known_queues: Collection[str]) -> JobT
     for name in settings.JOB_MODULES:
         declared += _from_module(name, Source(f"module {name} (OFFLOAD_JOB_MODULES)", "OFFLOAD_JOB_MODULES"))
     job_types = JobTypes(declared)
-    job_types.check_queues(known_queues)
+    job_types.check_queues(settings.QUEUES if known_queues is None else known_queues)
     return job_types

@@ -54,7 +54,7 @@ class JobAccepted(BaseModel):
     id: str
     status: JobStatus
     task: str
-    queue: str
+    queue: str  # one of the deployment's queues (OFFLOAD_QUEUES)
     priority: int
     status_url: str
 

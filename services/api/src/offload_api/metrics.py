@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import redis
 from fastapi import APIRouter, Response
@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_core.queue_state import QueueState, read_queue_states
 from offload_core.settings import Settings
-from offload_core.topology import Queue
+from offload_core.topology import BUILTIN_QUEUES
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
 REGISTRY = CollectorRegistry()
@@ -108,11 +108,13 @@ class QueueCollector(Collector):
         self,
         client: redis.Redis,
         *,
+        queues: Sequence[str] = BUILTIN_QUEUES,  # the deployment's, OFFLOAD_QUEUES
         stale_after: float,
         cache_seconds: float,
         dead_letter_ttl: float = Settings.model_fields["DEAD_LETTER_TTL_SECONDS"].default,
     ) -> None:
         self.client = client
+        self.queues = list(queues)
         self.stale_after = stale_after
         self.cache_seconds = cache_seconds
         self.dead_letter_ttl = dead_letter_ttl
@@ -125,7 +127,7 @@ class QueueCollector(Collector):
             if time.monotonic() - self._read_at >= self.cache_seconds:
                 try:
                     self._states = read_queue_states(
-                        self.client, list(Queue), stale_after=self.stale_after, dead_letter_ttl=self.dead_letter_ttl
+                        self.client, self.queues, stale_after=self.stale_after, dead_letter_ttl=self.dead_letter_ttl
                     )
                 except redis.RedisError:
                     self._states = []  # no queue series rather than a failed scrape; /readyz says why

@@ -12,8 +12,7 @@ def main() -> None:
     from offload_core.worker_runtime import run_worker
     from offload_worker.app import app
 
-    queues = [str(q) for q in settings.WORKER_QUEUES]
-    run_worker(app, queues=queues, default_name="worker@%h", service=WORKER_SERVICE)
+    run_worker(app, queues=settings.WORKER_QUEUES, default_name="worker@%h", service=WORKER_SERVICE)
 
 
 if __name__ == "__main__":

@@ -11,4 +11,4 @@ from offload_worker import (
 
 settings = get_settings()
 app = create_celery_app(settings, main="offload-worker")
-job_types = register_worker_job_types(app, settings, [str(q) for q in settings.WORKER_QUEUES])
+job_types = register_worker_job_types(app, settings, settings.WORKER_QUEUES)
