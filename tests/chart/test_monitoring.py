@@ -344,22 +344,63 @@ def test_dashboard_has_the_required_panels() -> None:
     dashboard = json.loads(DASHBOARD_FILE.read_text())
     assert dashboard["uid"]
     assert dashboard["title"]
-    queried = {title: set().union(*map(metric_names, exprs)) for title, exprs in dashboard_exprs(dashboard).items()}
+    panels = {panel["title"]: panel for panel in dashboard["panels"]}
+    exprs = dashboard_exprs(dashboard)
+    # What an on-call engineer looks at first, and the metric each panel must read.
     required = {
-        "offload_queue_depth",  # queue depth per queue
-        "offload_jobs_succeeded_total",  # throughput
-        "offload_jobs_failed_total",  # failure rate
-        "offload_job_queue_wait_seconds_bucket",  # wait time p95
-        "offload_job_run_seconds_bucket",  # run time p95
-        "offload_queue_consumers",  # workers per queue
-        "up",  # worker pods per set
+        "Oldest waiting job": ("offload_queue_oldest_job_age_seconds", "queue"),
+        "Throughput per job type": ("offload_jobs_succeeded_total", "task"),
+        "Failure ratio per job type": ("offload_jobs_failed_total", "task"),
+        "Retry rate per job type": ("offload_jobs_retried_total", "task"),
+        "API latency": ("offload_http_request_duration_seconds_bucket", "route"),
+        "Redis memory": ("offload_redis_memory_used_bytes", ""),
+        "Queue depth": ("offload_queue_depth", "queue"),
+        "Workers consuming each queue": ("offload_queue_consumers", "queue"),
     }
-    assert required <= set().union(*queried.values())
-    for title, exprs in dashboard_exprs(dashboard).items():
-        if any("histogram_quantile" in expr for expr in exprs):
-            assert all("histogram_quantile(0.95," in expr and "le" in expr for expr in exprs), title
+    for title, (metric, label) in required.items():
+        assert title in panels, title
+        assert any(metric in metric_names(expr) for expr in exprs[title]), title
+        assert all("by (" in expr and label in expr for expr in exprs[title]), title
+    assert "offload_redis_maxmemory_bytes" in " ".join(exprs["Redis memory"])
+    assert panels["Redis memory"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert panels["Failure ratio per job type"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert any("histogram_quantile(0.99," in expr for expr in exprs["API latency"])
+    for title, panel_exprs in exprs.items():
+        for expr in panel_exprs:
+            if "histogram_quantile" in expr:
+                assert re.search(r"sum by \(le\b", expr), title
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
+    # Grafana's 24-column grid: every panel fits, none covers another.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        covered = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not covered & cells, panel["title"]
+        cells |= covered
+        assert [target["refId"] for target in panel["targets"]] == ["A", "B"][: len(panel["targets"])], panel["title"]
+
+
+def test_dashboard_filters_every_query_by_namespace_and_release() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "release", "queue", "task"]
+    assert variables["namespace"]["definition"] == "label_values(offload_queue_depth, namespace)"
+    assert "$namespace" in variables["release"]["definition"]
+    for name in ("queue", "task"):
+        assert 'namespace=~"$namespace", release=~"$release"' in variables[name]["definition"]
+    for title, panel_exprs in dashboard_exprs(dashboard).items():
+        for expr in panel_exprs:
+            selectors = re.findall(r"\b(?:offload_\w+|up)\{([^}]*)\}", expr)
+            assert selectors, expr
+            for selector in selectors:
+                assert selector.startswith('namespace=~"$namespace", release=~"$release"'), (title, expr)
+            # Aggregations keep namespace and release apart: two releases never add up.
+            assert "namespace, release" in expr, (title, expr)
 
 
 def test_every_queried_metric_exists_in_the_code() -> None:
@@ -368,7 +409,7 @@ def test_every_queried_metric_exists_in_the_code() -> None:
     exprs = [expr for panel_exprs in dashboard_exprs(dashboard).values() for expr in panel_exprs]
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
-            (metric,) = re.findall(r"label_values\((\w+),", variable["definition"])
+            (metric,) = re.findall(r"label_values\((\w+)[{,]", variable["definition"])
             exprs.append(metric)
     exprs += [rule["expr"] for rules in alert_rules(render(ALL_ON)).values() for rule in rules]
     assert len(exprs) >= 10
