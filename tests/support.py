@@ -11,18 +11,23 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc  # type: ignore[import-untyped]  # no stubs; only the test receiver uses it
 import httpx
 import redis
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -410,6 +415,42 @@ class OtlpReceiver:
     def received_logs(self) -> list[ReceivedLog]:
         with self.lock:
             return list(self.logs)
+
+    def grpc_server(self) -> tuple[grpc.Server, str]:
+        """The same receiver as an OTLP/gRPC server (insecure, 127.0.0.1): (server, endpoint)."""
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+                receiver.add(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> ExportMetricsServiceResponse:
+                receiver.add_metrics(request)
+                return ExportMetricsServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: ExportLogsServiceRequest, context: Any) -> ExportLogsServiceResponse:
+                receiver.add_logs(request)
+                return ExportLogsServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        return server, f"http://127.0.0.1:{port}"
+
+    @contextlib.contextmanager
+    def running_grpc(self) -> Iterator[str]:
+        """Serve OTLP/gRPC; yields the endpoint for OTEL_EXPORTER_OTLP_ENDPOINT."""
+        server, endpoint = self.grpc_server()
+        server.start()
+        try:
+            yield endpoint
+        finally:
+            server.stop(grace=None)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[OtlpReceiver]:

@@ -36,6 +36,7 @@ from tests.support import (
     ReceivedSpan,
     Service,
     api_client,
+    api_on_own_redis,
     sample,
     scrape,
     start_api,
@@ -378,12 +379,16 @@ def test_a_notification_is_one_trace_from_the_request_to_the_receivers_headers(o
     assert redis_spans == {"offload-api", "offload-notifier"}
 
 
-def _points(observed: ObservedStack, service: str, metric: str, **attributes: str) -> list[ReceivedPoint]:
+def _points_of(receiver: OtlpReceiver, service: str, metric: str, **attributes: str) -> list[ReceivedPoint]:
     return [
         p
-        for p in observed.receiver.received_points()
+        for p in receiver.received_points()
         if p.service == service and p.metric == metric and attributes.items() <= p.attributes.items()
     ]
+
+
+def _points(observed: ObservedStack, service: str, metric: str, **attributes: str) -> list[ReceivedPoint]:
+    return _points_of(observed.receiver, service, metric, **attributes)
 
 
 def test_the_same_metrics_and_the_logs_arrive_over_otlp(observed: ObservedStack) -> None:
@@ -452,3 +457,56 @@ def test_an_unsupported_otlp_protocol_is_refused_at_start_naming_the_variable(mo
     assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported: use http/protobuf" in done.stderr
     assert "grpc" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_redis_gauges_say_whether_redis_answers_and_how_full_it_is(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
+    collector = QueueCollector(client, stale_after=3, cache_seconds=0)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        assert registry.get_sample_value("offload_redis_up") == 1
+        assert registry.get_sample_value("offload_redis_maxmemory_bytes") == 0  # no limit
+        client.config_set("maxmemory", str(64 * 1024 * 1024))
+        client.set("filler", "x" * 1_000_000)
+        assert registry.get_sample_value("offload_redis_maxmemory_bytes") == 64 * 1024 * 1024
+        used = registry.get_sample_value("offload_redis_memory_used_bytes")
+        assert used is not None
+        assert used == pytest.approx(int(client.info("memory")["used_memory"]), rel=0.05)
+        assert used > 1_000_000
+    finally:
+        server.stop()
+    # Redis gone: the scrape still answers, saying so, without stale memory figures.
+    assert registry.get_sample_value("offload_redis_up") == 0
+    assert registry.get_sample_value("offload_redis_memory_used_bytes") is None
+    assert registry.get_sample_value("offload_queue_depth", {"queue": "default"}) is None
+
+
+def test_grpc_carries_all_three_signals_too(tmp_path: Path) -> None:
+    receiver = OtlpReceiver()
+    with receiver.running_grpc() as endpoint:
+        env = {
+            **TEST_SETTINGS,
+            "OFFLOAD_LOG_FORMAT": "json",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {OTLP_TOKEN}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        }
+        with api_on_own_redis(env, tmp_path) as (_, client, _, _):
+            job_id = submit_echo(client)  # accepted (and logged) by the API; no worker runs it
+
+            def arrived() -> bool:
+                spans = [s for s in receiver.received() if s.attributes.get("offload.job.id") == job_id]
+                logs = [r for r in receiver.received_logs() if r.attributes.get("job_id") == job_id]
+                points = _points_of(receiver, "offload-api", "offload_jobs_submitted", task=ECHO)
+                return bool(spans and logs and points)
+
+            wait_for(arrived, 15, "a span, a log record and a metric of the job over OTLP/gRPC", interval=0.2)
+    (span, *_) = [s for s in receiver.received() if s.attributes.get("offload.job.id") == job_id]
+    (log, *_) = [r for r in receiver.received_logs() if r.attributes.get("job_id") == job_id]
+    assert log.trace_id == span.trace_id
+    assert _points_of(receiver, "offload-api", "offload_jobs_submitted", task=ECHO)[-1].value >= 1
