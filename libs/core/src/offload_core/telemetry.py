@@ -8,7 +8,7 @@ Only the standard OTEL_* variables configure the export: OTLP over HTTP (http/pr
 default) or gRPC to OTEL_EXPORTER_OTLP_ENDPOINT or a signal's own OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT.
 Without an endpoint nothing is exported and spans are not recorded, yet each still has its ids,
 so trace ids reach the logs and travel on to the workers. http/json is refused at start with an
-error naming the variable: no stable Python exporter speaks it yet.
+error naming the variable (see PROTOCOLS).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class Signal(StrEnum):
 
 
 # What OTEL_EXPORTER_OTLP_PROTOCOL may say here. The OTLP exporters released with our SDK speak
-# these two; http/json would need an exporter that pins an older SDK line.
+# these two; the only http/json exporter is a beta pinned to an older release of the exporters'
+# shared packages than the protobuf exporters need.
 PROTOCOLS = ("http/protobuf", "grpc")
 EXPORTERS = ("otlp", "none")
 
