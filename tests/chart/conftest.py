@@ -27,7 +27,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "ingress": {
         "api": {"ingress": {"enabled": True, "className": "nginx", "tls": {"enabled": True}}},
         "flower": {"ingress": {"enabled": True, "className": "nginx"}},
-        "otel": {"endpoint": "http://otel-collector.observability:4318", "protocol": "http/protobuf"},
+        "otel": {
+            "endpoint": "http://otel-collector.observability:4318",
+            "protocol": "http/protobuf",
+            "headers": {"existingSecret": "otlp-credentials"},
+        },
     },
     "custom-set": {
         "workers": {

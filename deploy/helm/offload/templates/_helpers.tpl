@@ -188,6 +188,13 @@ OpenTelemetry variables. Call with (dict "ctx" $ "service" "offload-api" "worker
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: {{ . | quote }}
 {{- end }}
+{{- with .ctx.Values.otel.headers.existingSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.ctx.Values.otel.headers.existingSecretKey | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* OFFLOAD_OUTBOUND_ALLOWED_HOSTS, for the API (it checks webhook URLs at submit) and the workers. */}}

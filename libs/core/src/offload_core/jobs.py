@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from offload_core import dead_letters
 from offload_core.settings import Settings
 from offload_core.task_message import queue_list, task_message
+from offload_core.telemetry import trace_redis_client
 
 KEY_PREFIX = "offload:job:"
 # Jobs whose message the API published and no worker has started yet, scored by the time the
@@ -322,12 +323,12 @@ def _client_options(settings: Settings) -> dict[str, Any]:
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client whose every call is bounded by the configured timeouts."""
-    return redis.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return trace_redis_client(redis.Redis.from_url(settings.redis_url, **_client_options(settings)))
 
 
 def async_redis_client(settings: Settings) -> aioredis.Redis:
     """``redis_client`` for the event loop."""
-    return aioredis.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return trace_redis_client(aioredis.Redis.from_url(settings.redis_url, **_client_options(settings)))
 
 
 class JobStore:

@@ -28,6 +28,7 @@ from offload_api.trace_context import TraceContext
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
+from offload_core.otlp_metrics import start_metrics_export
 from offload_core.registry import load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
@@ -58,6 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
     metrics.REGISTRY.register(queue_metrics)
+    metrics_pusher = start_metrics_export(metrics.REGISTRY, API_SERVICE)  # None without an OTLP endpoint
     app.state.tasks = TaskTracker(settings.API_TRACKED_TASKS_MAX)
     app.state.compute = ComputeQueue.from_settings(settings, app.state.store.client)
     app.state.compute.start()
@@ -69,6 +71,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(app.state.tasks.drain(timeout), app.state.compute.stop(timeout))
         await app.state.audit_log.close(timeout)
         await event_loop_redis.aclose()
+        if metrics_pusher is not None:
+            await asyncio.to_thread(metrics_pusher.stop)  # the last values, then the exporter closes
         metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()

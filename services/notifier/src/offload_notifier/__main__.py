@@ -7,7 +7,9 @@ from offload_core.worker_env import prepare_worker_environment
 def main() -> None:
     # Before Celery and prometheus_client are imported (see worker_env).
     prepare_worker_environment(get_settings())
-    from offload_core.telemetry import NOTIFIER_SERVICE
+    from offload_core.telemetry import NOTIFIER_SERVICE, refuse_unsupported_settings
+
+    refuse_unsupported_settings(NOTIFIER_SERVICE)
     from offload_core.worker_runtime import run_worker
     from offload_notifier.app import app, queues
 
