@@ -66,3 +66,10 @@ def test_secrets_do_not_show_in_repr() -> None:
 def test_inconsistent_settings_are_refused_with_the_rule(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**{"API_KEYS": [KEY], **overrides})  # type: ignore[arg-type]
+
+
+def test_a_worker_may_consume_a_queue_of_the_deployments_own() -> None:
+    settings = Settings(API_KEYS=[KEY], QUEUES="high,default,low,acme", WORKER_QUEUES="acme")
+
+    assert settings.QUEUES == ["high", "default", "low", "acme"]
+    assert settings.WORKER_QUEUES == ["acme"]

@@ -131,9 +131,13 @@ class Settings(BaseSettings):
     # Connections (and producers) kept for publishing; the API publishes from its thread pool.
     BROKER_POOL_LIMIT: int = Field(40, ge=1)
 
-    # Worker processes. Which queues a worker consumes is configuration, so one image can run
-    # one Deployment per queue set; the notifier always consumes `high` only.
-    WORKER_QUEUES: Annotated[list[Queue], NoDecode] = [Queue.DEFAULT, Queue.LOW]
+    # The deployment's queues: the built-in ones plus any its own job types use (comma-separated).
+    # Every process of a deployment must read the same list: a job type naming another queue stops
+    # the process at start.
+    QUEUES: Annotated[list[str], NoDecode] = [str(q) for q in Queue]
+    # Worker processes. Which of the queues a worker consumes is configuration, so one image can
+    # run one Deployment per queue set; the notifier always consumes `high` only.
+    WORKER_QUEUES: Annotated[list[str], NoDecode] = [Queue.DEFAULT, Queue.LOW]
     WORKER_CONCURRENCY: int = Field(2, ge=1, le=256)
     WORKER_POOL: Literal["prefork", "threads", "solo"] = "prefork"
     # Messages reserved per process (late acks: a reserved message is redelivered if the worker
@@ -223,7 +227,7 @@ class Settings(BaseSettings):
     JOB_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
     @field_validator(
-        "API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"
+        "API_KEYS", "QUEUES", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"
     )
     @classmethod
     def _parse_list(cls, value: object) -> object:
@@ -288,6 +292,12 @@ class Settings(BaseSettings):
             )
         if not self.WORKER_QUEUES:
             raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
+        unknown = [queue for queue in self.WORKER_QUEUES if queue not in self.QUEUES]
+        if unknown:
+            raise ValueError(
+                f"OFFLOAD_WORKER_QUEUES names {', '.join(unknown)}, which OFFLOAD_QUEUES "
+                f"({','.join(self.QUEUES)}) does not list; add it there or consume another queue"
+            )
         return self
 
     def missing_api_keys(self) -> str | None:

@@ -8,14 +8,13 @@ from offload_core.logs import configure_logging
 from offload_core.registry import JobTypeError, load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE
-from offload_core.topology import Queue
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(API_SERVICE, settings)
     try:
-        load_job_types(settings, known_queues=[str(q) for q in Queue])  # a broken plugin stops us here, clearly
+        load_job_types(settings, known_queues=settings.QUEUES)  # a broken plugin stops us here, clearly
     except JobTypeError as exc:
         sys.exit(f"offload-api cannot start: {exc}")
     uvicorn.run(

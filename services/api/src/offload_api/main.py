@@ -31,7 +31,6 @@ from offload_core.jobs import JobStore, async_redis_client
 from offload_core.registry import load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
-from offload_core.topology import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def create_app() -> FastAPI:
     if problem := settings.missing_api_keys():
         raise RuntimeError(problem)
     # Declarations only: the API never imports a handler (offload_core.sdk).
-    job_types = load_job_types(settings, known_queues=[str(q) for q in Queue])
+    job_types = load_job_types(settings, known_queues=settings.QUEUES)
     app = FastAPI(
         title="Offload",
         summary="Accepts background jobs, runs them on Celery workers, reports their status.",
