@@ -1,12 +1,17 @@
 """`make run`: Redis, the API, a worker, the notifier and Flower on this machine, no Docker,
 plus a mail sink and a webhook receiver that print what the services deliver.
 
+`--plugin PATH` (repeatable; `make run PLUGINS="path ..."`) adds job plugin projects: they are
+installed beside .venv (offload_dev.plugins), their queues join OFFLOAD_QUEUES and the worker
+consumes them as well as default and low.
+
 Redis runs outside the process manager and stops last, so workers that stop on Ctrl-C can
 still hand their unfinished tasks back to it. Its data (append-only) survives restarts.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -18,6 +23,8 @@ import honcho.manager
 from honcho.environ import parse_procfile
 
 from offload_core.logs import Redactor
+from offload_core.topology import WORKER_QUEUES, Queue
+from offload_dev.plugins import install_plugins, plugin_queues
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -70,8 +77,30 @@ def delivery_env(mail_port: int, webhooks_port: int, webhook_secrets: str) -> di
     }
 
 
-def main() -> int:
+def plugin_env(projects: list[Path]) -> tuple[dict[str, str], str]:
+    """The services' environment for these plugin projects, and a line for the banner."""
+    if not projects:
+        return {}, ""
+    target = STATE / "plugins"
+    install_plugins([project.resolve() for project in projects], target)
+    queues = [str(q) for q in Queue]
+    own = [q for q in plugin_queues(target) if q not in queues]
+    python_path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    env = {
+        "PYTHONPATH": python_path,
+        "OFFLOAD_QUEUES": ",".join(queues + own),
+        "OFFLOAD_WORKER_QUEUES": ",".join([str(q) for q in WORKER_QUEUES] + own),
+    }
+    names = ", ".join(str(project) for project in projects)
+    return env, f"  Plugins    {names}; the worker also consumes {', '.join(own) or 'no new queue'}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__)
+    parser.add_argument("--plugin", action="append", type=Path, default=[], help="a job plugin project directory")
+    args = parser.parse_args(argv)
     STATE.mkdir(exist_ok=True)
+    plugins, plugins_line = plugin_env(args.plugin)
     redis_server = None
     redis_url = os.environ.get("OFFLOAD_REDIS_URL")
     if not redis_url:
@@ -110,6 +139,7 @@ def main() -> int:
         "OFFLOAD_STATE": str(STATE),
         "PYTHONUNBUFFERED": "1",
         **delivery_env(mail_port, webhooks_port, webhook_secrets),
+        **plugins,
     }
     user, _, password = flower_auth.partition(":")
     print(
@@ -123,7 +153,7 @@ def main() -> int:
              http://127.0.0.1:{worker_metrics_port}/metrics  (worker)
              http://127.0.0.1:{notifier_metrics_port}/metrics  (notifier)
   Redis      {Redactor([])(redis_url)}
-  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
+{plugins_line}  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
   Webhooks   http://127.0.0.1:{webhooks_port}/<any path>  checks signatures, prints each delivery ("webhooks")
              signing secret in .run/webhook-secret (new each run unless OFFLOAD_WEBHOOK_SECRETS is set)
   Outbound   127.0.0.1 and localhost are allowed delivery targets for this local run only;
