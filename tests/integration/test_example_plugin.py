@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from tests.support import TEST_SETTINGS, Cluster, api_on_own_redis, start_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "acme-jobs"
+README = ROOT / "README.md"
 QUEUES = "high,default,low,acme"
 
 
@@ -140,3 +142,29 @@ def test_without_its_queue_in_offload_queues_the_api_refuses_to_start_naming_plu
     assert "entry point 'acme' = acme_jobs.jobs of acme-jobs 1.0.0" in result.stderr, result.stderr
     assert "names the queue(s) acme" in result.stderr
     assert "OFFLOAD_QUEUES" in result.stderr
+
+
+def test_the_readmes_first_job_runs_as_written(tmp_path: Path) -> None:
+    """README, "Write your own job": the two files it writes make a plugin whose job runs."""
+    text = README.read_text()
+    project = tmp_path / "my-jobs"
+    assert "touch ../my-jobs/src/my_jobs/__init__.py" in text
+    (project / "src" / "my_jobs").mkdir(parents=True)
+    (project / "src" / "my_jobs" / "__init__.py").touch()
+    for path, tag in (("pyproject.toml", "TOML"), ("src/my_jobs/jobs.py", "PY")):
+        block = re.search(rf"cat > \.\./my-jobs/{re.escape(path)} <<'{tag}'\n(.*?)\n{tag}\n", text, flags=re.DOTALL)
+        assert block, f"README lost its {path} example"
+        (project / path).write_text(block.group(1) + "\n")
+    target = tmp_path / "site"
+    install_plugins([project], target)
+    assert plugin_queues(target) == ["default"]
+
+    env = {**TEST_SETTINGS, "PYTHONPATH": str(target)}
+    with api_on_own_redis(env, tmp_path / "logs") as (env, client, _, services):
+        services.append(start_worker("worker", env, tmp_path / "logs"))
+        response = client.post("/v1/jobs/my.greet", json={"payload": {"name": "Ada"}})
+        assert response.status_code == 202, response.text
+        done = wait_job(client, response.json()["id"], {"succeeded", "failed"})
+
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"greeting": "Hello, Ada!"}
