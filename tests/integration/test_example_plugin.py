@@ -119,6 +119,16 @@ def test_a_missing_file_is_a_result_not_a_failure(acme: Cluster, file_server: st
     assert (done["status"], done["result"]["status"]) == ("succeeded", 404), done
 
 
+def test_a_private_address_fails_the_fetch_at_once(acme: Cluster) -> None:
+    _, client, _, _ = acme
+
+    response = client.post("/v1/jobs/acme.fetch", json={"payload": {"url": "http://10.255.255.1/secret"}})
+
+    done = wait_job(client, response.json()["id"], {"succeeded", "failed"})
+    assert (done["status"], done["attempts"]) == ("failed", 1), done
+    assert "10.255.255.1" in done["error"]
+
+
 def test_a_bad_payload_is_a_422_naming_the_field(acme: Cluster) -> None:
     _, client, _, _ = acme
 

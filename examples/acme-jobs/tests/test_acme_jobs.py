@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from acme_jobs.jobs import FetchRequest, FetchResult, PrimesRequest, PrimesResult, count_primes, fetch
-from offload_core.outbound import OutboundPolicy
+from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.registry import job_types_in
 from offload_core.sdk import JobCancelled, JobContext, PermanentJobError, TransientJobError
 
@@ -155,9 +155,10 @@ def test_fetch_of_a_server_error_is_retried(server: Callable[[str], str]) -> Non
         run(fetch, context(Recorder(), allowed_hosts=("127.0.0.1",)), FetchRequest(url=server("/broken")))
 
 
-def test_fetch_of_a_private_address_fails_for_good_without_a_request(server: Callable[[str], str]) -> None:
-    # Without OFFLOAD_OUTBOUND_ALLOWED_HOSTS, loopback is refused before anything is sent.
-    with pytest.raises(PermanentJobError, match=r"127\.0\.0\.1"):
+def test_fetch_of_a_private_address_is_refused_without_a_request(server: Callable[[str], str]) -> None:
+    # Without OFFLOAD_OUTBOUND_ALLOWED_HOSTS, loopback is refused before anything is sent (and
+    # the worker fails the job at once).
+    with pytest.raises(UnsafeURL, match=r"127\.0\.0\.1"):
         run(fetch, context(Recorder()), FetchRequest(url=server("/ok")))
 
 
