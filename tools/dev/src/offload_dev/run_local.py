@@ -5,12 +5,17 @@ deliver.
 The worker sets are the chart's defaults (offload_core.topology.DEFAULT_WORKER_SETS), plus one
 worker for each queue of your own named in OFFLOAD_QUEUES, e.g. ``OFFLOAD_QUEUES=high,default,low,acme``.
 
+`--plugin PATH` (repeatable; `make run PLUGINS="path ..."`) adds job plugin projects: they are
+installed beside .venv (offload_dev.plugins), and each queue of theirs joins OFFLOAD_QUEUES with a
+worker of its own.
+
 Redis runs outside the process manager and stops last, so workers that stop on Ctrl-C can
 still hand their unfinished tasks back to it. Its data (append-only) survives restarts.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -23,6 +28,7 @@ from honcho.environ import parse_procfile
 
 from offload_core.logs import Redactor
 from offload_core.topology import BUILTIN_QUEUES, DEFAULT_WORKER_SETS, WorkerSet, queue_name_problem
+from offload_dev.plugins import install_plugins, plugin_queues
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -104,9 +110,26 @@ def worker_processes(worker_sets: list[WorkerSet], state: Path) -> dict[str, tup
     return processes
 
 
-def main() -> int:
+def plugin_env(projects: list[Path]) -> tuple[dict[str, str], list[str], str]:
+    """The services' environment for these plugin projects, the queues their job types use, and
+    a line for the banner."""
+    if not projects:
+        return {}, [], ""
+    target = STATE / "plugins"
+    install_plugins([project.resolve() for project in projects], target)
+    python_path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    names = ", ".join(str(project) for project in projects)
+    return {"PYTHONPATH": python_path}, plugin_queues(target), f"  Plugins    {names}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__)
+    parser.add_argument("--plugin", action="append", type=Path, default=[], help="a job plugin project directory")
+    args = parser.parse_args(argv)
     STATE.mkdir(exist_ok=True)
+    plugins, own_queues, plugins_line = plugin_env(args.plugin)
     queues = [q.strip() for q in os.environ.get("OFFLOAD_QUEUES", ",".join(BUILTIN_QUEUES)).split(",") if q.strip()]
+    queues += [queue for queue in own_queues if queue not in queues]  # each gets a worker of its own
     try:
         worker_sets = local_worker_sets(queues)
     except ValueError as exc:
@@ -148,6 +171,7 @@ def main() -> int:
         "OFFLOAD_STATE": str(STATE),
         "PYTHONUNBUFFERED": "1",
         **delivery_env(mail_port, webhooks_port, webhook_secrets),
+        **plugins,
     }
     user, _, password = flower_auth.partition(":")
     worker_metrics = "\n".join(
@@ -165,7 +189,7 @@ def main() -> int:
   Metrics    http://127.0.0.1:{api_port}/metrics  (API and queue depths)
 {worker_metrics}
   Redis      {Redactor([])(redis_url)}
-  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
+{plugins_line}  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
   Webhooks   http://127.0.0.1:{webhooks_port}/<any path>  checks signatures, prints each delivery ("webhooks")
              signing secret in .run/webhook-secret (new each run unless OFFLOAD_WEBHOOK_SECRETS is set)
   Outbound   127.0.0.1 and localhost are allowed delivery targets for this local run only;
