@@ -119,9 +119,10 @@ def test_listing_is_newest_first_filtered_and_paged_without_gaps(stack: Stack) -
 
     assert [job_id for page in pages for job_id in page] == list(reversed(ids))
     assert all(len(page) <= 2 for page in pages)
-    assert stack.client.get("/v1/jobs", params={"status": "failed", "created_after": since.isoformat()}).json()[
-        "jobs"
-    ] == []
+    assert (
+        stack.client.get("/v1/jobs", params={"status": "failed", "created_after": since.isoformat()}).json()["jobs"]
+        == []
+    )
     on_low = stack.client.get("/v1/jobs", params={"queue": "low", "created_after": since.isoformat()}).json()
     assert {j["id"] for j in on_low["jobs"]} == set(ids)
 
