@@ -4,6 +4,7 @@ sync and async, its typed answers and its exceptions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import threading
@@ -177,15 +178,17 @@ def test_emails_and_notifications_are_delivered(stack: Stack, offload: Offload) 
     assert [(t.channel, t.status, t.http_status) for t in notification.targets] == [("webhook", "delivered", 200)]
 
 
-@pytest.fixture
-def csv_source() -> Iterator[str]:
-    """A small CSV on loopback for a report to read."""
-    body = b"city,qty\nOslo,3\nLima,5\nOslo,4\n"
+SALES_CSV = b"city,qty\nOslo,3\nLima,5\nOslo,4\n"
+
+
+@contextlib.contextmanager
+def served(body: bytes, content_type: str = "text/csv") -> Iterator[str]:
+    """A URL on loopback that answers every GET with ``body``, e.g. a report's source."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -194,13 +197,18 @@ def csv_source() -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/sales.csv"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def csv_source() -> Iterator[str]:
+    with served(SALES_CSV) as url:
+        yield url
 
 
 def test_a_report_is_followed_then_downloaded_to_a_file_and_streamed(
