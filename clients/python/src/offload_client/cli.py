@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 try:
     import typer
+    from rich import box
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -111,6 +112,10 @@ def _print_json(value: Any) -> None:
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _short(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
 
 
 def _status(status: str) -> str:
@@ -286,17 +291,23 @@ def list_jobs(
     if _options(ctx).json_output:
         _print_json(found)
         return
-    table = Table("id", "type", "status", "progress", "queue", "created", "error")
+    wide = out.width >= 120  # errors only where they fit; ids always whole, to copy
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=max((len(job.id) for job in found), default=2))
+    for heading in ("type", "status", "done", "queue", "created"):
+        table.add_column(heading, no_wrap=True)
+    if wide:
+        table.add_column("error", overflow="fold")
     for job in found:
-        table.add_row(
+        row = [
             job.id,
             job.task,
             _status(job.status),
             f"{job.progress.percent}%",
             job.queue,
-            _when(job.created_at),
-            (job.error or "")[:60],
-        )
+            job.created_at.astimezone().strftime("%m-%d %H:%M:%S"),
+        ]
+        table.add_row(*row, *([_short(job.error or "", 60)] if wide else []))
     out.print(table)
 
 
@@ -323,18 +334,23 @@ def job_types(ctx: typer.Context) -> None:
     if _options(ctx).json_output:
         _print_json(found)
         return
-    table = Table("type", "queue", "queues", "priority", "retries", "time limit (s)", "consumed", "description")
+    wide = out.width >= 120  # the description only where it fits
+    table = Table()
+    for heading in ("type", "queue", "also", "prio", "retries", "limit s", "workers"):
+        table.add_column(heading, no_wrap=True)
+    if wide:
+        table.add_column("description", no_wrap=True)
     for job_type in found:
-        table.add_row(
+        row = [
             job_type.name,
             job_type.queue,
-            ",".join(job_type.queues),
+            ",".join(q for q in job_type.queues if q != job_type.queue),
             str(job_type.priority),
             str(job_type.max_retries),
             str(job_type.time_limit_seconds),
-            "yes" if job_type.consumed else "[red]no[/red]",
-            job_type.description.split("\n")[0][:60],
-        )
+            "yes" if job_type.consumed else "[red]none[/red]",
+        ]
+        table.add_row(*row, *([_short(job_type.description.split("\n")[0], 50)] if wide else []))
     out.print(table)
 
 
