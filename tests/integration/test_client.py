@@ -41,6 +41,11 @@ class Echo(BaseModel):
     fail_times: int = 0
 
 
+class EchoResult(BaseModel):
+    message: str
+    attempts: int
+
+
 @pytest.fixture
 def offload(stack: Stack) -> Iterator[Offload]:
     with Offload(stack.api.extra["url"], API_KEY, timeout=15) as client:
@@ -58,6 +63,7 @@ def test_submit_a_model_then_wait_for_the_typed_result(offload: Offload) -> None
     assert job.succeeded
     assert job.finished
     assert job.result["message"] == "typed"
+    assert job.result_as(EchoResult).message == "typed"
     assert offload.get(accepted.id).finished_at == job.finished_at
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+ResultT = TypeVar("ResultT")
 
 
 class JobStatus(StrEnum):
@@ -67,6 +69,10 @@ class Job(ApiModel):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    def result_as(self, model: type[ResultT]) -> ResultT:
+        """The result validated as ``model`` (e.g. the job type's result model)."""
+        return TypeAdapter(model).validate_python(self.result)
 
     @property
     def succeeded(self) -> bool:
