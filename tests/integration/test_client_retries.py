@@ -1,5 +1,5 @@
 """The client's retries, timeouts and configuration, against a scripted HTTP server on loopback
-that answers as an overloaded or slow API would."""
+that answers as an overloaded or slow API would, and its event streams across reconnections."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from offload_client import ConfigurationError, Offload, RateLimited, TransportError, Unavailable
 from offload_dev.redis_server import free_port
+from tests.support import API_KEY, TEST_SETTINGS, api_on_own_redis, start_worker
 
 ACCEPTED = {
     "id": "job-1",
@@ -146,3 +148,23 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 def _no_inherited_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OFFLOAD_URL", raising=False)
     monkeypatch.delenv("OFFLOAD_API_KEY", raising=False)
+
+
+def test_events_resume_across_streams_the_server_ends_early(tmp_path: Path) -> None:
+    """With one-second streams, a three-second job spans several; the client reconnects with
+    Last-Event-ID and its caller sees one stream to the end, no `timeout` events."""
+    env = {**TEST_SETTINGS, "OFFLOAD_JOB_EVENTS_MAX_SECONDS": "1", "OFFLOAD_JOB_EVENTS_POLL_SECONDS": "0.2"}
+    with api_on_own_redis(env, tmp_path) as (env, _, _, services):
+        services.append(start_worker("worker", env, tmp_path))
+        with Offload(services[0].extra["url"], API_KEY) as offload:
+            accepted = offload.submit("offload.echo", {"message": "long", "sleep_ms": 3000})
+            single = list(offload.events(accepted.id, resume=False))
+            followed = list(offload.events(accepted.id))
+
+    assert single[-1].event == "timeout"  # without resume the caller sees where the server stopped
+    assert [e.event for e in followed][-1] == "end"
+    assert "timeout" not in [e.event for e in followed]
+    assert followed[-1].job is not None
+    assert followed[-1].job.result["message"] == "long"
+    percents = [e.percent for e in followed]
+    assert percents == sorted(percents)  # resumed after the last state seen, never repeated from 0
