@@ -32,7 +32,7 @@ $(UV):
 		{ echo "python venv is missing: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-$(VENV)/.installed: $(UV) uv.lock pyproject.toml libs/core/pyproject.toml services/*/pyproject.toml tools/dev/pyproject.toml
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml libs/core/pyproject.toml services/*/pyproject.toml tools/dev/pyproject.toml clients/python/pyproject.toml
 	$(UV) sync --frozen
 	@touch $@
 

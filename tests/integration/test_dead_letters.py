@@ -4,35 +4,45 @@ deleted, and the API's gauge counts it."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx
 
+from offload_client import Offload
 from offload_dev.polling import wait_for
 from tests.conftest import Stack
-from tests.support import job, sample, scrape, submit_echo, wait_job
+from tests.support import API_KEY, job, sample, scrape, submit_echo, wait_job
 
 ECHO = "offload.echo"
 
+# The helpers go through the Python client; the tests keep raw HTTP where status codes and
+# headers are what they check.
 
-def _fail_for_good(stack: Stack, **body: Any) -> dict[str, Any]:
-    job_id = submit_echo(stack.client, fail_times=10, **body)  # more than OFFLOAD_TASK_MAX_RETRIES=3
-    failed = wait_job(stack.client, job_id, {"succeeded", "failed"}, timeout=60)
-    assert failed["status"] == "failed", failed
-    return failed
+
+def _offload(stack: Stack) -> Offload:
+    return Offload(stack.api.extra["url"], API_KEY, timeout=15)
+
+
+def _fail_for_good(stack: Stack, queue: str | None = None, **payload: Any) -> dict[str, Any]:
+    with _offload(stack) as offload:
+        # fail_times more than OFFLOAD_TASK_MAX_RETRIES=3
+        accepted = offload.submit(ECHO, {"message": "ping", "fail_times": 10, **payload}, queue=queue)
+        failed = offload.wait(accepted.id, timeout=60)
+    assert failed.status == "failed", failed
+    return failed.model_dump(mode="json")
 
 
 def _dead_letter(client: httpx.Client, dead_letter_id: str) -> dict[str, Any]:
-    response = client.get(f"/v1/dead-letters/{dead_letter_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    with Offload(str(client.base_url), API_KEY) as offload:
+        return offload.get_dead_letter(dead_letter_id).model_dump(mode="json")
 
 
-def _listed(client: httpx.Client, **params: Any) -> list[str]:
-    response = client.get("/v1/dead-letters", params=params)
-    assert response.status_code == 200, response.text
-    return [letter["id"] for letter in response.json()["dead_letters"]]
+def _listed(client: httpx.Client, limit: int = 50, **filters: Any) -> list[str]:
+    """The first `limit` dead letters' ids, newest first, over as many pages as that takes."""
+    with Offload(str(client.base_url), API_KEY) as offload:
+        letters = offload.list_dead_letters(page_size=min(limit, 500), **filters)
+        return [letter.id for letter in itertools.islice(letters, limit)]
 
 
 def test_a_job_that_exhausts_its_retries_becomes_a_dead_letter(stack: Stack) -> None:

@@ -52,6 +52,12 @@ def _port(preferred: int) -> int:
     return preferred if port_is_free(preferred) else free_port()
 
 
+def _command_path(name: str) -> str:
+    """A console script of this environment as the developer can type it (.venv/bin/offload)."""
+    command = Path(sys.executable).with_name(name)
+    return str(command.relative_to(ROOT)) if command.is_relative_to(ROOT) else str(command)
+
+
 def new_webhook_secret() -> str:
     """A Standard Webhooks signing secret: "whsec_" + base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{worker_env['OFFLOAD_WORKER_QUEUES']})"
         for name, (_, worker_env) in workers.items()
     )
+    cli = _command_path("offload")
     print(
         f"""
   Offload is starting (Ctrl-C stops everything; running jobs finish or go back to their queue)
@@ -198,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
   Try:  curl -s -X POST http://127.0.0.1:{api_port}/v1/jobs/echo \\
           -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\
           -d '{{"message": "hello", "sleep_ms": 2000, "queue": "high"}}'
+  Or:   export OFFLOAD_URL=http://127.0.0.1:{api_port} OFFLOAD_API_KEY={api_key}
+        {cli} submit offload.echo --json '{{"message": "hello", "sleep_ms": 2000}}' --queue high
+        {cli} watch <id>    (a live progress bar)    {cli} queues    {cli} --help
         (README.md, "Send a notification and watch it arrive", delivers to the two above)
 """,
         flush=True,

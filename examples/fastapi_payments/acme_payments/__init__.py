@@ -1,0 +1,1 @@
+"""A payments service that charges cards in the background with Offload."""
