@@ -362,6 +362,23 @@ class ProcessRequest(BaseModel):
     notify: NotifyRequest | None = None
 
 
+class ImageProcessPayload(BaseModel):
+    """The process step of a pipeline: the stored image and the operations to apply, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str = Field(min_length=1, max_length=64)
+    operations: list[Operation] = Field(min_length=1, max_length=MAX_OPERATIONS)
+
+
+class ImageIndexPayload(BaseModel):
+    """The index step of a pipeline: puts the processed image under its tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str = Field(min_length=1, max_length=64)
+
+
 # --- pipeline state, as GET /v1/images/{id} shows it -------------------------------------
 
 

@@ -300,6 +300,13 @@ class Settings(BaseSettings):
             )
         return None
 
+    def job_time_limit_overrides(self) -> dict[str, tuple[int, int]]:
+        """(soft, hard) time limits this deployment sets for a job type over its declaration:
+        the report's, when OFFLOAD_REPORT_*_TIME_LIMIT_SECONDS are set."""
+        if self.REPORT_SOFT_TIME_LIMIT_SECONDS is None and self.REPORT_TIME_LIMIT_SECONDS is None:
+            return {}
+        return {"offload.report": self.report_time_limits}
+
     @property
     def report_time_limits(self) -> tuple[int, int]:
         """Soft and hard time limit of a report: OFFLOAD_REPORT_*, else OFFLOAD_TASK_*."""

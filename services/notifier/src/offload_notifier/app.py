@@ -1,4 +1,5 @@
-"""The notifier's Celery app: the shared configuration plus the critical-notification tasks."""
+"""The notifier's Celery app: the shared configuration plus a task for every job type that may run
+on `high` (the critical notifications, offload_core.builtin_jobs.notify)."""
 
 import logging
 
@@ -7,7 +8,6 @@ from celery.signals import worker_ready
 from offload_core.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
 from offload_core.topology import NOTIFIER_QUEUES
-from offload_notifier import notify  # noqa: F401  (registers the notification task)
 
 app = create_celery_app(get_settings(), main="offload-notifier")
 job_types = register_worker_job_types(app, get_settings(), [str(q) for q in NOTIFIER_QUEUES])
