@@ -1,15 +1,24 @@
 """Entrypoint of the API image: uvicorn serving offload_api.main:create_app."""
 
+import sys
+
 import uvicorn
 
 from offload_core.logs import configure_logging
+from offload_core.registry import JobTypeError, load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE
+from offload_core.topology import Queue
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(API_SERVICE, settings)
+    try:
+        # Checked before uvicorn starts, so a broken job plugin is one line naming it, not a traceback.
+        load_job_types(settings, known_queues=[str(q) for q in Queue])
+    except JobTypeError as exc:
+        sys.exit(f"offload-api: {exc}")
     uvicorn.run(
         "offload_api.main:create_app",
         factory=True,

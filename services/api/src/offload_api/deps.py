@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
+from offload_core.registry import JobTypes
 from offload_core.settings import Settings, get_settings
 
 
@@ -39,7 +40,14 @@ async def get_dead_letters(request: Request) -> DeadLetters:
     return dead_letters
 
 
+async def get_job_types(request: Request) -> JobTypes:
+    """The deployment's job types, loaded once when the app was created."""
+    job_types: JobTypes = request.app.state.job_types
+    return job_types
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+JobTypesDep = Annotated[JobTypes, Depends(get_job_types)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 

@@ -27,12 +27,13 @@ from offload_api.batching import ScriptBatcher
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
-from offload_core import telemetry
+from offload_core import builtin_jobs, telemetry
 from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.topology import ROUTES, Queue, TaskName
+from offload_core.sdk import JobType
+from offload_core.topology import Queue
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -45,8 +46,12 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Where a job's status is read, for tasks whose status says more than GET /v1/jobs/{id}.
-STATUS_PATHS = {TaskName.NOTIFY: "/v1/notifications", TaskName.REPORT: "/v1/reports"}
+# Where a job's status is read, for job types whose status says more than GET /v1/jobs/{id}.
+STATUS_PATHS = {builtin_jobs.notify.name: "/v1/notifications", builtin_jobs.report.name: "/v1/reports"}
+
+
+def status_url(job_type: JobType[Any, Any], job_id: str) -> str:
+    return f"{STATUS_PATHS.get(job_type.name, '/v1/jobs')}/{job_id}"
 
 
 class JobAccepted(BaseModel):
@@ -114,7 +119,7 @@ PublisherDep = Annotated[JobPublisher, Depends(get_publisher)]
 
 async def enqueue(
     publisher: JobPublisher,
-    task: TaskName,
+    job_type: JobType[Any, Any],
     kwargs: dict[str, object],
     *,
     queue: Queue | None = None,
@@ -123,25 +128,25 @@ async def enqueue(
     replay_of: str | None = None,
     prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
-    """Accept a job and publish it. ``prepare(job_id)`` (blocking; run in a thread) writes
-    whatever the job needs besides its record, before its message can be taken."""
-    route = ROUTES[task]
-    queue = queue or route.queue
-    if queue not in route.allowed_queues:
-        allowed = ", ".join(sorted(route.allowed_queues))
-        raise InvalidField("body.queue", f"{task} may run on {allowed}, not {queue}")
-    priority = route.priority if priority is None else priority
+    """Accept a job of this type and publish it, on its default queue and priority unless the
+    request chose others. ``prepare(job_id)`` (blocking; run in a thread) writes whatever the
+    job needs besides its record, before its message can be taken."""
+    queue = queue or Queue(job_type.queue)
+    if queue not in job_type.allowed_queues:
+        allowed = ", ".join(sorted(job_type.allowed_queues))
+        raise InvalidField("body.queue", f"{job_type.name} may run on {allowed}, not {queue}")
+    priority = job_type.priority if priority is None else priority
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
         id=job_id,
         status=JobStatus.QUEUED,
-        task=task,
+        task=job_type.name,
         queue=queue,
         priority=priority,
-        status_url=f"{STATUS_PATHS.get(task, '/v1/jobs')}/{job_id}",
+        status_url=status_url(job_type, job_id),
     )
     if idempotency is not None:
-        fingerprint = request_fingerprint(idempotency.route, task, kwargs, queue, priority)
+        fingerprint = request_fingerprint(idempotency.route, job_type.name, kwargs, queue, priority)
         earlier = await idempotency.claim_async(publisher.client, fingerprint, accepted.model_dump_json())
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)
@@ -174,9 +179,9 @@ def _released_unless_published(idempotency: IdempotencyKey | None, store: JobSto
 
 @dataclass(frozen=True)
 class ChainStep:
-    task: TaskName
+    job_type: JobType[Any, Any]
     kwargs: dict[str, object]
-    priority: int | None = None  # the route's default when None; each step runs on its route's queue
+    priority: int | None = None  # the type's default when None; each step runs on its type's queue
 
 
 def enqueue_chain(
@@ -193,20 +198,19 @@ def enqueue_chain(
     published and the records and the Idempotency-Key are released."""
     accepted = []
     for step in steps:
-        route = ROUTES[step.task]
         job_id = uuid.uuid4().hex
         accepted.append(
             JobAccepted(
                 id=job_id,
                 status=JobStatus.QUEUED,
-                task=step.task,
-                queue=route.queue,
-                priority=route.priority if step.priority is None else step.priority,
-                status_url=f"{STATUS_PATHS.get(step.task, '/v1/jobs')}/{job_id}",
+                task=step.job_type.name,
+                queue=Queue(step.job_type.queue),
+                priority=step.job_type.priority if step.priority is None else step.priority,
+                status_url=status_url(step.job_type, job_id),
             )
         )
     if idempotency is not None:
-        chained = " | ".join(step.task for step in steps)
+        chained = " | ".join(step.job_type.name for step in steps)
         payload = {"steps": [step.kwargs for step in steps]}
         fingerprint = request_fingerprint(idempotency.route, chained, payload, "", 0)
         claim = json.dumps([a.model_dump(mode="json") for a in accepted])

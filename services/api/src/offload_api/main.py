@@ -27,8 +27,10 @@ from offload_api.trace_context import TraceContext
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
+from offload_core.registry import load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
+from offload_core.topology import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # Declarations only (no handler is imported); a plugin that cannot be used stops the API here.
+    app.state.job_types = load_job_types(settings, known_queues=[str(q) for q in Queue])
     install_error_handlers(app)
     install_openapi_error_responses(app)
     app.add_middleware(

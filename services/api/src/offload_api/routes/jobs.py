@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from offload_api.deps import StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
+from offload_core import builtin_jobs
 from offload_core.jobs import CancelOutcome, Job
 from offload_core.payloads import EchoRequest
-from offload_core.topology import TaskName
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -24,7 +24,7 @@ async def submit_echo(
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
     accepted = await enqueue(
         publisher,
-        TaskName.ECHO,
+        builtin_jobs.echo,
         body.task_kwargs(),
         queue=body.queue,
         priority=body.priority,
