@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     PUBLISH_MAX_RETRIES: int = Field(2, ge=0, le=10)
     BROKER_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     BROKER_SOCKET_TIMEOUT_SECONDS: float = Field(10.0, gt=1, le=300)
-    # Connections (and producers) kept for publishing; the API publishes from its thread pool.
+    # Connections (and producers) kept for what is published through Celery: chains (the API,
+    # from its thread pool), retries and chain steps (workers) and recovered jobs (the sweep).
     BROKER_POOL_LIMIT: int = Field(40, ge=1)
 
     # Worker processes. Which queues a worker consumes is configuration, so one image can run

@@ -36,12 +36,12 @@ from offload_core.images import (
     Rotate,
     Thumbnail,
     derived_tags,
-    mark_not_run,
     not_run_error,
     output_format,
     size_after,
     sniff_format,
 )
+from offload_core.jobs import JobStore
 from offload_core.sdk import JobContext, JobEnd, PermanentJobError
 from offload_core.settings import get_settings
 
@@ -142,6 +142,12 @@ def process(data: bytes, operations: Sequence[Operation], max_pixels: int) -> tu
 
 
 @cache
+def _store() -> JobStore:
+    """One Redis client per process, made on first use (after the pool process was forked)."""
+    return JobStore.from_settings(get_settings())
+
+
+@cache
 def _images() -> ImageStore:
     """One Redis client per process, made on first use (after the pool process was forked)."""
     return ImageStore.from_settings(get_settings())
@@ -158,8 +164,7 @@ def close_later_steps(end: JobEnd, request: ImageProcessPayload | ImageIndexPayl
         return  # not (or no longer) the image's pipeline, e.g. a replayed dead letter
     index, step = found
     later = [s.job_id for s in record.pipeline.steps[index + 1 :]]
-    settings = get_settings()
-    mark_not_run(_images().client, later, not_run_error(step.name, end.status), settings.JOB_TTL_SECONDS)
+    _store().mark_not_run(later, not_run_error(step.name, end.status))
 
 
 def process_image(ctx: JobContext, request: ImageProcessPayload) -> dict[str, Any]:
