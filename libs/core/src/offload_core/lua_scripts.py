@@ -1,5 +1,5 @@
-"""Offload's Redis scripts, kept as `.lua` files beside this module (package data) so they read,
-diff and lint as Lua; each file starts with its KEYS and ARGV."""
+"""Offload's Redis scripts, kept as `.lua` files in each package's `lua/` folder (package data)
+so they read, diff and lint as Lua; each file starts with its KEYS and ARGV."""
 
 from __future__ import annotations
 
@@ -8,6 +8,6 @@ from importlib.resources import files
 
 
 @cache
-def lua(name: str) -> str:
-    """The text of ``lua/<name>.lua``."""
-    return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+def lua(name: str, package: str = "offload_core") -> str:
+    """The text of ``lua/<name>.lua`` in ``package``."""
+    return files(package).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
