@@ -79,14 +79,24 @@ class JobTypeTask(Task[Any, Any]):
             logger.warning("job %s handed back: Redis unavailable (%s)", self.job_id, exc)
             raise Reject(exc, requeue=True) from exc
         if self.job_type.on_end is not None:
-            # Returned without raising: succeeded, cancelled (while queued or running), or a
-            # redelivery of a job that had ended. Failures reach on_end through on_failure.
-            job = self.store.get(self.job_id)
-            status = job.status.value if job is not None else JobStatus.CANCELLED.value
-            if status in ENDED:
-                error = job.error if job is not None else "its record expired"
-                self._on_end(JobEnd(self.job_id, self.name, self._queue(), cast(EndStatus, status), error), kwargs)
+            self._ended_without_failure(kwargs)
         return result
+
+    def _ended_without_failure(self, kwargs: dict[str, Any]) -> None:
+        """on_end after a run that returned: the job succeeded, was cancelled (while queued or
+        running), or this was a redelivery of a job that had ended. Failures reach on_end
+        through on_failure."""
+        try:
+            job = self.store.get(self.job_id)
+        except redis.RedisError as exc:
+            # Handed back like any run Redis was away for: the redelivery finds the job ended,
+            # skips it and calls on_end then (the next chain step is sent then, too).
+            logger.warning("job %s handed back before on_end: Redis unavailable (%s)", self.job_id, exc)
+            raise Reject(exc, requeue=True) from exc
+        status = job.status.value if job is not None else JobStatus.CANCELLED.value
+        if status in ENDED:
+            error = job.error if job is not None else "its record expired"
+            self._on_end(JobEnd(self.job_id, self.name, self._queue(), cast(EndStatus, status), error), kwargs)
 
     def _queue(self) -> str:
         return (self.request.delivery_info or {}).get("routing_key") or ""
