@@ -482,12 +482,11 @@ class OffloadPublisher:
     def publish(self, n: int, kwargs: dict[str, object], queue: str | None = None) -> list[str]:
         import uuid
 
+        from offload_core.builtin_jobs import echo
         from offload_core.jobs import submit_call
         from offload_core.queue_state import ENQUEUED_AT_HEADER
-        from offload_core.topology import ROUTES, Queue, TaskName
 
-        route = ROUTES[TaskName.ECHO]
-        target = Queue(queue) if queue else route.queue
+        target = queue or echo.queue
         ids = []
         for start in range(0, n, 500):
             pipe = self.client.pipeline(transaction=False)
@@ -496,10 +495,10 @@ class OffloadPublisher:
                 now = time.time()
                 keys, args = submit_call(
                     job_id,
-                    TaskName.ECHO,
+                    echo.name,
                     kwargs,
                     queue=target,
-                    priority=route.priority,
+                    priority=echo.priority,
                     headers={ENQUEUED_AT_HEADER: now},
                     origin="offload-bench",
                     now=now,

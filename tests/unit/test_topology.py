@@ -5,19 +5,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offload_core.celery_app import celery_config
+from offload_core.celery_app import celery_config, task_routes
 from offload_core.job_task import retry_countdown
+from offload_core.registry import load_job_types
 from offload_core.settings import Settings
 from offload_core.topology import (
     BUILTIN_QUEUES,
     DEFAULT_WORKER_SETS,
     NOTIFIER_QUEUES,
-    ROUTES,
     WORKER_QUEUES,
     Queue,
     priority_lists,
     queue_name_problem,
 )
+
+SETTINGS = Settings(API_KEYS=["k" * 16])
+BUILTINS = load_job_types(SETTINGS)
 
 
 def test_every_queue_is_consumed_by_exactly_one_image() -> None:
@@ -44,10 +47,18 @@ def test_queue_names_that_would_break_something_are_refused(name: str) -> None:
     assert queue_name_problem(name) is not None
 
 
-def test_every_route_sends_to_a_queue_it_allows() -> None:
-    for route in ROUTES.values():
-        assert route.queue in route.allowed_queues
-        assert 0 <= route.priority <= 9
+def test_every_builtin_job_type_sends_to_a_queue_it_allows() -> None:
+    assert set(BUILTINS) >= {
+        "offload.echo",
+        "offload.send_email",
+        "offload.notify",
+        "offload.report",
+        "offload.image.process",
+        "offload.image.index",
+    }
+    for job_type in BUILTINS.values():
+        assert job_type.queue in job_type.allowed_queues
+        assert 0 <= job_type.priority <= 9
 
 
 def test_priority_lists_follow_kombus_naming() -> None:
@@ -67,9 +78,13 @@ def test_celery_configuration_follows_the_settings() -> None:
     assert [q.name for q in config["task_queues"]] == ["high", "default", "low"]
     added = celery_config(Settings(API_KEYS=["k" * 16], QUEUES=["high", "default", "low", "acme"]))
     assert [(q.name, q.routing_key) for q in added["task_queues"]][-1] == ("acme", "acme")
-    assert config["task_routes"] == {str(name): {"queue": str(route.queue)} for name, route in ROUTES.items()}
-    assert config["task_routes"]["offload.notify"] == {"queue": "high"}  # critical work on the notifier alone
-    assert config["task_routes"]["offload.report"] == {"queue": "low"}
+
+
+def test_each_job_type_is_routed_to_its_default_queue() -> None:
+    routes = task_routes(list(BUILTINS.values()))
+    assert routes["offload.notify"] == {"queue": "high"}  # critical work on the notifier alone
+    assert routes["offload.report"] == {"queue": "low"}
+    assert routes["offload.send_email"] == {"queue": "default"}
 
 
 @pytest.mark.parametrize("retries", range(8))

@@ -7,13 +7,15 @@ from typing import Any
 
 from celery import Celery, chain
 from celery.canvas import Signature
+from celery.signals import before_task_publish
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
-from offload_core.job_task import register_job_types
+from offload_core.job_task import register_job_types, stamp_chain_step
 from offload_core.registry import JobTypes, load_job_types
+from offload_core.sdk import JobType
 from offload_core.settings import Settings
-from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, ROUTES, Queue
+from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Queue
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -85,12 +87,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # is published under one process-wide lock, so every concurrent submit waited on it.
         "worker_send_task_events": settings.WORKER_SEND_EVENTS,
         "task_send_sent_event": False,
-        # The deployment's queues (OFFLOAD_QUEUES), priorities inside each.
+        # The deployment's queues (OFFLOAD_QUEUES), priorities inside each. Every message names
+        # its queue; each job type's default queue is added as a route when it is registered.
         "task_queues": [KombuQueue(queue, exchange, routing_key=queue) for queue in settings.QUEUES],
         "task_default_queue": str(Queue.DEFAULT),
         "task_default_exchange": exchange.name,
         "task_default_routing_key": str(Queue.DEFAULT),
-        "task_routes": {str(name): {"queue": str(route.queue)} for name, route in ROUTES.items()},
         "task_create_missing_queues": False,
     }
 
@@ -139,5 +141,13 @@ def register_worker_job_types(app: Celery, settings: Settings, queues: Sequence[
     queues; raises JobTypeError (naming the plugin and the fix) if one cannot run here."""
     job_types = load_job_types(settings)
     job_types.check_handlers(queues, settings)
-    register_job_types(app, job_types.for_queues(queues), settings)
+    registered = job_types.for_queues(queues)
+    register_job_types(app, registered, settings)
+    app.conf.task_routes = task_routes(registered)
+    before_task_publish.connect(stamp_chain_step, weak=False)
     return job_types
+
+
+def task_routes(job_types: Sequence[JobType[Any, Any]]) -> dict[str, dict[str, str]]:
+    """Celery routes sending each job type, when a message names no queue, to its default queue."""
+    return {job_type.name: {"queue": job_type.queue} for job_type in job_types}

@@ -24,7 +24,8 @@ from typing import Annotated, Any, Literal, cast
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from offload_core.jobs import FINISHED, Job, JobStatus, job_key
+from offload_core.jobs import FINISHED, Job, JobStatus
+from offload_core.lua_scripts import lua
 from offload_core.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
 
 KEY_PREFIX = "offload:image:"
@@ -362,6 +363,23 @@ class ProcessRequest(BaseModel):
     notify: NotifyRequest | None = None
 
 
+class ImageProcessPayload(BaseModel):
+    """The process step of a pipeline: the stored image and the operations to apply, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str = Field(min_length=1, max_length=64)
+    operations: list[Operation] = Field(min_length=1, max_length=MAX_OPERATIONS)
+
+
+class ImageIndexPayload(BaseModel):
+    """The index step of a pipeline: puts the processed image under its tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: str = Field(min_length=1, max_length=64)
+
+
 # --- pipeline state, as GET /v1/images/{id} shows it -------------------------------------
 
 
@@ -440,26 +458,6 @@ def pipeline_finished(jobs: Sequence[Job | None]) -> bool:
     return True
 
 
-# KEYS job keys of the steps that will not run; ARGV now, ttl, error. Only a step still queued is
-# marked: one that started (a redelivery) or ended keeps its own record.
-_MARK_NOT_RUN = """
-for _, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'status') == 'queued' then
-    redis.call('HSET', key, 'status', 'cancelled', 'error', ARGV[3], 'finished_at', ARGV[1], 'updated_at', ARGV[1])
-    redis.call('EXPIRE', key, ARGV[2])
-  end
-end
-return 1
-"""
-
-
-def mark_not_run(client: redis.Redis, job_ids: Sequence[str], error: str, job_ttl_seconds: int) -> None:
-    """Close the records of steps that will never run, so they do not stay queued for ever.
-    They become `cancelled` with ``error``: a late message for them is skipped at start."""
-    if job_ids:
-        client.eval(_MARK_NOT_RUN, len(job_ids), *[job_key(j) for j in job_ids], time.time(), job_ttl_seconds, error)
-
-
 # --- storage ------------------------------------------------------------------------------
 
 
@@ -502,29 +500,7 @@ class SearchPage(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next (older) page; null on the last.")
 
 
-# KEYS clock, all-index, then the image's new tag keys, then the tags it leaves; ARGV now (µs),
-# ttl (s), image id, oldest score kept, count of new tag keys. Scores are microseconds made
-# unique by the clock, so a page cursor never splits a tie, and age out with the images.
-_INDEX = """
-local now = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-if now <= last then now = last + 1 end
--- As an integer string: Lua would write a number with 14 significant digits.
-now = string.format('%d', now)
-redis.call('SET', KEYS[1], now)
-local count = tonumber(ARGV[5])
-for i = 2, #KEYS do
-  local key = KEYS[i]
-  if i <= count + 2 then
-    redis.call('ZADD', key, now, ARGV[3])
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[4])
-    redis.call('EXPIRE', key, ARGV[2])
-  else
-    redis.call('ZREM', key, ARGV[3])
-  end
-end
-return now
-"""
+_INDEX = lua("image_index")
 
 
 Blobs = dict[str, bytes | None]

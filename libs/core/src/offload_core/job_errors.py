@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from celery.exceptions import SoftTimeLimitExceeded
+
+# Raised inside a handler once its time_limit has passed: catch it to say how far the job got,
+# then raise PermanentJobError (or let it through, and the job fails "timed out after N s").
+JobTimeLimitExceeded = SoftTimeLimitExceeded
+
 
 class TransientJobError(Exception):
     """A failure worth retrying with backoff: a timeout, a refused connection, an SMTP 4xx

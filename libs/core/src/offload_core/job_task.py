@@ -1,4 +1,4 @@
-"""The base class of every Offload task: it keeps the job store in step with the run."""
+"""The Celery task that runs a declared job type and keeps the job store in step with the run."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal, cast
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Task, current_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
@@ -20,14 +21,17 @@ from pydantic import TypeAdapter, ValidationError
 from offload_core import telemetry
 from offload_core import worker_metrics as metrics
 from offload_core.job_errors import JobCancelled, PermanentJobError, TransientJobError
-from offload_core.jobs import JobStore, StartOutcome
+from offload_core.jobs import JobStatus, JobStore, StartOutcome
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.sdk import JobContext, JobType
+from offload_core.sdk import JobContext, JobEnd, JobType
 from offload_core.settings import Settings, get_settings
 from offload_core.worker_metrics import RunOutcome
 
 logger = logging.getLogger(__name__)
+
+EndStatus = Literal["succeeded", "failed", "cancelled"]
+ENDED: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def retry_countdown(retries: int, base: float, cap: float) -> float:
@@ -36,24 +40,16 @@ def retry_countdown(retries: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def describe_error(exc: BaseException, *, soft_limit: int | None = None, hard_limit: int | None = None) -> str:
-    """A job's error as its record shows it; time limits named in seconds (the task's own, if given)."""
-    if isinstance(exc, PermanentJobError):
-        return str(exc)
-    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
-        settings = get_settings()
-        if isinstance(exc, SoftTimeLimitExceeded):
-            return f"timed out after {soft_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS} s"
-        return f"timed out after {hard_limit or settings.TASK_TIME_LIMIT_SECONDS} s"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class JobTask(Task[Any, Any]):
-    """Runs a task as one attempt of a job: skips cancelled and finished jobs, records
-    progress, retries transient failures with backoff, and records the outcome."""
+class JobTypeTask(Task[Any, Any]):
+    """The Celery task of a job type declared with the SDK (offload_core.sdk), one attempt of a
+    job per run: skips cancelled and finished jobs, validates the payload against the type's
+    request model, gives the handler a JobContext, records progress, retries any exception but
+    a permanent one with backoff up to the type's retries, records the outcome, and calls the
+    type's callbacks (on_end, dead_letter_payload)."""
 
     acks_late = True
     reject_on_worker_lost = True
+    job_type: JobType[Any, Any]  # set by register_job_types, as are name and the time limits
 
     @cached_property
     def store(self) -> JobStore:
@@ -66,23 +62,46 @@ class JobTask(Task[Any, Any]):
 
     @property
     def max_retries(self) -> int:  # type: ignore[override]
-        return get_settings().TASK_MAX_RETRIES
+        declared = self.job_type.max_retries
+        return get_settings().TASK_MAX_RETRIES if declared is None else declared
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:
             return super().__call__(*args, **kwargs)
         try:
-            return self._run_job(args, kwargs)
+            result = self._run_job(args, kwargs)
         except (redis.RedisError, OperationalError) as exc:
             # Redis is away: the outcome cannot be recorded (nor a retry published), so the
             # message must not be acknowledged. Requeued, or restored after the visibility timeout
             # if Redis cannot take it back now, the job runs again once Redis returns.
             logger.warning("job %s handed back: Redis unavailable (%s)", self.job_id, exc)
             raise Reject(exc, requeue=True) from exc
+        if self.job_type.on_end is not None:
+            self._ended_without_failure(kwargs)
+        return result
+
+    def _ended_without_failure(self, kwargs: dict[str, Any]) -> None:
+        """on_end after a run that returned: the job succeeded, was cancelled (while queued or
+        running), or this was a redelivery of a job that had ended. Failures reach on_end
+        through on_failure."""
+        try:
+            job = self.store.get(self.job_id)
+        except redis.RedisError as exc:
+            # Handed back like any run Redis was away for: the redelivery finds the job ended,
+            # skips it and calls on_end then (the next chain step is sent then, too).
+            logger.warning("job %s handed back before on_end: Redis unavailable (%s)", self.job_id, exc)
+            raise Reject(exc, requeue=True) from exc
+        status = job.status.value if job is not None else JobStatus.CANCELLED.value
+        if status in ENDED:
+            error = job.error if job is not None else "its record expired"
+            self._on_end(JobEnd(self.job_id, self.name, self._queue(), cast(EndStatus, status), error), kwargs)
+
+    def _queue(self) -> str:
+        return (self.request.delivery_info or {}).get("routing_key") or ""
 
     def _run_job(self, args: Any, kwargs: Any) -> Any:
         job_id = self.job_id
-        queue = (self.request.delivery_info or {}).get("routing_key") or ""
+        queue = self._queue()
         attempt = self.request.retries + 1
         span = trace.get_current_span()  # the run span the Celery instrumentation opened
         span.set_attributes({telemetry.JOB_ID: job_id, telemetry.TASK: self.name, telemetry.QUEUE: queue})
@@ -125,54 +144,6 @@ class JobTask(Task[Any, Any]):
                 metrics.OUTCOME_COUNTERS[outcome].labels(self.name, queue).inc()
             span.set_attribute(telemetry.OUTCOME, outcome.value)
 
-    def retry_delay(self, exc: TransientJobError) -> float:
-        """Seconds until the next attempt: exponential backoff, or the other side's Retry-After
-        if longer, within the cap the visibility timeout allows."""
-        settings = get_settings()
-        countdown = retry_countdown(
-            self.request.retries, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS
-        )
-        if exc.retry_after is not None:
-            countdown = max(countdown, exc.retry_after)
-        return min(countdown, settings.RETRY_BACKOFF_MAX_SECONDS)
-
-    def describe_error(self, exc: BaseException) -> str:
-        return describe_error(exc, soft_limit=self.soft_time_limit, hard_limit=self.time_limit)
-
-    def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """What a replay of this failed job should submit; the original arguments by default."""
-        return kwargs
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # Failed for good: the job store records the dead letter (payload, error, attempts) in
-        # the same step. Also called in the worker's main process when the hard time limit
-        # kills a run; there is no request there, so the queue comes from the job's record.
-        delivered_on = (self.request.delivery_info or {}).get("routing_key") or ""
-        payload = self.dead_letter_payload(task_id, kwargs)
-        queue = self.store.fail(task_id, self.describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
-        metrics.JOBS_FAILED.labels(self.name, queue).inc()
-
-    def report_progress(self, percent: int, message: str = "") -> None:
-        self.store.progress(self.job_id, percent, message)
-
-    def raise_if_cancelled(self) -> None:
-        """Call between units of work; a cancelled job stops at the next call."""
-        if self.store.cancel_requested(self.job_id):
-            raise JobCancelled(self.job_id)
-
-
-class JobTypeTask(JobTask):
-    """The Celery task of a job type declared with the SDK (offload_core.sdk): validates the
-    message's payload against the type's request model, gives the handler a JobContext, and
-    treats any exception but a permanent one as transient, up to the type's retries."""
-
-    job_type: JobType[Any, Any]
-
-    @property
-    def max_retries(self) -> int:  # type: ignore[override]
-        declared = self.job_type.max_retries
-        return get_settings().TASK_MAX_RETRIES if declared is None else declared
-
     def run(self, *args: Any, **kwargs: Any) -> Any:
         job_type = self.job_type
         if args:
@@ -194,7 +165,7 @@ class JobTypeTask(JobTask):
             raise PermanentJobError(f"outbound request refused: {exc}") from exc
         except Exception as exc:
             # Any other failure is worth another attempt, as Celery users expect of autoretry.
-            raise TransientJobError(describe_error(exc)) from exc
+            raise TransientJobError(self.describe_error(exc)) from exc
         finally:
             ctx.close()
         return result_json(job_type, result)
@@ -205,7 +176,7 @@ class JobTypeTask(JobTask):
         return JobContext(
             job_id=self.job_id,
             job_type=self.job_type.name,
-            queue=(self.request.delivery_info or {}).get("routing_key") or self.job_type.queue,
+            queue=self._queue() or self.job_type.queue,
             attempt=self.request.retries + 1,
             max_retries=self.max_retries,
             worker=self.request.hostname or "",
@@ -217,6 +188,74 @@ class JobTypeTask(JobTask):
                 read_timeout=settings.OUTBOUND_READ_TIMEOUT_SECONDS,
             ),
         )
+
+    def report_progress(self, percent: int, message: str = "") -> None:
+        self.store.progress(self.job_id, percent, message)
+
+    def describe_error(self, exc: BaseException) -> str:
+        """The error a job's record and dead letter show."""
+        if isinstance(exc, PermanentJobError):
+            return str(exc)
+        settings = get_settings()
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return f"timed out after {self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS} s"
+        if isinstance(exc, TimeLimitExceeded):
+            hard = self.time_limit or settings.TASK_TIME_LIMIT_SECONDS
+            return f"timed out after {hard} s (its process was killed at the hard time limit)"
+        return f"{type(exc).__name__}: {exc}"
+
+    def retry_delay(self, exc: TransientJobError) -> float:
+        """Seconds until the next attempt: exponential backoff, or the other side's Retry-After
+        if longer (exactly the Retry-After with retry_backoff=False), within the cap the
+        visibility timeout allows."""
+        settings = get_settings()
+        if not self.job_type.retry_backoff:
+            return min(exc.retry_after or 0.0, settings.RETRY_BACKOFF_MAX_SECONDS)
+        countdown = retry_countdown(
+            self.request.retries, settings.RETRY_BACKOFF_SECONDS, settings.RETRY_BACKOFF_MAX_SECONDS
+        )
+        if exc.retry_after is not None:
+            countdown = max(countdown, exc.retry_after)
+        return min(countdown, settings.RETRY_BACKOFF_MAX_SECONDS)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # Failed for good: the job store records the dead letter (payload, error, attempts) in
+        # the same step. Also called in the worker's main process when the hard time limit
+        # kills a run; there is no request there, so the queue comes from the job's record.
+        error = self.describe_error(exc)
+        end = JobEnd(task_id, self.name, self._queue(), "failed", error)
+        payload = self._dead_letter_payload(end, kwargs)
+        queue = self.store.fail(task_id, error, task=self.name, queue=end.queue, payload=payload)
+        metrics.JOBS_FAILED.labels(self.name, queue).inc()
+        if self.job_type.on_end is not None:
+            self._on_end(replace(end, queue=queue), kwargs)
+
+    def _dead_letter_payload(self, end: JobEnd, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What a replay of the failed job should submit: the type's dead_letter_payload of the
+        request, the original arguments by default (and when the callback cannot say)."""
+        if self.job_type.dead_letter_payload is None:
+            return kwargs
+        try:
+            callback = self.job_type.dead_letter_callback()
+            request = self.job_type.request.model_validate(kwargs)
+            assert callback is not None
+            replacement = callback(end, request)
+            payload: dict[str, Any] = self.job_type.request.model_validate(replacement).model_dump(mode="json")
+            return payload
+        except Exception:
+            logger.exception(
+                "job %s: dead_letter_payload failed; the dead letter keeps the original payload", end.job_id
+            )
+            return kwargs
+
+    def _on_end(self, end: JobEnd, kwargs: dict[str, Any]) -> None:
+        try:
+            callback = self.job_type.on_end_callback()
+            assert callback is not None
+            callback(end, self.job_type.request.model_validate(kwargs))
+        except Exception:
+            # The job's own outcome is recorded already; a callback cannot change it.
+            logger.exception("job %s: on_end failed after the job %s", end.job_id, end.status)
 
 
 def field_errors(exc: ValidationError) -> str:
@@ -233,6 +272,14 @@ def result_json(job_type: JobType[Any, Any], result: Any) -> Any:
         return adapter.dump_python(adapter.validate_python(result, from_attributes=True), mode="json")
     except ValidationError as exc:
         raise PermanentJobError(f"{job_type.name} returned an invalid result: {field_errors(exc)}") from exc
+
+
+def stamp_chain_step(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """before_task_publish in a worker: what a running job publishes, but for its retries, is a
+    chain's next step, whose queue wait starts now, not when the API published the chain. (The
+    orphan sweep publishes outside any job, keeping the job's first acceptance time.)"""
+    if headers is not None and current_task and not headers.get("retries"):
+        headers[ENQUEUED_AT_HEADER] = time.time()
 
 
 def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], settings: Settings) -> None:
@@ -255,8 +302,11 @@ def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], sett
 
 def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
     """(soft, hard) seconds for one attempt: the declared limit is the soft one (the handler gets
-    SoftTimeLimitExceeded and the job fails as timed out); a tenth later, between 2 and 30 s, the
-    process is killed. The settings' limits for a job that declares none."""
+    SoftTimeLimitExceeded and the job fails as timed out); the process is killed at the declared
+    hard limit, or a tenth later (between 2 and 30 s); the settings' limits for a job that
+    declares none."""
     if job_type.time_limit is None:
-        return settings.TASK_SOFT_TIME_LIMIT_SECONDS, settings.TASK_TIME_LIMIT_SECONDS
-    return job_type.time_limit, job_type.time_limit + min(30, max(2, job_type.time_limit // 10))
+        soft = settings.TASK_SOFT_TIME_LIMIT_SECONDS
+        return soft, max(job_type.hard_time_limit or settings.TASK_TIME_LIMIT_SECONDS, soft + 1)
+    grace = min(30, max(2, job_type.time_limit // 10))
+    return job_type.time_limit, job_type.hard_time_limit or job_type.time_limit + grace

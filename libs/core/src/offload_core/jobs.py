@@ -1,8 +1,11 @@
-"""The job store: each job's status, progress, result and error in one Redis hash.
+"""The job store: each job's status, progress, result and error in one Redis hash, and the one
+writer of a job's status.
 
-The API creates a record before it publishes and reads it afterwards; tasks move it through
-its states. Transitions that race (a cancel against a worker starting the job) are Lua
-scripts, so each one is atomic in Redis.
+The API accepts a job in one script (SUBMIT) that writes its record and pushes its message
+together; a chain's records are all created first, then its first message is published.
+Workers, the orphan sweep and the in-process queue move a record through its states only
+through this store. Transitions that race (a cancel against a worker starting the job) are
+Lua scripts (lua/*.lua), so each one is atomic in Redis.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,6 +25,7 @@ from kombu.utils import json as kombu_json
 from pydantic import BaseModel, Field
 
 from offload_core import dead_letters
+from offload_core.lua_scripts import lua
 from offload_core.settings import Settings
 from offload_core.task_message import queue_list, task_message
 from offload_core.telemetry import trace_redis_client
@@ -152,20 +156,7 @@ def queued_record(
     return record
 
 
-# Accepting a job in one step, so it exists either wholly or not at all: its record, its kept
-# arguments, its place in the waiting set and its Celery message on the queue's list.
-# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY, KEYS[4] the queue's Redis list,
-# KEYS[5] INDEX_KEY, KEYS[6] the type's index; ARGV now, ttl, job id, kwargs (kombu JSON), message,
-# then the record's field/value pairs.
-SUBMIT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[6], ARGV[1], ARGV[3])
-return redis.call('LPUSH', KEYS[4], ARGV[5])
-"""
+SUBMIT = lua("submit")
 
 
 def submit_call(
@@ -197,92 +188,15 @@ def submit_call(
     return keys, [*args, *itertools.chain.from_iterable(record.items())]
 
 
-# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, task, queue, key prefix,
-# worker, job id. Creates the record if a message arrived without one (sent by another client, or its
-# record expired). A worker holds the message now: if it dies, kombu restores it from its unacked
-# hash, so the job leaves the waiting set and its kept arguments go.
-_START = """
-redis.call('ZREM', KEYS[3], ARGV[7])
-redis.call('DEL', KEYS[2])
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'cancelled' then return 'cancelled' end
-if status == 'succeeded' or status == 'failed' then return 'finished' end
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  -- asked to stop during an earlier attempt: do not start another one
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'updated_at', ARGV[1])
-  return 'cancelled'
-end
-if not status then
-  redis.call('HSET', KEYS[1], 'id', string.sub(KEYS[1], #ARGV[5] + 1), 'task', ARGV[3],
-             'queue', ARGV[4], 'created_at', ARGV[1], 'progress', 0, 'attempts', 0)
-end
-if not redis.call('HGET', KEYS[1], 'started_at') then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
-end
-redis.call('HSET', KEYS[1], 'status', 'started', 'updated_at', ARGV[1], 'worker', ARGV[6])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 'run'
-"""
+_START = lua("start")
 
-# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, job id.
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'queued' or status == 'retrying' then
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'updated_at', ARGV[1],
-             'error', 'cancelled before it ran')
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 'cancelled'
-end
-if status == 'started' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', 1, 'updated_at', ARGV[1])
-  return 'requested'
-end
-return 'finished'
-"""
+_CANCEL = lua("cancel")
 
-# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, result, job id, key
-# prefix. A chain step's successor is published by the worker once this step succeeded: only
-# from then on is it waiting for a worker, so it joins the waiting set now (if still queued).
-_SUCCEED = """
-redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[1], 'updated_at', ARGV[1],
-           'result', ARGV[3], 'progress', 100)
-redis.call('HDEL', KEYS[1], 'error')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[4])
-redis.call('DEL', KEYS[2])
-local next_step = redis.call('HGET', KEYS[1], 'next_step')
-if next_step and redis.call('HGET', ARGV[5] .. next_step, 'status') == 'queued' then
-  redis.call('ZADD', KEYS[3], ARGV[1], next_step)
-end
-return 1
-"""
+_SUCCEED = lua("succeed")
 
-# KEYS[1] job key, KEYS[2] WAITING_KEY; ARGV now, job id, most recoveries. Claims a republish
-# of a job whose message is lost: only while it is still queued and waiting, and at most so often.
-_CLAIM_RECOVERY = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  return 'gone'
-end
-if redis.call('HINCRBY', KEYS[1], 'recoveries', 1) > tonumber(ARGV[3]) then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  return 'exhausted'
-end
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-return 'republish'
-"""
+_CLAIM_RECOVERY = lua("claim_recovery")
 
-# KEYS[1] job key; ARGV now, ttl, then field/value pairs. Writes only while the job is
-# running, so a late progress update cannot revive a job that ended or was cancelled.
-_UPDATE_IF_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'started' then return 0 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
+_UPDATE_IF_RUNNING = lua("update_if_running")
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -344,7 +258,9 @@ class JobStore:
         self.ttl = ttl_seconds
         self.dead_letter_ttl = dead_letter_ttl_seconds
         self.dead_letter_max = dead_letter_max
-        self._fail_and_record = client.register_script(dead_letters.FAIL_AND_RECORD)
+        self._fail_and_record = client.register_script(lua("fail_and_record"))
+        self._fail_if = client.register_script(lua("fail_if"))
+        self._mark_not_run = client.register_script(lua("mark_not_run"))
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._update_if_running = client.register_script(_UPDATE_IF_RUNNING)
@@ -526,6 +442,17 @@ class JobStore:
         pipe.delete(kwargs_key(job_id))
         queue_of_job = pipe.execute()[0]
         return str(queue_of_job)
+
+    def fail_if(self, job_id: str, error: str, *statuses: JobStatus) -> bool:
+        """Fail the job, without a dead letter, if it is in one of ``statuses``, atomically (so a
+        job cancelled or finished meanwhile keeps its status); whether it was failed."""
+        return bool(self._fail_if(keys=[job_key(job_id)], args=[time.time(), self.ttl, error, *statuses]))
+
+    def mark_not_run(self, job_ids: Sequence[str], error: str) -> None:
+        """Close the records of chain steps that will never run, so they do not stay queued for
+        ever. They become `cancelled` with ``error``: a late message for them is skipped at start."""
+        if job_ids:
+            self._mark_not_run(keys=[job_key(j) for j in job_ids], args=[time.time(), self.ttl, error])
 
     def mark_cancelled(self, job_id: str) -> None:
         self._finish(job_id, JobStatus.CANCELLED, error="cancelled while running")

@@ -16,10 +16,9 @@ id, arguments and priority (a chain step with the steps after it), and stays que
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-from typing import Any, cast
+from typing import cast
 
 import redis
 from celery import Celery
@@ -30,6 +29,7 @@ from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import JobStatus, JobStore, RecoveryOutcome, WaitingJob
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.settings import Settings
+from offload_core.task_message import held_job_id, listed_job_id
 from offload_core.topology import priority_lists
 
 logger = logging.getLogger(__name__)
@@ -47,29 +47,6 @@ LIST_CHUNK = 500  # list entries (or hash fields) read per Redis call
 MESSAGES_PER_SWEEP = 200_000  # messages read per sweep; a queue holding more is judged later
 MOST_RECOVERIES = 3  # a job lost more often than this fails instead: something discards it
 MOST_CHAIN_STEPS = 64
-
-
-def message_job_id(message: Any) -> str | None:
-    """The task id (the job's id) of a kombu message as Celery's protocol 2 writes it."""
-    headers = message.get("headers") if isinstance(message, dict) else None
-    job_id = headers.get("id") if isinstance(headers, dict) else None
-    return job_id if isinstance(job_id, str) else None
-
-
-def _listed_job_id(raw: str) -> str | None:
-    try:
-        return message_job_id(json.loads(raw))
-    except ValueError:
-        return None
-
-
-def _held_job_id(raw: str) -> str | None:
-    # kombu stores [message, exchange, routing key] per delivery tag.
-    try:
-        held = json.loads(raw)
-    except ValueError:
-        return None
-    return message_job_id(held[0]) if isinstance(held, list) and held else None
 
 
 class OrphanSweep:
@@ -167,7 +144,7 @@ class OrphanSweep:
         start = 0
         while start < budget:
             chunk = self.client.lrange(name, start, start + LIST_CHUNK - 1)
-            present.update(job_id for raw in chunk if (job_id := _listed_job_id(str(raw))) is not None)
+            present.update(job_id for raw in chunk if (job_id := listed_job_id(str(raw))) is not None)
             start += LIST_CHUNK
             if len(chunk) < LIST_CHUNK:
                 return start - LIST_CHUNK + len(chunk)
@@ -178,7 +155,7 @@ class OrphanSweep:
         while True:
             cursor, chunk = cast(tuple[int, dict[str, str]], self.client.hscan(UNACKED_KEY, cursor, count=LIST_CHUNK))
             fields += len(chunk)
-            present.update(job_id for raw in chunk.values() if (job_id := _held_job_id(str(raw))) is not None)
+            present.update(job_id for raw in chunk.values() if (job_id := held_job_id(str(raw))) is not None)
             if cursor == 0:
                 return True
             if fields > MESSAGES_PER_SWEEP:

@@ -41,7 +41,7 @@ def _single_line(value: str) -> str:
 SingleLine = Annotated[str, AfterValidator(_single_line)]
 
 
-class EmailRequest(BaseModel):
+class EmailPayload(BaseModel):
     """An email sent over SMTP by the worker; retried on transient failures."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,6 +53,11 @@ class EmailRequest(BaseModel):
         None, max_length=500_000, description="An HTML body; the message is then multipart/alternative."
     )
     reply_to: EmailStr | None = None
+
+
+class EmailRequest(EmailPayload):
+    """POST /v1/emails: the email with the queue and priority beside it."""
+
     queue: Literal[Queue.DEFAULT, Queue.LOW] | None = Field(
         None, description="`default` when omitted; `low` for bulk mailings."
     )
@@ -61,7 +66,7 @@ class EmailRequest(BaseModel):
     )
 
     def task_kwargs(self) -> dict[str, object]:
-        return self.model_dump(mode="json", include={"to", "subject", "text", "html", "reply_to"})
+        return self.model_dump(mode="json", include=set(EmailPayload.model_fields))
 
 
 class Severity(StrEnum):
@@ -102,7 +107,7 @@ MAX_NOTIFICATION_TARGETS = 20
 NotificationTarget = Annotated[WebhookTarget | EmailTarget, Field(discriminator="channel")]
 
 
-class NotificationRequest(BaseModel):
+class NotificationPayload(BaseModel):
     """A critical notification fanned out by the notifier to every target, each on its own."""
 
     model_config = ConfigDict(extra="forbid")
@@ -110,9 +115,6 @@ class NotificationRequest(BaseModel):
     message: NotificationMessage
     targets: list[NotificationTarget] = Field(
         min_length=1, max_length=MAX_NOTIFICATION_TARGETS, description="1 to 20 distinct targets."
-    )
-    priority: int | None = Field(
-        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; 0 when omitted."
     )
 
     @field_validator("targets")
@@ -125,5 +127,13 @@ class NotificationRequest(BaseModel):
                 raise ValueError(f"target {index} repeats target {first}; each target is delivered once")
         return targets
 
+
+class NotificationRequest(NotificationPayload):
+    """POST /v1/notifications: the notification with its priority beside it."""
+
+    priority: int | None = Field(
+        None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; 0 when omitted."
+    )
+
     def task_kwargs(self) -> dict[str, object]:
-        return self.model_dump(mode="json", include={"message", "targets"})
+        return self.model_dump(mode="json", include=set(NotificationPayload.model_fields))

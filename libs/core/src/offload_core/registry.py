@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -65,6 +65,12 @@ class JobTypes(Mapping[str, JobType[Any, Any]]):
     def __len__(self) -> int:
         return len(self._types)
 
+    def override_time_limits(self, limits: Mapping[str, tuple[int, int]]) -> None:
+        """Apply the (soft, hard) time limits a deployment sets for some job types by name."""
+        for name, (soft, hard) in limits.items():
+            if name in self._types:
+                self._types[name] = replace(self._types[name], time_limit=soft, hard_time_limit=hard)
+
     def source(self, name: str) -> Source:
         return self._sources[name]
 
@@ -85,25 +91,30 @@ class JobTypes(Mapping[str, JobType[Any, Any]]):
                 )
 
     def check_handlers(self, queues: Collection[str], settings: Settings) -> None:
-        """Import every handler a worker on these queues may run, and check that its time limit
-        fits the visibility timeout; raise JobTypeError naming the first that does not."""
+        """Import every handler (and callback) a worker on these queues may run, and check that
+        its time limit fits the visibility timeout; raise JobTypeError naming the first that does not."""
         longest_retry = settings.RETRY_BACKOFF_MAX_SECONDS
         for job_type in self.for_queues(queues):
             source = self._sources[job_type.name]
-            try:
-                handler = job_type.handler()
-            except Exception as exc:
-                raise JobTypeError(
-                    f"the handler of job type {job_type.name!r} ({job_type.handler_ref}, declared by "
-                    f"{source.description}) cannot be loaded: {type(exc).__name__}: {exc}. Install what it "
-                    f"needs into this worker's image, or fix the reference ({source.fix})."
-                ) from exc
-            if not callable(handler):
-                raise JobTypeError(f"the handler of job type {job_type.name!r} is not callable ({source.fix})")
+            loaders: dict[str, Callable[[], object]] = {
+                "handler": job_type.handler,
+                "on_end": job_type.on_end_callback,
+                "dead_letter_payload": job_type.dead_letter_callback,
+            }
+            for option, load in loaders.items():
+                try:
+                    load()
+                except Exception as exc:
+                    reference = job_type.references().get(option, "")
+                    raise JobTypeError(
+                        f"the {option} of job type {job_type.name!r} ({reference}, declared by "
+                        f"{source.description}) cannot be loaded: {type(exc).__name__}: {exc}. Install what it "
+                        f"needs into this worker's image, or fix the reference ({source.fix})."
+                    ) from exc
             _, hard = job_time_limits(job_type, settings)
             if hard + longest_retry >= settings.VISIBILITY_TIMEOUT_SECONDS:
                 raise JobTypeError(
-                    f"job type {job_type.name!r} may run {hard} s (its time limit plus the kill grace), which "
+                    f"job type {job_type.name!r} may run {hard} s (its hard time limit), which "
                     f"with a retry backoff of up to {longest_retry:g} s does not fit "
                     f"OFFLOAD_VISIBILITY_TIMEOUT_SECONDS ({settings.VISIBILITY_TIMEOUT_SECONDS}): Redis would "
                     f"deliver it twice. Raise the visibility timeout or lower the job's time_limit."
@@ -176,4 +187,5 @@ def load_job_types(settings: Settings, *, known_queues: Collection[str] | None =
         declared += _from_module(name, Source(f"module {name} (OFFLOAD_JOB_MODULES)", "OFFLOAD_JOB_MODULES"))
     job_types = JobTypes(declared)
     job_types.check_queues(settings.QUEUES if known_queues is None else known_queues)
+    job_types.override_time_limits(settings.job_time_limit_overrides())
     return job_types

@@ -37,11 +37,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
-from offload_core.job_errors import JobCancelled, PermanentJobError, TransientJobError
+from offload_core.job_errors import JobCancelled, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 
 if TYPE_CHECKING:
     import httpx
@@ -49,9 +49,12 @@ if TYPE_CHECKING:
 __all__ = [
     "JobCancelled",
     "JobContext",
+    "JobEnd",
+    "JobTimeLimitExceeded",
     "JobType",
     "PermanentJobError",
     "TransientJobError",
+    "declare_job",
     "job",
 ]
 
@@ -59,11 +62,17 @@ RequestT = TypeVar("RequestT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
 
 Handler = Callable[["JobContext", RequestT], ResultT | Awaitable[ResultT]]
+# Called once a job has ended; see JobEnd and the on_end= option of @job.
+OnEnd = Callable[["JobEnd", RequestT], object]
+# What a replay of a failed job submits; see the dead_letter_payload= option of @job.
+DeadLetterPayload = Callable[["JobEnd", RequestT], RequestT]
 
 # Lower-case dotted names, e.g. "acme.resize": they appear in URLs, metrics and logs.
 JOB_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)+$")
 QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
+# A bound against typos; a job whose retries its own records bound (a fan-out) may need many.
+MAX_RETRIES_LIMIT = 10_000
 
 
 class JobContext:
@@ -135,6 +144,17 @@ class JobContext:
 
 
 @dataclass(frozen=True)
+class JobEnd:
+    """How a job ended, as the on_end and dead_letter_payload callbacks see it."""
+
+    job_id: str
+    job_type: str
+    queue: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    error: str | None = None  # why it failed or was cancelled, as GET /v1/jobs/{id} shows it
+
+
+@dataclass(frozen=True)
 class JobType(Generic[RequestT, ResultT]):
     """One declared job type. Made by ``@job``; its fields are what GET /v1/job-types shows."""
 
@@ -146,9 +166,14 @@ class JobType(Generic[RequestT, ResultT]):
     priority: int = 3  # default priority inside the queue (0 first .. 9 last)
     max_retries: int | None = None  # transient failures retried this often; OFFLOAD_TASK_MAX_RETRIES if None
     time_limit: int | None = None  # seconds an attempt may run; OFFLOAD_TASK_*_TIME_LIMIT_SECONDS if None
+    # Seconds after which the attempt's process is killed; time_limit plus a grace period if None.
+    hard_time_limit: int | None = None
+    retry_backoff: bool = True  # False: retry after exactly the delay a TransientJobError asks for
     description: str = ""
     handler_ref: str | None = None  # "module:function" when the handler lives apart from the declaration
     handler_function: Handler[RequestT, ResultT] | None = field(default=None, repr=False, compare=False)
+    on_end: OnEnd[RequestT] | str | None = field(default=None, repr=False, compare=False)
+    dead_letter_payload: DeadLetterPayload[RequestT] | str | None = field(default=None, repr=False, compare=False)
     module: str = ""  # where it was declared, for error messages
 
     @property
@@ -160,15 +185,27 @@ class JobType(Generic[RequestT, ResultT]):
         if self.handler_function is not None:
             return self.handler_function
         assert self.handler_ref is not None
-        module_name, _, attribute = self.handler_ref.partition(":")
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = resolve(self.handler_ref)
         if isinstance(target, JobType):
             target = target.handler()
-        if not callable(target):
-            raise TypeError(f"{self.handler_ref} is not a function")
-        return target  # type: ignore[no-any-return]
+        return _callable(target, self.handler_ref)  # type: ignore[no-any-return]
+
+    def on_end_callback(self) -> OnEnd[RequestT] | None:
+        """The on_end callback; imports its module when declared by reference."""
+        if isinstance(self.on_end, str):
+            return _callable(resolve(self.on_end), self.on_end)  # type: ignore[no-any-return]
+        return self.on_end
+
+    def dead_letter_callback(self) -> DeadLetterPayload[RequestT] | None:
+        """The dead_letter_payload callback; imports its module when declared by reference."""
+        if isinstance(self.dead_letter_payload, str):
+            return _callable(resolve(self.dead_letter_payload), self.dead_letter_payload)  # type: ignore[no-any-return]
+        return self.dead_letter_payload
+
+    def references(self) -> dict[str, str]:
+        """The option names whose functions are declared by "package.module:function" reference."""
+        options = {"handler": self.handler_ref, "on_end": self.on_end, "dead_letter_payload": self.dead_letter_payload}
+        return {option: value for option, value in options.items() if isinstance(value, str)}
 
     def run(self, ctx: JobContext, payload: RequestT) -> Any:
         """Run the handler; a coroutine handler runs to completion on a loop of its own."""
@@ -182,6 +219,21 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def resolve(reference: str) -> Any:
+    """What a "package.module:attribute" reference names, importing its module now."""
+    module_name, _, attribute = reference.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _callable(target: object, reference: str) -> Any:
+    if not callable(target):
+        raise TypeError(f"{reference} is not a function but a {type(target).__name__}")
+    return target
+
+
 @overload
 def job(
     name: str,
@@ -192,8 +244,12 @@ def job(
     queues: tuple[str, ...] | None = ...,
     priority: int = ...,
     max_retries: int | None = ...,
+    retry_backoff: bool = ...,
     time_limit: int | None = ...,
+    hard_time_limit: int | None = ...,
     description: str = ...,
+    on_end: OnEnd[RequestT] | str | None = ...,
+    dead_letter_payload: DeadLetterPayload[RequestT] | str | None = ...,
 ) -> Callable[[Handler[RequestT, ResultT]], JobType[RequestT, ResultT]]: ...
 
 
@@ -207,8 +263,12 @@ def job(
     queues: tuple[str, ...] | None = ...,
     priority: int = ...,
     max_retries: int | None = ...,
+    retry_backoff: bool = ...,
     time_limit: int | None = ...,
+    hard_time_limit: int | None = ...,
     description: str = ...,
+    on_end: OnEnd[RequestT] | str | None = ...,
+    dead_letter_payload: DeadLetterPayload[RequestT] | str | None = ...,
 ) -> Callable[[Handler[RequestT, Any]], JobType[RequestT, Any]]: ...
 
 
@@ -221,16 +281,36 @@ def job(
     queues: tuple[str, ...] | None = None,
     priority: int = 3,
     max_retries: int | None = None,
+    retry_backoff: bool = True,
     time_limit: int | None = None,
+    hard_time_limit: int | None = None,
     description: str = "",
+    on_end: OnEnd[RequestT] | str | None = None,
+    dead_letter_payload: DeadLetterPayload[RequestT] | str | None = None,
 ) -> Callable[[Handler[RequestT, Any]], JobType[RequestT, Any]]:
     """Declare the decorated function as the handler of job type ``name``.
 
     ``request`` validates the submitted payload (the handler gets an instance); ``result``, if
     given, validates and documents what the handler returns. ``queue`` is the default queue,
-    ``queues`` every queue a request may choose; ``priority`` 0 runs first, 9 last. Any exception
-    but PermanentJobError and JobCancelled is retried with backoff up to ``max_retries`` times;
-    ``time_limit`` bounds one attempt in seconds. The docstring becomes the API's description."""
+    ``queues`` every queue a request may choose; ``priority`` 0 runs first, 9 last.
+
+    Retries: any exception but PermanentJobError and JobCancelled is retried up to
+    ``max_retries`` times (OFFLOAD_TASK_MAX_RETRIES if None), after an exponential backoff with
+    jitter, or after the TransientJobError's ``retry_after`` if that is longer. With
+    ``retry_backoff=False`` the delay is exactly ``retry_after`` (at once without one): for a
+    handler that keeps its own schedule. Every delay is capped by OFFLOAD_RETRY_BACKOFF_MAX_SECONDS.
+
+    Limits: ``time_limit`` bounds one attempt in seconds (JobTimeLimitExceeded is raised in the
+    handler, and the job fails); ``hard_time_limit`` is when its process is killed, by default a
+    little later.
+
+    Callbacks, each a function or a "package.module:function" reference (so that the API, which
+    reads declarations only, never imports what they need). They run in the worker, get a JobEnd
+    and the job's request, and must be quick and idempotent: ``on_end(end, request)`` runs once
+    the job has ended, however it ended (succeeded, failed, cancelled, also when it was cancelled
+    before it ran), at least once; ``dead_letter_payload(end, request)`` returns the request a
+    replay of the failed job should submit (by default the one it was given). An exception in a
+    callback is logged and changes nothing else. The docstring becomes the API's description."""
 
     def declare(handler: Handler[RequestT, Any]) -> JobType[RequestT, Any]:
         return declare_job(
@@ -241,9 +321,13 @@ def job(
             queues=queues,
             priority=priority,
             max_retries=max_retries,
+            retry_backoff=retry_backoff,
             time_limit=time_limit,
+            hard_time_limit=hard_time_limit,
             description=description or inspect.getdoc(handler) or "",
             handler=handler,
+            on_end=on_end,
+            dead_letter_payload=dead_letter_payload,
             module=getattr(handler, "__module__", ""),
         )
 
@@ -259,13 +343,18 @@ def declare_job(
     queues: tuple[str, ...] | None = None,
     priority: int = 3,
     max_retries: int | None = None,
+    retry_backoff: bool = True,
     time_limit: int | None = None,
+    hard_time_limit: int | None = None,
     description: str = "",
     handler: Handler[RequestT, ResultT] | str,
+    on_end: OnEnd[RequestT] | str | None = None,
+    dead_letter_payload: DeadLetterPayload[RequestT] | str | None = None,
     module: str = "",
 ) -> JobType[RequestT, ResultT]:
     """A declaration whose handler may live in another module (``handler="pkg.mod:function"``),
-    so that the API, which reads declarations only, never imports the handler's dependencies."""
+    so that the API, which reads declarations only, never imports the handler's dependencies.
+    The options are those of ``@job``."""
     problems = []
     if not JOB_NAME.match(name):
         problems.append("its name must be lower-case and dotted, like 'acme.resize'")
@@ -281,12 +370,18 @@ def declare_job(
         problems.append(f"its queue {queue!r} must be one of queues={allowed}")
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         problems.append(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {priority}")
-    if max_retries is not None and not 0 <= max_retries <= 100:
-        problems.append(f"max_retries must be between 0 and 100, not {max_retries}")
+    if max_retries is not None and not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        problems.append(f"max_retries must be between 0 and {MAX_RETRIES_LIMIT}, not {max_retries}")
     if time_limit is not None and time_limit < 1:
         problems.append(f"time_limit must be at least 1 second, not {time_limit}")
-    if isinstance(handler, str) and ":" not in handler:
-        problems.append(f"handler={handler!r} must name a function as 'package.module:function'")
+    if hard_time_limit is not None and hard_time_limit <= (time_limit or 0):
+        problems.append(f"hard_time_limit must be longer than time_limit ({time_limit or 0} s), not {hard_time_limit}")
+    functions: dict[str, object] = {"handler": handler, "on_end": on_end, "dead_letter_payload": dead_letter_payload}
+    for option, value in functions.items():
+        if isinstance(value, str) and ":" not in value:
+            problems.append(f"{option}={value!r} must name a function as 'package.module:function'")
+        elif value is not None and not isinstance(value, str) and not callable(value):
+            problems.append(f"{option}= must be a function or a 'package.module:function' reference")
     if problems:
         raise ValueError(f"job {name!r} is not valid: " + "; ".join(problems))
     return JobType(
@@ -298,8 +393,12 @@ def declare_job(
         priority=priority,
         max_retries=max_retries,
         time_limit=time_limit,
+        hard_time_limit=hard_time_limit,
+        retry_backoff=retry_backoff,
         description=description,
         handler_ref=handler if isinstance(handler, str) else None,
         handler_function=None if isinstance(handler, str) else handler,
+        on_end=on_end,
+        dead_letter_payload=dead_letter_payload,
         module=module or (handler.partition(":")[0] if isinstance(handler, str) else ""),
     )

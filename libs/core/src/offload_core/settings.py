@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     PUBLISH_MAX_RETRIES: int = Field(2, ge=0, le=10)
     BROKER_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     BROKER_SOCKET_TIMEOUT_SECONDS: float = Field(10.0, gt=1, le=300)
-    # Connections (and producers) kept for publishing; the API publishes from its thread pool.
+    # Connections (and producers) kept for what is published through Celery: chains (the API,
+    # from its thread pool), retries and chain steps (workers) and recovered jobs (the sweep).
     BROKER_POOL_LIMIT: int = Field(40, ge=1)
 
     # The deployment's queues: the built-in ones (high, default, low) plus any its own job types
@@ -336,6 +337,13 @@ class Settings(BaseSettings):
                 "or OFFLOAD_ENVIRONMENT=development for a local run"
             )
         return None
+
+    def job_time_limit_overrides(self) -> dict[str, tuple[int, int]]:
+        """(soft, hard) time limits this deployment sets for a job type over its declaration:
+        the report's, when OFFLOAD_REPORT_*_TIME_LIMIT_SECONDS are set."""
+        if self.REPORT_SOFT_TIME_LIMIT_SECONDS is None and self.REPORT_TIME_LIMIT_SECONDS is None:
+            return {}
+        return {"offload.report": self.report_time_limits}
 
     @property
     def report_time_limits(self) -> tuple[int, int]:

@@ -1,5 +1,8 @@
-"""A job's Celery message, built without Celery's producer: the API pushes it onto the queue's
-Redis list itself, in the same atomic script that writes the job's record (JobStore.submit).
+"""Celery's wire format, owned here: a job's message built without Celery's producer, and what
+reads messages back out of Redis (the workers' batched take, the orphan sweep).
+
+The API pushes the message onto the queue's Redis list itself, in the same atomic script that
+writes the job's record (offload_core.jobs.SUBMIT).
 
 The message is what `Celery.send_task(..., task_id=job_id, queue=queue, priority=priority,
 headers=..., ignore_result=True)` publishes through kombu's Redis transport (task protocol 2 in
@@ -12,13 +15,19 @@ from __future__ import annotations
 
 import base64
 import bisect
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from kombu.utils import json as kombu_json
 
+from offload_core.lua_scripts import lua
 from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS
+
+# Takes a batch of messages off a queue's lists and records each in kombu's unacked hash as
+# kombu itself would (offload_core.worker_transport).
+TAKE = lua("take")
 
 # The third element of a protocol 2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -88,3 +97,28 @@ def task_message(
         },
     }
     return kombu_json.dumps(message)
+
+
+def message_job_id(message: Any) -> str | None:
+    """The task id (the job's id) of a kombu message as Celery's protocol 2 writes it."""
+    headers = message.get("headers") if isinstance(message, dict) else None
+    job_id = headers.get("id") if isinstance(headers, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+def listed_job_id(raw: str) -> str | None:
+    """The job id of a message as it waits in a queue's Redis list."""
+    try:
+        return message_job_id(json.loads(raw))
+    except ValueError:
+        return None
+
+
+def held_job_id(raw: str) -> str | None:
+    """The job id of a message a worker holds: kombu keeps [message, exchange, routing key] per
+    delivery tag in its unacked hash."""
+    try:
+        held = json.loads(raw)
+    except ValueError:
+        return None
+    return message_job_id(held[0]) if isinstance(held, list) and held else None

@@ -1,4 +1,5 @@
-"""The queue topology, declared once: queues, task names, routes and priorities.
+"""The queue topology, declared once: queues and priorities. Which job goes where is each job
+type's declaration (offload_core.sdk; Offload's own in offload_core.builtin_jobs).
 
 A deployment's queues are configuration (OFFLOAD_QUEUES; the chart renders it from its worker
 sets); this module names the built-in ones Offload's own jobs use and the worker sets that
@@ -63,15 +64,6 @@ DEFAULT_WORKER_SETS: tuple[WorkerSet, ...] = (
 )
 
 
-class TaskName(StrEnum):
-    ECHO = "offload.echo"
-    SEND_EMAIL = "offload.send_email"
-    NOTIFY = "offload.notify"
-    REPORT = "offload.report"
-    IMAGE_PROCESS = "offload.image.process"
-    IMAGE_INDEX = "offload.image.index"
-
-
 # Which queues each image consumes when OFFLOAD_WORKER_QUEUES does not say. Deployments split
 # them further (one set per queue) and add their own queues to either image.
 WORKER_QUEUES: tuple[Queue, ...] = (Queue.DEFAULT, Queue.LOW)
@@ -83,27 +75,6 @@ NOTIFIER_QUEUES: tuple[Queue, ...] = (Queue.HIGH,)
 PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 PRIORITY_SEPARATOR = "\x06\x16"
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
-
-
-@dataclass(frozen=True)
-class Route:
-    queue: Queue  # where the task goes when the request names no queue
-    allowed_queues: frozenset[Queue]  # where a request may send it
-    priority: int  # default priority inside the queue (0 first .. 9 last)
-
-
-ROUTES: dict[TaskName, Route] = {
-    # The probe may go anywhere: it exercises queueing, retries and shutdown on every queue.
-    TaskName.ECHO: Route(queue=Queue.DEFAULT, allowed_queues=frozenset(Queue), priority=3),
-    # Emails run on the worker; bulk mailings may be sent to `low`.
-    TaskName.SEND_EMAIL: Route(queue=Queue.DEFAULT, allowed_queues=frozenset({Queue.DEFAULT, Queue.LOW}), priority=3),
-    # Critical notifications: the notifier alone, first in line.
-    TaskName.NOTIFY: Route(queue=Queue.HIGH, allowed_queues=frozenset({Queue.HIGH}), priority=0),
-    # Long and heavy work: bulk, on `low`, so it never starves `default`.
-    TaskName.REPORT: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
-    TaskName.IMAGE_PROCESS: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
-    TaskName.IMAGE_INDEX: Route(queue=Queue.LOW, allowed_queues=frozenset({Queue.LOW}), priority=3),
-}
 
 
 def priority_lists(queue: Queue | str) -> list[str]:

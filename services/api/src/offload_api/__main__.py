@@ -15,9 +15,10 @@ def main() -> None:
     settings = get_settings()
     configure_logging(API_SERVICE, settings)
     try:
-        load_job_types(settings)  # a broken plugin stops us here, clearly
+        # Checked before uvicorn starts, so a broken job plugin is one line naming it, not a traceback.
+        load_job_types(settings)
     except JobTypeError as exc:
-        sys.exit(f"offload-api cannot start: {exc}")
+        sys.exit(f"offload-api: {exc}")
     uvicorn.run(
         "offload_api.main:create_app",
         factory=True,

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from offload_core.jobs import JobStatus, JobStore, StartOutcome, job_key
+from offload_core.jobs import JobStatus, JobStore, StartOutcome
 from offload_core.queue_state import QueueState
 from offload_core.settings import Settings
 
@@ -86,33 +86,10 @@ def _warm_up() -> None:
 # --- the queue and its consumers, on the API's event loop ---------------------------------------
 
 
-# KEYS[1] job key; ARGV now, ttl, error, then the statuses the job may be in to be failed.
-_FAIL_IF = """
-local status = redis.call('HGET', KEYS[1], 'status')
-for i = 4, #ARGV do
-  if status == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'finished_at', ARGV[1], 'updated_at', ARGV[1])
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-    return 1
-  end
-end
-return 0
-"""
-
-
 class InProcessJobs(JobStore):
     """The job store, plus a failure that makes no dead letter: in-process jobs cannot be
     replayed through the workers, and their payload (up to OFFLOAD_COMPUTE_MAX_NUMBERS numbers)
     is not worth keeping."""
-
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
-        super().__init__(client, ttl_seconds)
-        self._fail_if = client.register_script(_FAIL_IF)
-
-    def fail_if(self, job_id: str, error: str, *statuses: JobStatus) -> bool:
-        """Fail the job if it is in one of ``statuses``, atomically (so a job cancelled or
-        finished meanwhile keeps its status); whether it was failed."""
-        return bool(self._fail_if(keys=[job_key(job_id)], args=[time.time(), self.ttl, error, *statuses]))
 
     def fail_running(self, job_id: str, error: str) -> bool:
         return self.fail_if(job_id, error, JobStatus.STARTED)

@@ -40,7 +40,14 @@ async def get_dead_letters(request: Request) -> DeadLetters:
     return dead_letters
 
 
+async def get_job_types(request: Request) -> JobTypes:
+    """The deployment's job types, loaded once when the app was created."""
+    job_types: JobTypes = request.app.state.job_types
+    return job_types
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+JobTypesDep = Annotated[JobTypes, Depends(get_job_types)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]
 
@@ -63,11 +70,3 @@ async def require_api_key(credentials: CredentialsDep) -> None:
         matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
     if not matched:
         raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Bearer"})
-
-
-async def get_job_types(request: Request) -> JobTypes:
-    job_types: JobTypes = request.app.state.job_types
-    return job_types
-
-
-JobTypesDep = Annotated[JobTypes, Depends(get_job_types)]

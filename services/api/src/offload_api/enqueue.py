@@ -27,13 +27,12 @@ from offload_api.batching import ScriptBatcher
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
-from offload_core import telemetry
+from offload_core import builtin_jobs, telemetry
 from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.sdk import JobType
-from offload_core.topology import ROUTES, TaskName
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -46,8 +45,12 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-# Where a job's status is read, for tasks whose status says more than GET /v1/jobs/{id}.
-STATUS_PATHS: dict[str, str] = {TaskName.NOTIFY: "/v1/notifications", TaskName.REPORT: "/v1/reports"}
+# Where a job's status is read, for job types whose status says more than GET /v1/jobs/{id}.
+STATUS_PATHS = {builtin_jobs.notify.name: "/v1/notifications", builtin_jobs.report.name: "/v1/reports"}
+
+
+def status_url(job_type: JobType[Any, Any], job_id: str) -> str:
+    return f"{STATUS_PATHS.get(job_type.name, '/v1/jobs')}/{job_id}"
 
 
 class JobAccepted(BaseModel):
@@ -113,17 +116,9 @@ async def get_publisher(request: Request) -> JobPublisher:
 PublisherDep = Annotated[JobPublisher, Depends(get_publisher)]
 
 
-def routing(task: TaskName | JobType[Any, Any]) -> tuple[str, str, frozenset[str], int]:
-    """(name, default queue, allowed queues, default priority) of a job type."""
-    if isinstance(task, JobType):
-        return task.name, task.queue, task.allowed_queues, task.priority
-    route = ROUTES[task]
-    return str(task), str(route.queue), frozenset(map(str, route.allowed_queues)), route.priority
-
-
 async def enqueue(
     publisher: JobPublisher,
-    job_type: TaskName | JobType[Any, Any],
+    job_type: JobType[Any, Any],
     kwargs: dict[str, object],
     *,
     queue: str | None = None,
@@ -132,25 +127,25 @@ async def enqueue(
     replay_of: str | None = None,
     prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
-    """Accept a job and publish it. ``prepare(job_id)`` (blocking; run in a thread) writes
-    whatever the job needs besides its record, before its message can be taken."""
-    task, default_queue, allowed_queues, default_priority = routing(job_type)
-    queue = str(queue or default_queue)
-    if queue not in allowed_queues:
-        allowed = ", ".join(sorted(allowed_queues))
-        raise InvalidField("body.queue", f"{task} may run on {allowed}, not {queue}")
-    priority = default_priority if priority is None else priority
+    """Accept a job of this type and publish it, on its default queue and priority unless the
+    request chose others. ``prepare(job_id)`` (blocking; run in a thread) writes whatever the
+    job needs besides its record, before its message can be taken."""
+    queue = queue or job_type.queue
+    if queue not in job_type.allowed_queues:
+        allowed = ", ".join(sorted(job_type.allowed_queues))
+        raise InvalidField("body.queue", f"{job_type.name} may run on {allowed}, not {queue}")
+    priority = job_type.priority if priority is None else priority
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
         id=job_id,
         status=JobStatus.QUEUED,
-        task=task,
+        task=job_type.name,
         queue=queue,
         priority=priority,
-        status_url=f"{STATUS_PATHS.get(task, '/v1/jobs')}/{job_id}",
+        status_url=status_url(job_type, job_id),
     )
     if idempotency is not None:
-        fingerprint = request_fingerprint(idempotency.route, task, kwargs, queue, priority)
+        fingerprint = request_fingerprint(idempotency.route, job_type.name, kwargs, queue, priority)
         earlier = await idempotency.claim_async(publisher.client, fingerprint, accepted.model_dump_json())
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)
@@ -183,9 +178,9 @@ def _released_unless_published(idempotency: IdempotencyKey | None, store: JobSto
 
 @dataclass(frozen=True)
 class ChainStep:
-    task: TaskName
+    job_type: JobType[Any, Any]
     kwargs: dict[str, object]
-    priority: int | None = None  # the route's default when None; each step runs on its route's queue
+    priority: int | None = None  # the type's default when None; each step runs on its type's queue
 
 
 def enqueue_chain(
@@ -202,20 +197,19 @@ def enqueue_chain(
     published and the records and the Idempotency-Key are released."""
     accepted = []
     for step in steps:
-        route = ROUTES[step.task]
         job_id = uuid.uuid4().hex
         accepted.append(
             JobAccepted(
                 id=job_id,
                 status=JobStatus.QUEUED,
-                task=step.task,
-                queue=route.queue,
-                priority=route.priority if step.priority is None else step.priority,
-                status_url=f"{STATUS_PATHS.get(step.task, '/v1/jobs')}/{job_id}",
+                task=step.job_type.name,
+                queue=step.job_type.queue,
+                priority=step.job_type.priority if step.priority is None else step.priority,
+                status_url=status_url(step.job_type, job_id),
             )
         )
     if idempotency is not None:
-        chained = " | ".join(step.task for step in steps)
+        chained = " | ".join(step.job_type.name for step in steps)
         payload = {"steps": [step.kwargs for step in steps]}
         fingerprint = request_fingerprint(idempotency.route, chained, payload, "", 0)
         claim = json.dumps([a.model_dump(mode="json") for a in accepted])

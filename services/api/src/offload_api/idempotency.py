@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Header, HTTPException, Request, Response
 
 from offload_api.errors import InvalidField
+from offload_core.lua_scripts import lua
 from offload_core.settings import get_settings
 
 HEADER = "Idempotency-Key"
@@ -28,19 +29,9 @@ KEY_PREFIX = "offload:idempotency:"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 
-# KEYS[1] the idempotency key; ARGV claim, ttl. Returns the earlier claim, or nil once claimed.
-_CLAIM = """
-local earlier = redis.call('GET', KEYS[1])
-if earlier then return earlier end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
+_CLAIM = lua("idempotency_claim", package=__package__)
 
-# KEYS[1] the idempotency key; ARGV our claim. Releases it only if it is still ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_RELEASE = lua("idempotency_release", package=__package__)
 
 
 def request_fingerprint(route: str, task: str, payload: Mapping[str, object], queue: str, priority: int) -> str:

@@ -8,7 +8,6 @@ from celery.signals import worker_ready
 from offload_core.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
 from offload_core.topology import NOTIFIER_QUEUES
-from offload_notifier import notify  # noqa: F401  (registers the notification task)
 
 # Its worker set's queues (the chart sets OFFLOAD_WORKER_QUEUES); `high` alone by default.
 queues = get_settings().consumed_queues(NOTIFIER_QUEUES)

@@ -15,20 +15,19 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cache
 from typing import Any
 
 import httpx
-from celery import shared_task
 
 from offload_core import smtp, webhooks
-from offload_core.job_errors import PermanentJobError, TransientJobError
-from offload_core.job_task import JobTask, retry_countdown
+from offload_core.job_task import retry_countdown
+from offload_core.jobs import JobStore
 from offload_core.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
 from offload_core.outbound import OutboundPolicy
-from offload_core.payloads import MAX_NOTIFICATION_TARGETS
+from offload_core.payloads import NotificationPayload
+from offload_core.sdk import JobContext, JobEnd, PermanentJobError, TransientJobError
 from offload_core.settings import Settings, get_settings
-from offload_core.topology import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +39,22 @@ class TargetsFailed(PermanentJobError):
     """Some targets failed for good; the others were delivered."""
 
 
-class NotifyTask(JobTask):
-    @cached_property
-    def targets(self) -> NotificationTargets:
-        return NotificationTargets(self.store.client, get_settings().JOB_TTL_SECONDS)
+@cache
+def _store() -> JobStore:
+    """One Redis client per process, made on first use (after the pool process was forked)."""
+    return JobStore.from_settings(get_settings())
 
-    @property
-    def max_retries(self) -> int:  # type: ignore[override]
-        # Each attempt of the job tries at least one target, and each target gets at most
-        # TASK_MAX_RETRIES + 1 attempts of its own.
-        return (get_settings().TASK_MAX_RETRIES + 1) * MAX_NOTIFICATION_TARGETS
 
-    def retry_delay(self, exc: TransientJobError) -> float:
-        # The targets keep their own backoff; the job wakes when the earliest one is due.
-        return min(exc.retry_after or 0.0, get_settings().RETRY_BACKOFF_MAX_SECONDS)
+def _targets() -> NotificationTargets:
+    return NotificationTargets(_store().client, get_settings().JOB_TTL_SECONDS)
 
-    def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        # A replay must not send again what was delivered: it gets the undelivered targets only.
-        delivered = {r.index for r in self.targets.all(task_id) if r.status is TargetStatus.DELIVERED}
-        targets = [t for index, t in enumerate(kwargs.get("targets", [])) if index not in delivered]
-        return {**kwargs, "targets": targets}
+
+def undelivered_targets(end: JobEnd, request: NotificationPayload) -> NotificationPayload:
+    """The dead letter's payload: a replay must not send again what was delivered, so it gets
+    the undelivered targets only."""
+    delivered = {r.index for r in _targets().all(end.job_id) if r.status is TargetStatus.DELIVERED}
+    targets = [t for index, t in enumerate(request.targets) if index not in delivered]
+    return request.model_copy(update={"targets": targets})
 
 
 def _email_body(message: dict[str, Any]) -> str:
@@ -142,11 +137,13 @@ def _summary(records: Sequence[TargetRecord]) -> str:
     return "; ".join(f"target {r.index} ({r.channel}): {r.last_error}" for r in records)
 
 
-@shared_task(bind=True, base=NotifyTask, name=TaskName.NOTIFY.value)
-def notify(self: NotifyTask, message: dict[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
+def notify(ctx: JobContext, request: NotificationPayload) -> dict[str, Any]:
     settings = get_settings()
-    job_id = self.job_id
-    records = self.targets.ensure(job_id, targets)
+    job_id = ctx.job_id
+    payload = request.model_dump(mode="json")
+    message: dict[str, Any] = payload["message"]
+    targets = _targets()
+    records = targets.ensure(job_id, payload["targets"])
     now = datetime.now(UTC)
     due = [
         r
@@ -155,7 +152,7 @@ def notify(self: NotifyTask, message: dict[str, Any], targets: list[dict[str, An
         and (r.next_attempt_at is None or r.next_attempt_at <= now + timedelta(seconds=DUE_SLACK_SECONDS))
     ]
     if due:
-        job = self.store.get(job_id)
+        job = _store().get(job_id)
         delivery = Delivery(settings, job_id, message, job.created_at if job else now)
         policy = OutboundPolicy.from_settings(settings)
         client = policy.client(
@@ -171,7 +168,7 @@ def notify(self: NotifyTask, message: dict[str, Any], targets: list[dict[str, An
                 attempt = Attempt(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
             updated = _record(record, attempt, settings)
             # Written before anything else happens, so a crash after this point never re-sends it.
-            self.targets.save(job_id, updated)
+            targets.save(job_id, updated)
             logger.info(
                 "notification %s target %d (%s): %s", job_id, record.index, record.channel, updated.status.value
             )

@@ -1,5 +1,7 @@
 """Entrypoint of the worker image: consumes OFFLOAD_WORKER_QUEUES (default: default,low)."""
 
+import sys
+
 from offload_core.settings import get_settings
 from offload_core.worker_env import prepare_worker_environment
 
@@ -8,11 +10,17 @@ def main() -> None:
     settings = get_settings()
     # Before Celery and prometheus_client are imported (see worker_env).
     prepare_worker_environment(settings)
+    from offload_core.registry import JobTypeError
     from offload_core.telemetry import WORKER_SERVICE, refuse_unsupported_settings
 
     refuse_unsupported_settings(WORKER_SERVICE)
     from offload_core.worker_runtime import run_worker
-    from offload_worker.app import app
+
+    try:
+        from offload_worker.app import app
+    except JobTypeError as exc:
+        # A job plugin this worker cannot use: one line naming it and the fix, no traceback.
+        sys.exit(f"offload-worker: {exc}")
 
     run_worker(app, queues=settings.WORKER_QUEUES, default_name="worker@%h", service=WORKER_SERVICE)
 

@@ -3,11 +3,6 @@ on the queues this worker consumes (offload_core.registry)."""
 
 from offload_core.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
-from offload_worker import (
-    emails,  # noqa: F401  (registers offload.send_email)
-    images,  # noqa: F401  (registers offload.image.process and .index)
-    reports,  # noqa: F401  (registers offload.report)
-)
 
 settings = get_settings()
 app = create_celery_app(settings, main="offload-worker")

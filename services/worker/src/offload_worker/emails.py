@@ -4,46 +4,32 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
-from pydantic import ValidationError
-
 from offload_core import smtp
-from offload_core.job_errors import PermanentJobError
-from offload_core.job_task import JobTask
-from offload_core.payloads import EmailRequest
+from offload_core.payloads import EmailPayload
+from offload_core.sdk import JobContext
 from offload_core.settings import get_settings
-from offload_core.topology import TaskName
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, base=JobTask, name=TaskName.SEND_EMAIL.value)
-def send_email(
-    self: JobTask, to: list[str], subject: str, text: str, html: str | None = None, reply_to: str | None = None
-) -> dict[str, object]:
+def send_email(ctx: JobContext, request: EmailPayload) -> dict[str, object]:
     """Returns ``{"message_id", "accepted", "refused", "reply"}`` (see smtp.SendReport)."""
-    try:
-        # Checked again here: messages can reach the broker without the API (replays, other clients).
-        request = EmailRequest(to=to, subject=subject, text=text, html=html, reply_to=reply_to)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PermanentJobError(f"invalid email: {problems}") from exc
     settings = get_settings()
     recipients = [str(address) for address in request.to]
     message = smtp.build_message(
         settings,
-        message_id=self.job_id,  # the same on every attempt, so a receiver can spot a duplicate
+        message_id=ctx.job_id,  # the same on every attempt, so a receiver can spot a duplicate
         to=recipients,
         subject=request.subject,
         text=request.text,
         html=request.html,
         reply_to=request.reply_to,
     )
-    # The last step: JobTask records success as soon as this returns, keeping the window in
-    # which a crash would send the message twice as small as it can be.
+    # The last step: the job is recorded as succeeded as soon as this returns, keeping the window
+    # in which a crash would send the message twice as small as it can be.
     report = smtp.send(settings, message, recipients)
     if report.refused:
         logger.warning(
-            "job %s: email sent to %d recipients, %d refused", self.job_id, len(report.accepted), len(report.refused)
+            "job %s: email sent to %d recipients, %d refused", ctx.job_id, len(report.accepted), len(report.refused)
         )
     return report.as_result()

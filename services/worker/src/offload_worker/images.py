@@ -16,41 +16,34 @@ import io
 import logging
 import time
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cache
 from typing import Any
 
-from celery import shared_task
-from celery.signals import before_task_publish
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 
 from offload_core.images import (
-    OPERATIONS,
     Convert,
     Crop,
     Grayscale,
     ImageFormat,
+    ImageIndexPayload,
     ImageInfo,
+    ImageProcessPayload,
     ImageStore,
     Operation,
     OperationError,
     Resize,
     Rotate,
-    StepName,
     Thumbnail,
     derived_tags,
-    mark_not_run,
     not_run_error,
     output_format,
     size_after,
     sniff_format,
 )
-from offload_core.job_errors import PermanentJobError
-from offload_core.job_task import JobTask
-from offload_core.jobs import JobStatus
-from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.jobs import JobStore
+from offload_core.sdk import JobContext, JobEnd, PermanentJobError
 from offload_core.settings import get_settings
-from offload_core.topology import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -148,77 +141,52 @@ def process(data: bytes, operations: Sequence[Operation], max_pixels: int) -> tu
     return encoded, ImageInfo(format=target, width=image.width, height=image.height, bytes=len(encoded), mode=mode)
 
 
-class ImageStepTask(JobTask):
-    """A step of an image pipeline: closes the steps after it when it ends without success."""
-
-    step: StepName
-
-    @cached_property
-    def images(self) -> ImageStore:
-        return ImageStore.from_settings(get_settings())
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().__call__(*args, **kwargs)
-        if not self.request.called_directly:
-            # Returned without raising, yet perhaps without success: cancelled while queued or
-            # running, or a redelivery of a step that had ended. Celery will send the next step
-            # all the same; closing its record first makes it skip.
-            job = self.store.get(self.job_id)
-            if job is None or job.status is not JobStatus.SUCCEEDED:
-                self._close_successors(self.job_id, kwargs, job.status if job else JobStatus.CANCELLED)
-        return result
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        super().on_failure(exc, task_id, args, kwargs, einfo)
-        self._close_successors(task_id, kwargs, JobStatus.FAILED)
-
-    def _close_successors(self, job_id: str, kwargs: dict[str, Any], status: JobStatus) -> None:
-        try:
-            record = self.images.get(str(kwargs.get("image_id", "")))
-            found = record.pipeline.step(job_id) if record and record.pipeline else None
-            if record is None or record.pipeline is None or found is None:
-                return  # not (or no longer) the image's pipeline, e.g. a replayed dead letter
-            index, step = found
-            later = [s.job_id for s in record.pipeline.steps[index + 1 :]]
-            mark_not_run(self.store.client, later, not_run_error(step.name, status), get_settings().JOB_TTL_SECONDS)
-        except Exception:
-            # GET /v1/images/{id} derives the same state from the records; log and go on.
-            logger.exception("image pipeline step %s: could not close the steps after it", job_id)
+@cache
+def _store() -> JobStore:
+    """One Redis client per process, made on first use (after the pool process was forked)."""
+    return JobStore.from_settings(get_settings())
 
 
-class ProcessTask(ImageStepTask):
-    step = StepName.PROCESS
+@cache
+def _images() -> ImageStore:
+    """One Redis client per process, made on first use (after the pool process was forked)."""
+    return ImageStore.from_settings(get_settings())
 
 
-class IndexTask(ImageStepTask):
-    step = StepName.INDEX
+def close_later_steps(end: JobEnd, request: ImageProcessPayload | ImageIndexPayload) -> None:
+    """on_end of every step: one that ended without success closes the records of the steps
+    after it, which Celery will never send (or which will skip when it does)."""
+    if end.status == "succeeded":
+        return
+    record = _images().get(request.image_id)
+    found = record.pipeline.step(end.job_id) if record and record.pipeline else None
+    if record is None or record.pipeline is None or found is None:
+        return  # not (or no longer) the image's pipeline, e.g. a replayed dead letter
+    index, step = found
+    later = [s.job_id for s in record.pipeline.steps[index + 1 :]]
+    _store().mark_not_run(later, not_run_error(step.name, end.status))
 
 
-@shared_task(bind=True, base=ProcessTask, name=TaskName.IMAGE_PROCESS.value)
-def process_image(self: ProcessTask, image_id: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+def process_image(ctx: JobContext, request: ImageProcessPayload) -> dict[str, Any]:
     """Returns the result's format, width, height, bytes and mode."""
     settings = get_settings()
-    try:
-        parsed = OPERATIONS.validate_python(operations)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PermanentJobError(f"invalid operations: {problems}") from exc
-    data = self.images.original(image_id)
+    image_id = request.image_id
+    data = _images().original(image_id)
     if data is None:
         raise PermanentJobError(f"image {image_id} is gone: it expired (OFFLOAD_IMAGE_TTL_SECONDS) or never existed")
     started = time.perf_counter()
-    encoded, info = process(data, parsed, settings.IMAGE_MAX_PIXELS)
+    encoded, info = process(data, request.operations, settings.IMAGE_MAX_PIXELS)
     if len(encoded) > settings.IMAGE_MAX_RESULT_BYTES:
         raise PermanentJobError(
             f"the result is {len(encoded):,} bytes, at most {settings.IMAGE_MAX_RESULT_BYTES:,} "
             "(OFFLOAD_IMAGE_MAX_RESULT_BYTES)"
         )
-    if not self.images.save_result(image_id, self.job_id, encoded, info):
+    if not _images().save_result(image_id, ctx.job_id, encoded, info):
         raise PermanentJobError(f"image {image_id} expired, or was sent to another pipeline, while it was processed")
     logger.info(
         "image %s: %d operations, %s %dx%d, %d bytes in %.2fs",
         image_id,
-        len(parsed),
+        len(request.operations),
         info.format.value,
         info.width,
         info.height,
@@ -228,26 +196,19 @@ def process_image(self: ProcessTask, image_id: str, operations: list[dict[str, A
     return info.model_dump(mode="json")
 
 
-@shared_task(bind=True, base=IndexTask, name=TaskName.IMAGE_INDEX.value)
-def index_image(self: IndexTask, image_id: str) -> dict[str, Any]:
+def index_image(ctx: JobContext, request: ImageIndexPayload) -> dict[str, Any]:
     """Puts the processed image under its tags; returns them."""
-    record = self.images.get(image_id)
+    image_id = request.image_id
+    images = _images()
+    record = images.get(image_id)
     if record is None:
         raise PermanentJobError(f"image {image_id} expired before it was indexed")
-    if record.pipeline is None or record.pipeline.step(self.job_id) is None:
+    if record.pipeline is None or record.pipeline.step(ctx.job_id) is None:
         raise PermanentJobError(f"image {image_id} was sent to another pipeline; this one is no longer current")
     if record.result is None:
         raise PermanentJobError(f"image {image_id} has no result to index")
     result = record.result
     tags = [*derived_tags(result.format, result.width, result.height, result.mode), *record.tags]
-    if self.images.index(image_id, tags) is None:
+    if images.index(image_id, tags) is None:
         raise PermanentJobError(f"image {image_id} expired while it was indexed")
     return {"tags": tags, "format": result.format.value, "width": result.width, "height": result.height}
-
-
-@before_task_publish.connect
-def _stamp_chain_step(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """A pipeline's later steps are published by the worker when the step before succeeds: their
-    queue wait starts then, not when the API published the chain."""
-    if sender in (TaskName.IMAGE_INDEX, TaskName.NOTIFY) and headers is not None and not headers.get("retries"):
-        headers[ENQUEUED_AT_HEADER] = time.time()

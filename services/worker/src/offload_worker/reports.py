@@ -8,15 +8,11 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import cache
 
 import httpx
-from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from pydantic import ValidationError
 
-from offload_core.job_errors import PermanentJobError, TransientJobError
-from offload_core.job_task import JobTask
+from offload_core.jobs import JobStore
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.reports import (
     ReportEngine,
@@ -26,8 +22,8 @@ from offload_core.reports import (
     StoredResult,
     store_result,
 )
+from offload_core.sdk import JobContext, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 from offload_core.settings import get_settings
-from offload_core.topology import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -37,58 +33,36 @@ PROGRESS_INTERVAL_SECONDS = 0.5
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
-def _time_limits() -> tuple[int | None, int | None]:
-    """The report's own time limits, or None where the worker's OFFLOAD_TASK_* ones apply."""
-    settings = get_settings()
-    if settings.REPORT_SOFT_TIME_LIMIT_SECONDS is None and settings.REPORT_TIME_LIMIT_SECONDS is None:
-        return None, None
-    return settings.report_time_limits
+@cache
+def _store() -> JobStore:
+    """One Redis client per process, made on first use (after the pool process was forked)."""
+    return JobStore.from_settings(get_settings())
 
 
-class ReportTask(JobTask):
-    """A JobTask whose time limits may be the report's own (OFFLOAD_REPORT_*_TIME_LIMIT_SECONDS)."""
-
-    soft_time_limit, time_limit = _time_limits()
-
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if isinstance(exc, TimeLimitExceeded):
-            # The process was killed at the hard limit; say which limit that was.
-            _, hard = get_settings().report_time_limits
-            exc = PermanentJobError(f"timed out after {hard} s (the report's hard time limit; its process was killed)")
-        super().on_failure(exc, task_id, args, kwargs, einfo)
-
-
-@shared_task(bind=True, base=ReportTask, name=TaskName.REPORT.value)
-def run_report(self: ReportTask, /, **kwargs: Any) -> dict[str, object]:
+def run_report(ctx: JobContext, request: ReportRequest) -> dict[str, object]:
     """Returns the report's summary: rows read, matched and malformed (with the first problems),
     groups, bytes read, the result's format and size, and until when it can be downloaded."""
-    try:
-        # Checked again here: messages can reach the broker without the API (replays, other clients).
-        request = ReportRequest.model_validate(kwargs)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PermanentJobError(f"invalid report: {problems}") from exc
     settings = get_settings()
     engine = ReportEngine(request, ReportLimits.from_settings(settings))
     started = time.monotonic()
     try:
-        bytes_read = _fetch_and_aggregate(self, request, engine)
+        bytes_read = _fetch_and_aggregate(ctx, request, engine)
         body = engine.render()
     except ReportError as exc:
         raise PermanentJobError(str(exc)) from exc
-    except SoftTimeLimitExceeded as exc:
+    except JobTimeLimitExceeded as exc:
         soft, _ = settings.report_time_limits
         raise PermanentJobError(
             f"timed out after {soft} s with {engine.rows_read:,} rows read; a report may run "
             f"{soft} s (OFFLOAD_REPORT_SOFT_TIME_LIMIT_SECONDS, else OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS)"
         ) from exc
     store_result(
-        self.store.client, self.job_id, StoredResult(request.output_format, body), settings.REPORT_RESULT_TTL_SECONDS
+        _store().client, ctx.job_id, StoredResult(request.output_format, body), settings.REPORT_RESULT_TTL_SECONDS
     )
     elapsed = time.monotonic() - started
-    self.report_progress(100, f"{engine.rows_read:,} rows, done in {elapsed:.1f} s")
+    ctx.progress(100, f"{engine.rows_read:,} rows, done in {elapsed:.1f} s")
     logger.info(
-        "job %s: report over %d rows, %d groups, in %.1f s", self.job_id, engine.rows_read, engine.groups, elapsed
+        "job %s: report over %d rows, %d groups, in %.1f s", ctx.job_id, engine.rows_read, engine.groups, elapsed
     )
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.REPORT_RESULT_TTL_SECONDS)
     return {
@@ -96,13 +70,13 @@ def run_report(self: ReportTask, /, **kwargs: Any) -> dict[str, object]:
         "bytes_read": bytes_read,
         "output_format": request.output_format.value,
         "result_bytes": len(body),
-        "download_url": f"/v1/reports/{self.job_id}/download",
+        "download_url": f"/v1/reports/{ctx.job_id}/download",
         "expires_at": expires_at.isoformat(),
         "seconds": round(elapsed, 3),
     }
 
 
-def _fetch_and_aggregate(task: ReportTask, request: ReportRequest, engine: ReportEngine) -> int:
+def _fetch_and_aggregate(ctx: JobContext, request: ReportRequest, engine: ReportEngine) -> int:
     """Streams the source into the engine; returns the bytes read. Transport failures and 5xx
     are retried (the report starts over); other answers and unsafe addresses are final."""
     settings = get_settings()
@@ -115,7 +89,7 @@ def _fetch_and_aggregate(task: ReportTask, request: ReportRequest, engine: Repor
     try:
         with client, client.stream("GET", request.source_url, headers={"Accept": accept}) as response:
             _check_answer(response)
-            chunks = _SourceChunks(task, response, engine, settings.REPORT_MAX_SOURCE_BYTES)
+            chunks = _SourceChunks(ctx, response, engine, settings.REPORT_MAX_SOURCE_BYTES)
             engine.consume(chunks)
             return chunks.received
     except UnsafeURL as exc:
@@ -158,8 +132,8 @@ class _SourceChunks:
     """The response body as byte chunks, counting them against the source size limit and, at a
     bounded rate, writing progress and stopping when the job was cancelled."""
 
-    def __init__(self, task: ReportTask, response: httpx.Response, engine: ReportEngine, max_bytes: int) -> None:
-        self.task = task
+    def __init__(self, ctx: JobContext, response: httpx.Response, engine: ReportEngine, max_bytes: int) -> None:
+        self.ctx = ctx
         self.response = response
         self.engine = engine
         self.max_bytes = max_bytes
@@ -188,16 +162,16 @@ class _SourceChunks:
                 next_tick = time.monotonic() + PROGRESS_INTERVAL_SECONDS
 
     def tick(self) -> None:
-        self.task.raise_if_cancelled()
+        self.ctx.check_cancelled()
         rows = f"{self.engine.rows_read:,} rows"
         downloaded = self.response.num_bytes_downloaded
         if self.total:
             # 99 at most: the last step (rendering, storing) is still ahead.
             percent = min(99, downloaded * 100 // self.total)
-            self.task.report_progress(percent, f"{rows} ({_megabytes(downloaded)} of {_megabytes(self.total)})")
+            self.ctx.progress(percent, f"{rows} ({_megabytes(downloaded)} of {_megabytes(self.total)})")
         else:
             # Without a Content-Length nobody knows how far along this is.
-            self.task.report_progress(0, f"{rows} ({_megabytes(downloaded)} read, size unknown)")
+            self.ctx.progress(0, f"{rows} ({_megabytes(downloaded)} read, size unknown)")
 
 
 def _megabytes(count: int) -> str:

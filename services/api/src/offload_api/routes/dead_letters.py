@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import DeadLettersDep, SettingsDep
+from offload_api.deps import DeadLettersDep, JobTypesDep, SettingsDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_core.dead_letters import DeadLetter, DeadLetterPage
-from offload_core.topology import ROUTES, Queue, TaskName
+from offload_core.topology import Queue
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 
@@ -47,12 +47,17 @@ def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) 
 @router.post(
     "/{dead_letter_id}/replay",
     status_code=202,
-    responses={**SUBMIT_RESPONSES, 404: {"description": "No such dead letter."}},
+    responses={
+        **SUBMIT_RESPONSES,
+        404: {"description": "No such dead letter."},
+        409: {"description": "Its job type is no longer registered, or the Idempotency-Key was reused."},
+    },
 )
 async def replay_dead_letter(
     dead_letter_id: DeadLetterId,
     dead_letters: DeadLettersDep,
     publisher: PublisherDep,
+    job_types: JobTypesDep,
     idempotency: IdempotencyDep,
     response: Response,
 ) -> JobAccepted:
@@ -61,15 +66,18 @@ async def replay_dead_letter(
     letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
     if letter is None:
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
-    if letter.task not in ROUTES:
+    job_type = job_types.get(letter.task)
+    if job_type is None:
         raise HTTPException(
-            409, f"Task {letter.task!r} no longer exists, so dead letter {letter.id} cannot be replayed."
+            409,
+            f"Job type {letter.task!r} is no longer registered here, so dead letter {letter.id} cannot be "
+            f"replayed; install the package that declares it, or delete the dead letter.",
         )
-    task = TaskName(letter.task)
-    route = ROUTES[task]
-    # The queue it failed on, unless the topology no longer allows it there.
-    queue = Queue(letter.queue) if letter.queue in route.allowed_queues else route.queue
-    accepted = await enqueue(publisher, task, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id)
+    # The queue it failed on, unless its job type no longer allows it there.
+    queue = Queue(letter.queue if letter.queue in job_type.allowed_queues else job_type.queue)
+    accepted = await enqueue(
+        publisher, job_type, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id
+    )
     await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
     response.headers["Location"] = accepted.status_url
     return accepted

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
+from offload_core import builtin_jobs
 from offload_core.payloads import EmailRequest
-from offload_core.topology import TaskName
 
 router = APIRouter(tags=["emails"])
 
@@ -20,7 +20,7 @@ async def submit_email(
     result lists the recipients the server accepted and those it refused, with its replies."""
     accepted = await enqueue(
         publisher,
-        TaskName.SEND_EMAIL,
+        builtin_jobs.send_email,
         body.task_kwargs(),
         queue=body.queue,
         priority=body.priority,

@@ -20,6 +20,7 @@ from offload_api.enqueue import SUBMIT_RESPONSES, ChainStep, JobAccepted, enqueu
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep, request_fingerprint
 from offload_api.routes.notifications import check_webhook_targets
+from offload_core import builtin_jobs
 from offload_core.images import (
     MAX_SEARCH_TAGS,
     SEARCH_TAG,
@@ -51,7 +52,6 @@ from offload_core.notifications import NotificationTargets
 from offload_core.outbound import OutboundPolicy
 from offload_core.payloads import NotificationMessage, NotificationRequest
 from offload_core.settings import Settings
-from offload_core.topology import TaskName
 
 router = APIRouter(prefix="/images", tags=["images"])
 
@@ -353,13 +353,13 @@ def process_image(
     planned = PlannedOutput(format=output_format(original.format, body.operations), width=width, height=height)
     operations = operations_json(body.operations)
     steps = [
-        ChainStep(TaskName.IMAGE_PROCESS, {"image_id": image_id, "operations": operations}),
-        ChainStep(TaskName.IMAGE_INDEX, {"image_id": image_id}),
+        ChainStep(builtin_jobs.image_process, {"image_id": image_id, "operations": operations}),
+        ChainStep(builtin_jobs.image_index, {"image_id": image_id}),
     ]
     names = [StepName.PROCESS, StepName.INDEX]
     notification = _notification(image_id, body, planned, settings) if body.notify else None
     if notification is not None:
-        steps.append(ChainStep(TaskName.NOTIFY, notification.task_kwargs(), priority=notification.priority))
+        steps.append(ChainStep(builtin_jobs.notify, notification.task_kwargs(), priority=notification.priority))
         names.append(StepName.NOTIFY)
 
     def start_pipeline(accepted: list[JobAccepted]) -> None:

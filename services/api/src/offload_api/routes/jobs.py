@@ -8,11 +8,12 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
+from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
+from offload_core import builtin_jobs
 from offload_core.job_index import CURSOR_PATTERN, JobPage, JobQuery, list_jobs
 from offload_core.jobs import CancelOutcome, Job, JobStatus, JobStore
 from offload_core.payloads import EchoRequest
@@ -24,13 +25,13 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_echo(
-    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response, job_types: JobTypesDep
+    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
 ) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts.
     The same as `POST /v1/jobs/offload.echo` with the queue and priority inside the payload."""
     accepted = await enqueue(
         publisher,
-        job_types["offload.echo"],
+        builtin_jobs.echo,
         body.task_kwargs(),
         queue=body.queue,
         priority=body.priority,

@@ -13,10 +13,10 @@ from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_api.reachability import Reachability, start_checks
 from offload_api.routes.jobs import JobId
+from offload_core import builtin_jobs
 from offload_core.notifications import Notification, NotificationTargets
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.payloads import EmailTarget, NotificationRequest, WebhookTarget
-from offload_core.topology import TaskName
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -56,7 +56,7 @@ async def submit_notification(
 
     accepted = await enqueue(
         publisher,
-        TaskName.NOTIFY,
+        builtin_jobs.notify,
         kwargs,
         priority=body.priority,
         idempotency=idempotency,
@@ -70,7 +70,7 @@ async def submit_notification(
 @router.get("/{job_id}", responses={404: {"description": "No such notification (or it expired)."}})
 def get_notification(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Notification:
     job = store.get(job_id)
-    if job is None or job.task != TaskName.NOTIFY:
+    if job is None or job.task != builtin_jobs.notify.name:
         raise HTTPException(404, f"No notification {job_id}: it never existed or its record expired.")
     targets = NotificationTargets(store.client, settings.JOB_TTL_SECONDS).all(job_id)
     targets = Reachability(store.client, settings.JOB_TTL_SECONDS).merge(job_id, targets)

@@ -16,10 +16,10 @@ from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
+from offload_core import builtin_jobs
 from offload_core.jobs import FINISHED, Job, JobStatus, JobStore
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.reports import ReportSubmission, load_result
-from offload_core.topology import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _report(job: Job) -> Report:
 
 def _find(store: JobStore, job_id: str) -> Job:
     job = store.get(job_id)
-    if job is None or job.task != TaskName.REPORT:
+    if job is None or job.task != builtin_jobs.report.name:
         raise HTTPException(404, f"No report {job_id}: it never existed or its record expired.")
     return job
 
@@ -79,7 +79,7 @@ async def submit_report(
     except UnsafeURL as exc:
         raise InvalidField("body.source_url", str(exc)) from exc
     accepted = await enqueue(
-        publisher, TaskName.REPORT, body.task_kwargs(), priority=body.priority, idempotency=idempotency
+        publisher, builtin_jobs.report, body.task_kwargs(), priority=body.priority, idempotency=idempotency
     )
     links = _links(accepted.id)
     response.headers["Location"] = links["status_url"]
