@@ -43,7 +43,7 @@ from bench.harness import (
     ratio,
     write_result,
 )
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
 
 NAME = "ceiling"
 KEY = "bench:ceiling"

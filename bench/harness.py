@@ -468,12 +468,12 @@ class Stack:
 
 class OffloadPublisher:
     """Accepts jobs as services/api's JobPublisher does, without the HTTP layer: the same Celery
-    message (offload_core.task_message) and the same script writing it with the job's record
-    (offload_core.jobs.SUBMIT), pipelined 500 jobs a round trip."""
+    message (offload_core.runtime.task_message) and the same script writing it with the job's record
+    (offload_core.store.jobs.SUBMIT), pipelined 500 jobs a round trip."""
 
     def __init__(self, redis_url: str, api_key: str) -> None:
-        from offload_core.jobs import SUBMIT
         from offload_core.settings import Settings
+        from offload_core.store.jobs import SUBMIT
 
         self.settings = Settings(REDIS_URL=redis_url, API_KEYS=[api_key])
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -482,9 +482,9 @@ class OffloadPublisher:
     def publish(self, n: int, kwargs: dict[str, object], queue: str | None = None) -> list[str]:
         import uuid
 
-        from offload_core.builtin_jobs import echo
-        from offload_core.jobs import submit_call
-        from offload_core.queue_state import ENQUEUED_AT_HEADER
+        from offload_core.contract.builtin_jobs import echo
+        from offload_core.store.jobs import submit_call
+        from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
         target = queue or echo.queue
         ids = []
@@ -514,7 +514,7 @@ class OffloadPublisher:
 
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
-    from offload_core.topology import priority_lists
+    from offload_core.contract.topology import priority_lists
 
     pipe = client.pipeline(transaction=False)
     for name in priority_lists(queue):
@@ -524,7 +524,7 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
 
 def job_times(client: redis.Redis, ids: Sequence[str]) -> list[dict[str, Any]]:
     """status, created_at, started_at, finished_at of each job record (None when absent)."""
-    from offload_core.jobs import job_key
+    from offload_core.store.jobs import job_key
 
     fields = ("status", "created_at", "started_at", "finished_at")
     rows: list[dict[str, Any]] = []

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import standardwebhooks
 
+from offload_core.engines.webhooks import signature_header
 from offload_core.settings import Settings, webhook_secret_problem
-from offload_core.webhooks import signature_header
 from tests.chart.conftest import VALUE_SETS
 from tests.chart.render import RELEASE, Manifest, Rendered, env_of, pod_spec, render, render_error
 from tests.system.harness import API_ENV, _worker_env

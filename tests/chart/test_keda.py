@@ -9,7 +9,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
 from tests.chart.render import Manifest, Rendered, env_of, pod_spec, render, shared_schemas
 
 

@@ -20,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
 from offload_api import metrics as api_metrics
-from offload_core import worker_metrics
+from offload_core.runtime import worker_metrics
 from tests.chart.render import (
     CHART_DIR,
     MONITORING_KINDS,

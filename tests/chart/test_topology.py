@@ -1,5 +1,5 @@
 """The chart follows the one declaration of queues and worker sets: its defaults are the Python
-defaults (offload_core.topology, the settings), and a set added through values alone brings its
+defaults (offload_core.contract.topology, the settings), and a set added through values alone brings its
 queue everywhere (OFFLOAD_QUEUES of every component, its own Deployment, autoscaler and PDB)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import json
 import re
 from typing import Any
 
-from offload_core.settings import Settings
-from offload_core.topology import (
+from offload_core.contract.topology import (
     DEFAULT_WORKER_SETS,
     NOTIFIER_QUEUES,
     QUEUE_NAME,
@@ -17,6 +16,7 @@ from offload_core.topology import (
     WORKER_QUEUES,
     priority_lists,
 )
+from offload_core.settings import Settings
 from tests.chart.conftest import VALUE_SETS
 from tests.chart.render import CHART_DIR, Manifest, Rendered, default_values, env_of, pod_spec, render
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from offload_core.payloads import EchoPayload
+from offload_core.contract.payloads import EchoPayload
 from offload_core.sdk import JobType, declare_job
 
 OWN_QUEUE = "acme-bulk_1"  # a hyphen and an underscore: names a user may choose
@@ -14,5 +14,5 @@ acme_echo: JobType[EchoPayload, dict[str, Any]] = declare_job(
     "acme.echo",
     request=EchoPayload,
     queue=OWN_QUEUE,
-    handler="offload_core.probe:echo",
+    handler="offload_core.engines.probe:echo",
 )

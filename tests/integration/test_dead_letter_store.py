@@ -10,8 +10,8 @@ import redis
 from fastapi import Response
 
 from offload_api.idempotency import IdempotencyKey
-from offload_core.dead_letters import DeadLetters, dead_letter_key, index_key
-from offload_core.jobs import JobStatus, JobStore
+from offload_core.store.dead_letters import DeadLetters, dead_letter_key, index_key
+from offload_core.store.jobs import JobStatus, JobStore
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 

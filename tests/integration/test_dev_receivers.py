@@ -18,8 +18,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from offload_core.engines.webhooks import deliver, event_body
 from offload_core.settings import Settings
-from offload_core.webhooks import deliver, event_body
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
 from offload_dev.run_local import delivery_env, new_webhook_secret

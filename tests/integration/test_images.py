@@ -16,7 +16,7 @@ import redis
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
-from offload_core.images import original_key
+from offload_core.store.images import original_key
 from offload_dev.polling import wait_for
 from tests.conftest import Stack
 from tests.support import WEBHOOK_SECRETS

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import redis
 
-from offload_core.dead_letters import DeadLetters
-from offload_core.jobs import FINISHED, SUBMIT, Job, JobStatus, JobStore, submit_call
-from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.store.dead_letters import DeadLetters
+from offload_core.store.jobs import FINISHED, SUBMIT, Job, JobStatus, JobStore, submit_call
+from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 from tests.sdk_user.hook_jobs import ENDS_KEY

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from offload_core.jobs import CancelOutcome, JobStatus, JobStore, StartOutcome, job_key
+from offload_core.store.jobs import CancelOutcome, JobStatus, JobStore, StartOutcome, job_key
 from offload_dev.redis_server import RedisServer, free_port
 
 

@@ -22,7 +22,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from offload_api.metrics import QueueCollector
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 from tests.conftest import Stack

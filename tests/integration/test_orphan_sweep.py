@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis
 
-from offload_core.orphans import UNACKED_KEY
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
+from offload_core.runtime.orphans import UNACKED_KEY
 from offload_dev.polling import wait_for
 from tests.support import (
     TEST_SETTINGS,

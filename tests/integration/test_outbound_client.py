@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from offload_core.outbound import OutboundPolicy, Resolver, UnsafeURL, system_resolve
+from offload_core.engines.outbound import OutboundPolicy, Resolver, UnsafeURL, system_resolve
 from offload_dev.redis_server import free_port
 from tests.receivers import ScriptedReply, WebhookReceiver
 

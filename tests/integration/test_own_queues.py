@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from offload_core.jobs import SUBMIT, submit_call
-from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
+from offload_core.store.jobs import SUBMIT, submit_call
+from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 from offload_dev.polling import wait_for
 from tests.integration.own_queue_jobs import OWN_QUEUE
 from tests.support import TEST_SETTINGS, api_on_own_redis, start_worker, wait_job

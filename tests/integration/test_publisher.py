@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from offload_api.batching import ScriptBatcher
-from offload_core.celery_app import create_celery_app
+from offload_core.contract.topology import Queue, priority_lists
+from offload_core.runtime.celery_app import create_celery_app
+from offload_core.runtime.task_message import queue_list, task_message
 from offload_core.settings import Settings
-from offload_core.task_message import queue_list, task_message
-from offload_core.topology import Queue, priority_lists
 from offload_dev.redis_server import RedisServer, free_port
 
 # Fields that differ between any two messages, or that we fill on purpose in our own way.

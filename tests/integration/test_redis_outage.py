@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker, submit_echo, wait_job

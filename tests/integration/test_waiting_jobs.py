@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from offload_core.jobs import (
+from offload_core.store.jobs import (
     WAITING_KEY,
     CancelOutcome,
     JobStatus,

@@ -1,4 +1,4 @@
-"""The worker takes a backlog in batches (offload_core.worker_transport) without giving up what
+"""The worker takes a backlog in batches (offload_core.runtime.worker_transport) without giving up what
 kombu's one-message-per-BRPOP path guarantees: priority order, every taken message recorded as
 unacknowledged until its job ended, acks that reach Redis, and a killed worker's reserved jobs
 coming back. Real Redis, API and worker processes."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from offload_core.orphans import UNACKED_KEY
+from offload_core.runtime.orphans import UNACKED_KEY
 from offload_dev.polling import wait_for
 from tests.support import (
     TEST_SETTINGS,

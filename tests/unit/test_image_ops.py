@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
-from offload_core.images import (
+from offload_core.contract.job_errors import PermanentJobError
+from offload_core.store.images import (
     OPERATIONS,
     Crop,
     ImageFormat,
@@ -31,8 +32,7 @@ from offload_core.images import (
     rotated_size,
     sniff_format,
 )
-from offload_core.job_errors import PermanentJobError
-from offload_core.jobs import Job, JobStatus, Progress
+from offload_core.store.jobs import Job, JobStatus, Progress
 from offload_worker.images import open_image, process
 
 MAX_PIXELS = 40_000_000

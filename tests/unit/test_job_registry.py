@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from offload_core.job_task import job_time_limits
-from offload_core.registry import JobTypeError, load_job_types
+from offload_core.contract.registry import JobTypeError, load_job_types
+from offload_core.contract.topology import Queue
+from offload_core.runtime.job_task import job_time_limits
 from offload_core.settings import Settings
-from offload_core.topology import Queue
 
 QUEUES = [str(q) for q in Queue]
 
@@ -89,7 +89,8 @@ def test_a_plugin_cannot_take_a_builtin_name(write_module: WriteModule) -> None:
     name = write_module(DECLARES + "echo = declare_job('offload.echo', request=Request, handler='x.y:z')\n")
     message = refused(name)
     assert (
-        "job type 'offload.echo' is declared twice: by Offload's built-in module offload_core.builtin_jobs" in message
+        "job type 'offload.echo' is declared twice: by Offload's built-in module offload_core.contract.builtin_jobs"
+        in message
     )
     assert f"and by module {name}" in message
 

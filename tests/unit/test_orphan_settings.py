@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from offload_core.runtime.task_message import message_job_id
 from offload_core.settings import Settings
-from offload_core.task_message import message_job_id
 
 
 def test_defaults_recover_a_lost_message_within_two_minutes() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from offload_core.outbound import ALLOWED_HOSTS_SETTING, MAX_URL_LENGTH, OutboundPolicy, UnsafeURL, non_public
+from offload_core.engines.outbound import ALLOWED_HOSTS_SETTING, MAX_URL_LENGTH, OutboundPolicy, UnsafeURL, non_public
 from offload_core.settings import Settings
 
 NOBODY = OutboundPolicy([])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from offload_core.reports import ReportEngine, ReportError, ReportLimits, ReportRequest, split_lines
+from offload_core.engines.reports import ReportEngine, ReportError, ReportLimits, ReportRequest, split_lines
 
 URL = "https://data.example.com/source"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offload_core.topology import DEFAULT_WORKER_SETS, WorkerSet
+from offload_core.contract.topology import DEFAULT_WORKER_SETS, WorkerSet
 from offload_dev.run_local import local_worker_sets, worker_processes
 
 

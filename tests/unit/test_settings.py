@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from offload_core.contract.topology import Queue
 from offload_core.settings import Settings
-from offload_core.topology import Queue
 
 KEY = "k" * 16
 

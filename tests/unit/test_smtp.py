@@ -8,8 +8,8 @@ from email.message import EmailMessage, MIMEPart
 
 import pytest
 
+from offload_core.engines.smtp import build_message, message_id_for
 from offload_core.settings import Settings
-from offload_core.smtp import build_message, message_id_for
 
 SETTINGS = Settings(EMAIL_FROM="Offload <offload@mail.example>")
 

@@ -5,11 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offload_core.celery_app import celery_config, task_routes
-from offload_core.job_task import retry_countdown
-from offload_core.registry import load_job_types
-from offload_core.settings import Settings
-from offload_core.topology import (
+from offload_core.contract.registry import load_job_types
+from offload_core.contract.topology import (
     BUILTIN_QUEUES,
     DEFAULT_WORKER_SETS,
     NOTIFIER_QUEUES,
@@ -18,6 +15,9 @@ from offload_core.topology import (
     priority_lists,
     queue_name_problem,
 )
+from offload_core.runtime.celery_app import celery_config, task_routes
+from offload_core.runtime.job_task import retry_countdown
+from offload_core.settings import Settings
 
 SETTINGS = Settings(API_KEYS=["k" * 16])
 BUILTINS = load_job_types(SETTINGS)

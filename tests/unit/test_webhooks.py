@@ -8,8 +8,8 @@ from email.utils import formatdate
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from offload_core.engines.webhooks import event_body, retry_after_seconds, signature_header
 from offload_core.settings import Settings
-from offload_core.webhooks import event_body, retry_after_seconds, signature_header
 from tests.support import WEBHOOK_SECRETS
 
 

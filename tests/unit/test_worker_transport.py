@@ -8,7 +8,7 @@ import pytest
 from kombu import Connection
 from kombu import transport as kombu_transports
 
-from offload_core import worker_transport
+from offload_core.runtime import worker_transport
 
 
 @pytest.fixture

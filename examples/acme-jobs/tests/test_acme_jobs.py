@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from acme_jobs.jobs import FetchRequest, FetchResult, PrimesRequest, PrimesResult, count_primes, fetch
-from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.registry import job_types_in
+from offload_core.contract.registry import job_types_in
+from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.sdk import JobCancelled, JobContext, PermanentJobError, TransientJobError
 
 BODY = b"acme " * 1000

@@ -17,7 +17,7 @@ value and says what to do. Included once, from configmap.yaml (which always rend
 {{- end -}}
 
 {{/*
-The built-in queues (offload_core.topology), by the image whose code runs their jobs: the
+The built-in queues (offload_core.contract.topology), by the image whose code runs their jobs: the
 worker's (emails, reports, images) and the notifier's (notifications). Every deployment has
 them; the worker sets may add queues of their own. tests/chart/test_topology.py checks this
 against the Python declaration.

@@ -287,7 +287,7 @@ zeros and falses in the entry win (sprig's merge would drop them).
 
 {{/*
 The deployment's queues, OFFLOAD_QUEUES of every component: every queue some worker set
-consumes, the built-in ones first (in offload_core.topology's order), then the others in the
+consumes, the built-in ones first (in offload_core.contract.topology's order), then the others in the
 order the sets first name them. The worker sets are the one declaration of the queues; a new
 set with a new queue adds it everywhere.
 */}}

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
-from offload_core.job_errors import JobCancelled, JobTimeLimitExceeded, PermanentJobError, TransientJobError
+from offload_core.contract.job_errors import JobCancelled, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 
 if TYPE_CHECKING:
     import httpx

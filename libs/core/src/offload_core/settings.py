@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from offload_core.topology import BUILTIN_QUEUES, queue_name_problem
-from offload_core.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
+from offload_core.contract.topology import BUILTIN_QUEUES, queue_name_problem
+from offload_core.contract.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
 
 
 def _split_csv(value: object) -> object:
@@ -250,7 +250,7 @@ class Settings(BaseSettings):
     @field_validator("OUTBOUND_ALLOWED_HOSTS")
     @classmethod
     def _allowed_hosts_parse(cls, value: list[str]) -> list[str]:
-        from offload_core.outbound import OutboundPolicy  # it imports this module
+        from offload_core.engines.outbound import OutboundPolicy  # it imports this module
 
         OutboundPolicy(value)  # raises ValueError naming the entry that is not a host, address or network
         return value

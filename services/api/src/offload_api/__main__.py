@@ -4,8 +4,8 @@ import sys
 
 import uvicorn
 
+from offload_core.contract.registry import JobTypeError, load_job_types
 from offload_core.logs import configure_logging
-from offload_core.registry import JobTypeError, load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, refuse_unsupported_settings
 

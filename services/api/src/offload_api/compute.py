@@ -35,9 +35,9 @@ from typing import Any
 
 import redis
 
-from offload_core.jobs import JobStatus, JobStore, StartOutcome
-from offload_core.queue_state import QueueState
 from offload_core.settings import Settings
+from offload_core.store.jobs import JobStatus, JobStore, StartOutcome
+from offload_core.store.queue_state import QueueState
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from celery import Celery
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from offload_core.dead_letters import DeadLetters
-from offload_core.jobs import JobStore
-from offload_core.registry import JobTypes
+from offload_core.contract.registry import JobTypes
 from offload_core.settings import Settings, get_settings
+from offload_core.store.dead_letters import DeadLetters
+from offload_core.store.jobs import JobStore
 
 
 async def current_settings() -> Settings:

@@ -27,12 +27,13 @@ from offload_api.batching import ScriptBatcher
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
-from offload_core import builtin_jobs, telemetry
-from offload_core.celery_app import job_signature, send_jobs
-from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
+from offload_core import telemetry
+from offload_core.contract import builtin_jobs
 from offload_core.logs import REQUEST_JOB, job_fields
-from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.runtime.celery_app import job_signature, send_jobs
 from offload_core.sdk import JobType
+from offload_core.store.jobs import SUBMIT, JobStatus, JobStore, submit_call
+from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -64,7 +65,7 @@ class JobAccepted(BaseModel):
 
 class JobPublisher:
     """Accepts jobs on the event loop: the record, the kept arguments, the waiting-set entry and
-    the Celery message go in together (offload_core.jobs.SUBMIT), so a job exists wholly or not
+    the Celery message go in together (offload_core.store.jobs.SUBMIT), so a job exists wholly or not
     at all; concurrent submits share round trips (ScriptBatcher); no thread, producer pool or
     exchange lookup is involved."""
 

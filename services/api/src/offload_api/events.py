@@ -19,7 +19,7 @@ import anyio.to_thread
 import redis
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from offload_core.jobs import FINISHED, Job, JobStore
+from offload_core.store.jobs import FINISHED, Job, JobStore
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Header, HTTPException, Request, Response
 
 from offload_api.errors import InvalidField
-from offload_core.lua_scripts import lua
 from offload_core.settings import get_settings
+from offload_core.store.lua_scripts import lua
 
 HEADER = "Idempotency-Key"
 KEY_PREFIX = "offload:idempotency:"

@@ -25,12 +25,12 @@ from offload_api.routes import images as image_routes
 from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
 from offload_api.trace_context import TraceContext
-from offload_core.celery_app import create_celery_app
-from offload_core.dead_letters import DeadLetters
-from offload_core.jobs import JobStore, async_redis_client
+from offload_core.contract.registry import load_job_types
 from offload_core.otlp_metrics import start_metrics_export
-from offload_core.registry import load_job_types
+from offload_core.runtime.celery_app import create_celery_app
 from offload_core.settings import get_settings
+from offload_core.store.dead_letters import DeadLetters
+from offload_core.store.jobs import JobStore, async_redis_client
 from offload_core.telemetry import API_SERVICE, setup_tracing
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from offload_core.queue_state import QueueState, read_queue_states
+from offload_core.contract.topology import BUILTIN_QUEUES
 from offload_core.settings import Settings
-from offload_core.topology import BUILTIN_QUEUES
+from offload_core.store.queue_state import QueueState, read_queue_states
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
 REGISTRY = CollectorRegistry()

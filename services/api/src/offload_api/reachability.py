@@ -24,11 +24,11 @@ import redis
 from fastapi import Request
 
 from offload_api.background import TaskTracker
-from offload_core.jobs import KEY_PREFIX
-from offload_core.notifications import TargetRecord
-from offload_core.outbound import DEFAULT_PORTS, OutboundPolicy, UnsafeURL
-from offload_core.payloads import WebhookTarget
+from offload_core.contract.payloads import WebhookTarget
+from offload_core.engines.outbound import DEFAULT_PORTS, OutboundPolicy, UnsafeURL
 from offload_core.settings import Settings
+from offload_core.store.jobs import KEY_PREFIX
+from offload_core.store.notifications import TargetRecord
 
 logger = logging.getLogger(__name__)
 

@@ -2,18 +2,18 @@
 
 import sys
 
+from offload_core.runtime.worker_env import prepare_worker_environment
 from offload_core.settings import get_settings
-from offload_core.worker_env import prepare_worker_environment
 
 
 def main() -> None:
     # Before Celery and prometheus_client are imported (see worker_env).
     prepare_worker_environment(get_settings())
-    from offload_core.registry import JobTypeError
+    from offload_core.contract.registry import JobTypeError
     from offload_core.telemetry import NOTIFIER_SERVICE, refuse_unsupported_settings
 
     refuse_unsupported_settings(NOTIFIER_SERVICE)
-    from offload_core.worker_runtime import run_worker
+    from offload_core.runtime.worker_runtime import run_worker
 
     try:
         from offload_notifier.app import app, queues

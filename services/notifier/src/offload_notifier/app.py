@@ -5,9 +5,9 @@ import logging
 
 from celery.signals import worker_ready
 
-from offload_core.celery_app import create_celery_app, register_worker_job_types
+from offload_core.contract.topology import NOTIFIER_QUEUES
+from offload_core.runtime.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
-from offload_core.topology import NOTIFIER_QUEUES
 
 # Its worker set's queues (the chart sets OFFLOAD_WORKER_QUEUES); `high` alone by default.
 queues = get_settings().consumed_queues(NOTIFIER_QUEUES)

@@ -20,14 +20,14 @@ from typing import Any
 
 import httpx
 
-from offload_core import smtp, webhooks
-from offload_core.job_task import retry_countdown
-from offload_core.jobs import JobStore
-from offload_core.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
-from offload_core.outbound import OutboundPolicy
-from offload_core.payloads import NotificationPayload
+from offload_core.contract.payloads import NotificationPayload
+from offload_core.engines import smtp, webhooks
+from offload_core.engines.outbound import OutboundPolicy
+from offload_core.runtime.job_task import retry_countdown
 from offload_core.sdk import JobContext, JobEnd, PermanentJobError, TransientJobError
 from offload_core.settings import Settings, get_settings
+from offload_core.store.jobs import JobStore
+from offload_core.store.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
 
 logger = logging.getLogger(__name__)
 

@@ -2,19 +2,19 @@
 
 import sys
 
+from offload_core.runtime.worker_env import prepare_worker_environment
 from offload_core.settings import get_settings
-from offload_core.worker_env import prepare_worker_environment
 
 
 def main() -> None:
     settings = get_settings()
     # Before Celery and prometheus_client are imported (see worker_env).
     prepare_worker_environment(settings)
-    from offload_core.registry import JobTypeError
+    from offload_core.contract.registry import JobTypeError
     from offload_core.telemetry import WORKER_SERVICE, refuse_unsupported_settings
 
     refuse_unsupported_settings(WORKER_SERVICE)
-    from offload_core.worker_runtime import run_worker
+    from offload_core.runtime.worker_runtime import run_worker
 
     try:
         from offload_worker.app import app

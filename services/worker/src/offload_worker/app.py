@@ -1,7 +1,7 @@
 """The worker's Celery app: the shared configuration plus a task for every job type that may run
-on the queues this worker consumes (offload_core.registry)."""
+on the queues this worker consumes (offload_core.contract.registry)."""
 
-from offload_core.celery_app import create_celery_app, register_worker_job_types
+from offload_core.runtime.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
 
 settings = get_settings()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from offload_core import smtp
-from offload_core.payloads import EmailPayload
+from offload_core.contract.payloads import EmailPayload
+from offload_core.engines import smtp
 from offload_core.sdk import JobContext
 from offload_core.settings import get_settings
 

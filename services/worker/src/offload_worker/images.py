@@ -21,7 +21,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from offload_core.images import (
+from offload_core.sdk import JobContext, JobEnd, PermanentJobError
+from offload_core.settings import get_settings
+from offload_core.store.images import (
     Convert,
     Crop,
     Grayscale,
@@ -41,9 +43,7 @@ from offload_core.images import (
     size_after,
     sniff_format,
 )
-from offload_core.jobs import JobStore
-from offload_core.sdk import JobContext, JobEnd, PermanentJobError
-from offload_core.settings import get_settings
+from offload_core.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ from functools import cache
 
 import httpx
 
-from offload_core.jobs import JobStore
-from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.reports import (
+from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
+from offload_core.engines.reports import (
     ReportEngine,
     ReportError,
     ReportLimits,
@@ -24,6 +23,7 @@ from offload_core.reports import (
 )
 from offload_core.sdk import JobContext, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 from offload_core.settings import get_settings
+from offload_core.store.jobs import JobStore
 
 logger = logging.getLogger(__name__)
 

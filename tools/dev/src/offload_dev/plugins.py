@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from offload_core.registry import ENTRY_POINT_GROUP, job_types_in
+from offload_core.contract.registry import ENTRY_POINT_GROUP, job_types_in
 
 UV = Path(__file__).resolve().parents[4] / ".tools" / "bin" / "uv"
 

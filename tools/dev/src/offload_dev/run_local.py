@@ -2,7 +2,7 @@
 on this machine, no Docker, plus a mail sink and a webhook receiver that print what the services
 deliver.
 
-The worker sets are the chart's defaults (offload_core.topology.DEFAULT_WORKER_SETS), plus one
+The worker sets are the chart's defaults (offload_core.contract.topology.DEFAULT_WORKER_SETS), plus one
 worker for each queue of your own named in OFFLOAD_QUEUES, e.g. ``OFFLOAD_QUEUES=high,default,low,acme``.
 
 `--plugin PATH` (repeatable; `make run PLUGINS="path ..."`) adds job plugin projects: they are
@@ -26,8 +26,8 @@ from pathlib import Path
 import honcho.manager
 from honcho.environ import parse_procfile
 
+from offload_core.contract.topology import BUILTIN_QUEUES, DEFAULT_WORKER_SETS, WorkerSet, queue_name_problem
 from offload_core.logs import Redactor
-from offload_core.topology import BUILTIN_QUEUES, DEFAULT_WORKER_SETS, WorkerSet, queue_name_problem
 from offload_dev.plugins import install_plugins, plugin_queues
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 

@@ -20,8 +20,8 @@ from offload_api.enqueue import SUBMIT_RESPONSES
 from offload_api.errors import InvalidField, error_body
 from offload_api.idempotency import IdempotencyDep, request_fingerprint
 from offload_api.metrics import JOBS_SUBMITTED
-from offload_core.jobs import JobStatus
-from offload_core.topology import MAX_PRIORITY, MIN_PRIORITY
+from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY
+from offload_core.store.jobs import JobStatus
 
 router = APIRouter(tags=["compute"])
 

@@ -11,8 +11,8 @@ from offload_api.deps import DeadLettersDep, JobTypesDep, SettingsDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
-from offload_core.dead_letters import DeadLetter, DeadLetterPage
-from offload_core.topology import Queue
+from offload_core.contract.topology import Queue
+from offload_core.store.dead_letters import DeadLetter, DeadLetterPage
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
 

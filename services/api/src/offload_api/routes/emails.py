@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
-from offload_core import builtin_jobs
-from offload_core.payloads import EmailRequest
+from offload_core.contract import builtin_jobs
+from offload_core.contract.payloads import EmailRequest
 
 router = APIRouter(tags=["emails"])
 

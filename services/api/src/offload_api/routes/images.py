@@ -20,8 +20,11 @@ from offload_api.enqueue import SUBMIT_RESPONSES, ChainStep, JobAccepted, enqueu
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep, request_fingerprint
 from offload_api.routes.notifications import check_webhook_targets
-from offload_core import builtin_jobs
-from offload_core.images import (
+from offload_core.contract import builtin_jobs
+from offload_core.contract.payloads import NotificationMessage, NotificationRequest
+from offload_core.engines.outbound import OutboundPolicy
+from offload_core.settings import Settings
+from offload_core.store.images import (
     MAX_SEARCH_TAGS,
     SEARCH_TAG,
     ImageFormat,
@@ -47,11 +50,8 @@ from offload_core.images import (
     plan,
     sniff_format,
 )
-from offload_core.jobs import JobStatus, JobStore
-from offload_core.notifications import NotificationTargets
-from offload_core.outbound import OutboundPolicy
-from offload_core.payloads import NotificationMessage, NotificationRequest
-from offload_core.settings import Settings
+from offload_core.store.jobs import JobStatus, JobStore
+from offload_core.store.notifications import NotificationTargets
 
 router = APIRouter(prefix="/images", tags=["images"])
 

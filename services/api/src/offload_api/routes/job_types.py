@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
-from offload_core.job_task import job_time_limits
-from offload_core.queue_state import read_queue_states
-from offload_core.registry import JobTypes
+from offload_core.contract.registry import JobTypes
+from offload_core.runtime.job_task import job_time_limits
 from offload_core.sdk import MAX_PRIORITY, MIN_PRIORITY, JobType
 from offload_core.settings import Settings
+from offload_core.store.queue_state import read_queue_states
 
 router = APIRouter(tags=["job types"])
 

@@ -13,10 +13,10 @@ from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enq
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
-from offload_core import builtin_jobs
-from offload_core.job_index import CURSOR_PATTERN, JobPage, JobQuery, list_jobs
-from offload_core.jobs import CancelOutcome, Job, JobStatus, JobStore
-from offload_core.payloads import EchoRequest
+from offload_core.contract import builtin_jobs
+from offload_core.contract.payloads import EchoRequest
+from offload_core.store.job_index import CURSOR_PATTERN, JobPage, JobQuery, list_jobs
+from offload_core.store.jobs import CancelOutcome, Job, JobStatus, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -13,10 +13,10 @@ from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_api.reachability import Reachability, start_checks
 from offload_api.routes.jobs import JobId
-from offload_core import builtin_jobs
-from offload_core.notifications import Notification, NotificationTargets
-from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.payloads import EmailTarget, NotificationRequest, WebhookTarget
+from offload_core.contract import builtin_jobs
+from offload_core.contract.payloads import EmailTarget, NotificationRequest, WebhookTarget
+from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
+from offload_core.store.notifications import Notification, NotificationTargets
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 

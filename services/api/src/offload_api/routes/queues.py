@@ -5,7 +5,7 @@ from pydantic import BaseModel
 
 from offload_api.compute import ComputeQueue
 from offload_api.deps import SettingsDep, StoreDep
-from offload_core.queue_state import read_queue_states
+from offload_core.store.queue_state import read_queue_states
 
 router = APIRouter(prefix="/queues", tags=["queues"])
 

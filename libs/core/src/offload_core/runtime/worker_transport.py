@@ -39,7 +39,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from offload_core.task_message import TAKE
+from offload_core.runtime.task_message import TAKE
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,6 @@ from importlib.resources import files
 
 
 @cache
-def lua(name: str, package: str = "offload_core") -> str:
+def lua(name: str, package: str = "offload_core.store") -> str:
     """The text of ``lua/<name>.lua`` in ``package``."""
     return files(package).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")

@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal, cast
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from offload_core.jobs import FINISHED, Job, JobStatus
-from offload_core.lua_scripts import lua
-from offload_core.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
+from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
+from offload_core.store.jobs import FINISHED, Job, JobStatus
+from offload_core.store.lua_scripts import lua
 
 KEY_PREFIX = "offload:image:"
 INDEX_PREFIX = "offload:images:tag:"

@@ -24,9 +24,9 @@ from email.utils import parsedate_to_datetime
 import httpx
 from opentelemetry import propagate
 
-from offload_core.notifications import Attempt, Outcome
-from offload_core.outbound import UnsafeURL
+from offload_core.engines.outbound import UnsafeURL
 from offload_core.settings import WEBHOOK_SECRET_PREFIX
+from offload_core.store.notifications import Attempt, Outcome
 
 USER_AGENT = "Offload-Webhooks/1"
 # Enough of an error answer to say what went wrong, never the whole body.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from offload_core.payloads import EchoPayload
+from offload_core.contract.payloads import EchoPayload
 from offload_core.sdk import JobContext, TransientJobError
 
 # How often a sleeping echo reports progress and looks for a cancel request.

@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 from pydantic import BaseModel
 
-from offload_core.lua_scripts import lua
+from offload_core.store.lua_scripts import lua
 
 KEY_PREFIX = "offload:dead-letter:"
 INDEX_PREFIX = "offload:dead-letters:index:"

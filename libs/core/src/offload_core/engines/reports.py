@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from offload_core.topology import MAX_PRIORITY, MIN_PRIORITY
+from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY
 
 if TYPE_CHECKING:
     import redis

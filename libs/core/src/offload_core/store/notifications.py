@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 import redis
 from pydantic import BaseModel
 
-from offload_core.jobs import KEY_PREFIX, Job
+from offload_core.store.jobs import KEY_PREFIX, Job
 
 
 class TargetStatus(StrEnum):

@@ -15,7 +15,7 @@ from typing import cast
 import redis
 from pydantic import BaseModel, Field
 
-from offload_core.jobs import INDEX_KEY, Job, JobStatus, decode_job, job_key, type_index_key
+from offload_core.store.jobs import INDEX_KEY, Job, JobStatus, decode_job, job_key, type_index_key
 
 # Index entries one page may examine, whatever its filters.
 SCAN_BUDGET = 2_000

@@ -1,5 +1,5 @@
 """The queue topology, declared once: queues and priorities. Which job goes where is each job
-type's declaration (offload_core.sdk; Offload's own in offload_core.builtin_jobs).
+type's declaration (offload_core.sdk; Offload's own in offload_core.contract.builtin_jobs).
 
 A deployment's queues are configuration (OFFLOAD_QUEUES; the chart renders it from its worker
 sets); this module names the built-in ones Offload's own jobs use and the worker sets that

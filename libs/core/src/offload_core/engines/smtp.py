@@ -24,7 +24,7 @@ from email.utils import format_datetime, parseaddr
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from offload_core.job_errors import PermanentJobError, TransientJobError
+from offload_core.contract.job_errors import PermanentJobError, TransientJobError
 from offload_core.settings import Settings
 
 # Bodies are written as quoted-printable or base64 whenever they are not plain short ASCII, and

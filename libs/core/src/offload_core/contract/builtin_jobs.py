@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from offload_core.images import ImageIndexPayload, ImageProcessPayload
-from offload_core.payloads import MAX_NOTIFICATION_TARGETS, EchoPayload, EmailPayload, NotificationPayload
-from offload_core.reports import ReportRequest
+from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, EchoPayload, EmailPayload, NotificationPayload
+from offload_core.contract.topology import Queue
+from offload_core.engines.reports import ReportRequest
 from offload_core.sdk import JobType, declare_job
-from offload_core.topology import Queue
+from offload_core.store.images import ImageIndexPayload, ImageProcessPayload
 
 # The most OFFLOAD_TASK_MAX_RETRIES allows: a notification target is tried at most this often, plus once.
 _MOST_TARGET_RETRIES = 100
@@ -25,7 +25,7 @@ echo: JobType[EchoPayload, dict[str, Any]] = declare_job(
     queues=tuple(Queue),
     priority=3,
     description="The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts.",
-    handler="offload_core.probe:echo",
+    handler="offload_core.engines.probe:echo",
 )
 
 send_email: JobType[EmailPayload, dict[str, Any]] = declare_job(

@@ -32,16 +32,16 @@ from celery.signals import (
 from celery.worker.consumer import Consumer
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-from offload_core.jobs import JobStore
+from offload_core.contract.topology import NOTIFIER_QUEUES
 from offload_core.logs import configure_logging, wants_json
-from offload_core.orphans import OrphanSweep
 from offload_core.otlp_metrics import start_metrics_export
-from offload_core.queue_state import announce_consumer, withdraw_consumer
+from offload_core.runtime.orphans import OrphanSweep
+from offload_core.runtime.worker_metrics import serve_worker_metrics, worker_registry
+from offload_core.runtime.worker_transport import use_worker_transport
 from offload_core.settings import Settings, get_settings
+from offload_core.store.jobs import JobStore
+from offload_core.store.queue_state import announce_consumer, withdraw_consumer
 from offload_core.telemetry import NOTIFIER_SERVICE, flush_telemetry, setup_tracing
-from offload_core.topology import NOTIFIER_QUEUES
-from offload_core.worker_metrics import serve_worker_metrics, worker_registry
-from offload_core.worker_transport import use_worker_transport
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class WorkerProbes(bootsteps.StartStopStep):
 
 class OrphanSweeper(bootsteps.StartStopStep):
     """Every OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS, publishes again the queued jobs whose broker
-    message Redis lost (offload_core.orphans; one worker at a time sweeps). From a thread of the
+    message Redis lost (offload_core.runtime.orphans; one worker at a time sweeps). From a thread of the
     main process: a sweep reads whole queues, which must not stall the event loop that takes
     messages and touches the heartbeat."""
 
@@ -234,7 +234,7 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
             atexit.register(pusher.stop)
     app.steps["worker"].add(WorkerProbes)
     app.steps["worker"].add(OrphanSweeper)
-    # Acks written in batches and one Redis client per pool (offload_core.worker_transport).
+    # Acks written in batches and one Redis client per pool (offload_core.runtime.worker_transport).
     use_worker_transport()
     # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.
     app.conf.worker_consumer = f"{ReconnectingConsumer.__module__}:{ReconnectingConsumer.__qualname__}"

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
-from offload_core.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
+from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
 
 
 class EchoPayload(BaseModel):

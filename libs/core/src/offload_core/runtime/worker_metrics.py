@@ -32,7 +32,7 @@ JOBS_FAILED = Counter("offload_jobs_failed_total", "Jobs that failed for good (n
 JOBS_RETRIED = Counter("offload_jobs_retried_total", "Attempts that failed and were scheduled again.", LABELS)
 JOBS_CANCELLED = Counter("offload_jobs_cancelled_total", "Attempts stopped by a cancel request.", LABELS)
 RUN_SECONDS = Histogram("offload_job_run_seconds", "Run time of one attempt.", LABELS, buckets=RUN_BUCKETS)
-# Counted by the worker that ran the orphan sweep (offload_core.orphans).
+# Counted by the worker that ran the orphan sweep (offload_core.runtime.orphans).
 JOBS_RECOVERED = Counter(
     "offload_jobs_recovered_total", "Queued jobs whose lost broker message was published again.", LABELS
 )

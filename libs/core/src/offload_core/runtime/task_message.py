@@ -2,7 +2,7 @@
 reads messages back out of Redis (the workers' batched take, the orphan sweep).
 
 The API pushes the message onto the queue's Redis list itself, in the same atomic script that
-writes the job's record (offload_core.jobs.SUBMIT).
+writes the job's record (offload_core.store.jobs.SUBMIT).
 
 The message is what `Celery.send_task(..., task_id=job_id, queue=queue, priority=priority,
 headers=..., ignore_result=True)` publishes through kombu's Redis transport (task protocol 2 in
@@ -22,11 +22,11 @@ from typing import Any
 
 from kombu.utils import json as kombu_json
 
-from offload_core.lua_scripts import lua
-from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS
+from offload_core.contract.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS
+from offload_core.store.lua_scripts import lua
 
 # Takes a batch of messages off a queue's lists and records each in kombu's unacked hash as
-# kombu itself would (offload_core.worker_transport).
+# kombu itself would (offload_core.runtime.worker_transport).
 TAKE = lua("take")
 
 # The third element of a protocol 2 body: no callbacks, errbacks, chain or chord.

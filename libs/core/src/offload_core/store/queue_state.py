@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import redis
 
-from offload_core.dead_letters import index_key, oldest_kept_score
-from offload_core.topology import priority_lists
+from offload_core.contract.topology import priority_lists
+from offload_core.store.dead_letters import index_key, oldest_kept_score
 
 CONSUMERS_PREFIX = "offload:consumers:"
 # Message header the API sets at publish time, read back to age the oldest waiting job.

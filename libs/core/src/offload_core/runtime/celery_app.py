@@ -11,11 +11,11 @@ from celery.signals import before_task_publish
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
-from offload_core.job_task import register_job_types, stamp_chain_step
-from offload_core.registry import JobTypes, load_job_types
+from offload_core.contract.registry import JobTypes, load_job_types
+from offload_core.contract.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Queue
+from offload_core.runtime.job_task import register_job_types, stamp_chain_step
 from offload_core.sdk import JobType
 from offload_core.settings import Settings
-from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Queue
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

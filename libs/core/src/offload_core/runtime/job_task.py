@@ -19,14 +19,14 @@ from opentelemetry.trace import Span
 from pydantic import TypeAdapter, ValidationError
 
 from offload_core import telemetry
-from offload_core import worker_metrics as metrics
-from offload_core.job_errors import JobCancelled, PermanentJobError, TransientJobError
-from offload_core.jobs import JobStatus, JobStore, StartOutcome
-from offload_core.outbound import OutboundPolicy, UnsafeURL
-from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.contract.job_errors import JobCancelled, PermanentJobError, TransientJobError
+from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
+from offload_core.runtime import worker_metrics as metrics
+from offload_core.runtime.worker_metrics import RunOutcome
 from offload_core.sdk import JobContext, JobEnd, JobType
 from offload_core.settings import Settings, get_settings
-from offload_core.worker_metrics import RunOutcome
+from offload_core.store.jobs import JobStatus, JobStore, StartOutcome
+from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
 logger = logging.getLogger(__name__)
 

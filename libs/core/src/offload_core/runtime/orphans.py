@@ -24,13 +24,13 @@ import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
-from offload_core import worker_metrics as metrics
-from offload_core.celery_app import job_signature, send_jobs
-from offload_core.jobs import JobStatus, JobStore, RecoveryOutcome, WaitingJob
-from offload_core.queue_state import ENQUEUED_AT_HEADER
+from offload_core.contract.topology import priority_lists
+from offload_core.runtime import worker_metrics as metrics
+from offload_core.runtime.celery_app import job_signature, send_jobs
+from offload_core.runtime.task_message import held_job_id, listed_job_id
 from offload_core.settings import Settings
-from offload_core.task_message import held_job_id, listed_job_id
-from offload_core.topology import priority_lists
+from offload_core.store.jobs import JobStatus, JobStore, RecoveryOutcome, WaitingJob
+from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
 logger = logging.getLogger(__name__)
 

@@ -24,16 +24,16 @@ import redis.asyncio as aioredis
 from kombu.utils import json as kombu_json
 from pydantic import BaseModel, Field
 
-from offload_core import dead_letters
-from offload_core.lua_scripts import lua
+from offload_core.runtime.task_message import queue_list, task_message
 from offload_core.settings import Settings
-from offload_core.task_message import queue_list, task_message
+from offload_core.store import dead_letters
+from offload_core.store.lua_scripts import lua
 from offload_core.telemetry import trace_redis_client
 
 KEY_PREFIX = "offload:job:"
 # Jobs whose message the API published and no worker has started yet, scored by the time the
 # message was published; with each one's arguments (KWARGS_SUFFIX), so the orphan sweep
-# (offload_core.orphans) can publish a job again if Redis lost its message.
+# (offload_core.runtime.orphans) can publish a job again if Redis lost its message.
 WAITING_KEY = "offload:jobs:waiting"
 KWARGS_SUFFIX = ":kwargs"
 # Every job by creation time (GET /v1/jobs), and the same per job type, so listing reads an
@@ -173,7 +173,7 @@ def submit_call(
     replay_of: str | None = None,
 ) -> tuple[list[str], list[HashValue]]:
     """SUBMIT's keys and arguments for one job. Its arguments and priority are kept in Redis, so
-    the job can be published again if Redis loses its message (offload_core.orphans)."""
+    the job can be published again if Redis loses its message (offload_core.runtime.orphans)."""
     message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
     record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
     keys = [

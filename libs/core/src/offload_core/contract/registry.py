@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
-from offload_core.job_task import job_time_limits
+from offload_core.runtime.job_task import job_time_limits
 from offload_core.sdk import JobType
 from offload_core.settings import Settings
 
 ENTRY_POINT_GROUP = "offload.jobs"
 # Offload's own jobs, declared with the same SDK; their handlers load only in workers.
-BUILTIN_MODULES = ("offload_core.builtin_jobs",)
+BUILTIN_MODULES = ("offload_core.contract.builtin_jobs",)
 
 
 class JobTypeError(RuntimeError):
