@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from offload_core.engines.reports import ReportEngine, ReportError, ReportLimits, ReportRequest, split_lines
+from offload_core.contract.reports import ReportRequest
+from offload_worker.report_engine import ReportEngine, ReportError, ReportLimits, split_lines
 
 URL = "https://data.example.com/source"
 

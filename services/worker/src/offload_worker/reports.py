@@ -12,18 +12,13 @@ from functools import cache
 
 import httpx
 
+from offload_core.contract.reports import ReportRequest
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
-from offload_core.engines.reports import (
-    ReportEngine,
-    ReportError,
-    ReportLimits,
-    ReportRequest,
-    StoredResult,
-    store_result,
-)
 from offload_core.sdk import JobContext, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 from offload_core.settings import get_settings
 from offload_core.store.jobs import JobStore
+from offload_core.store.report_results import StoredResult, store_result
+from offload_worker.report_engine import ReportEngine, ReportError, ReportLimits
 
 logger = logging.getLogger(__name__)
 

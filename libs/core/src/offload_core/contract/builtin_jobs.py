@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, EchoPayload, EmailPayload, NotificationPayload
+from offload_core.contract.reports import ReportRequest
 from offload_core.contract.topology import Queue
-from offload_core.engines.reports import ReportRequest
 from offload_core.sdk import JobType, declare_job
 from offload_core.store.images import ImageIndexPayload, ImageProcessPayload
 

@@ -17,9 +17,10 @@ from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
 from offload_core.contract import builtin_jobs
+from offload_core.contract.reports import ReportSubmission
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
-from offload_core.engines.reports import ReportSubmission, load_result
 from offload_core.store.jobs import FINISHED, Job, JobStatus, JobStore
+from offload_core.store.report_results import load_result
 
 logger = logging.getLogger(__name__)
 
