@@ -394,16 +394,18 @@ def test_too_many_malformed_rows_fail_the_report(stack: Stack, source: SourceSer
     assert f"Report {job_id} failed" in refused.json()["detail"]
 
 
-def test_a_4xx_source_fails_at_once_and_a_5xx_one_is_retried(stack: Stack, source: SourceServer) -> None:
+def test_a_4xx_source_fails_at_once_and_a_5xx_408_or_425_one_is_retried(stack: Stack, source: SourceServer) -> None:
     gone = submit(stack.client, source.url("/status/404"))
     done = finished(stack.client, gone)
     assert (done["status"], done["attempts"]) == ("failed", 1)
     assert done["error"] == "the source answered HTTP 404 Not Found; expected 200 with the data"
 
-    down = submit(stack.client, source.url("/status/503"))
-    done = finished(stack.client, down)
-    assert (done["status"], done["attempts"]) == ("failed", 4)  # TASK_MAX_RETRIES=3 in the tests
-    assert done["error"].endswith("the source answered HTTP 503 Service Unavailable")
+    # 408 Request Timeout and 425 Too Early say "later", as 5xx does: every retry is used.
+    for status, reason in ((503, "Service Unavailable"), (408, "Request Timeout"), (425, "Too Early")):
+        down = submit(stack.client, source.url(f"/status/{status}"))
+        done = finished(stack.client, down)
+        assert (done["status"], done["attempts"]) == ("failed", 4), done  # TASK_MAX_RETRIES=3 in the tests
+        assert done["error"].endswith(f"the source answered HTTP {status} {reason}")
 
     flaky = submit(stack.client, source.url("/flaky/once", fail=1, rows=100), **REPORT_SPEC)
     done = finished(stack.client, flaky)
