@@ -156,3 +156,33 @@ def test_oversized_request_headers_are_refused_with_431(api: Api) -> None:
     assert service.alive()
     assert client.get("/livez").status_code == 200
     assert httpx.get(f"{url}/v1/queues", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=15).status_code == 200
+
+
+def test_the_header_limits_are_exactly_100_headers_and_32_kib(api: Api) -> None:
+    """Counted as the limit counts them: every header the request carries, names included, each
+    as "name: value\\r\\n" on the wire."""
+    _, service, _ = api
+    url: str = service.extra["url"]
+    host = urlsplit(url).netloc.encode()
+
+    def request(headers: list[tuple[bytes, bytes]]) -> bytes:
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        return b"GET /livez HTTP/1.1\r\n" + lines + b"\r\n"
+
+    def fixed() -> list[tuple[bytes, bytes]]:
+        return [(b"Host", host), (b"Connection", b"close")]
+
+    def with_count(count: int) -> list[tuple[bytes, bytes]]:
+        return fixed() + [(b"X-H%d" % i, b"v") for i in range(count - len(fixed()))]
+
+    def with_size(size: int) -> list[tuple[bytes, bytes]]:
+        used = sum(len(name) + len(value) + 4 for name, value in fixed())
+        padding = size - used - len(b"X-Pad") - 4
+        return [*fixed(), (b"X-Pad", b"a" * padding)]
+
+    assert len(with_count(100)) == 100
+    assert sum(len(n) + len(v) + 4 for n, v in with_size(32 * 1024)) == 32 * 1024
+    assert _raw_status(url, request(with_count(100))) == 200
+    assert _raw_status(url, request(with_count(101))) == 431
+    assert _raw_status(url, request(with_size(32 * 1024))) == 200
+    assert _raw_status(url, request(with_size(32 * 1024 + 1))) == 431
