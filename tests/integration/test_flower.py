@@ -13,8 +13,7 @@ import pytest
 
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.conftest import Stack
-from tests.support import submit_echo, wait_job
+from tests.support import Stack, submit_echo, wait_job
 
 AUTH = ("offload", "flower-test-password")
 

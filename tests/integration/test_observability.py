@@ -18,19 +18,17 @@ from prometheus_client import CollectorRegistry
 from offload_api.metrics import QueueCollector
 from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.conftest import Stack
 from tests.support import (
     API_KEY,
     TEST_SETTINGS,
     OtlpReceiver,
     ReceivedSpan,
     Service,
-    api_client,
+    Stack,
+    cluster,
     sample,
     scrape,
-    start_api,
-    start_worker,
+    start_redis,
     submit_echo,
     wait_job,
 )
@@ -57,28 +55,19 @@ class ObservedStack:
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack]:
     """A password-protected Redis, the API, a worker for `default` only (so `low` jobs wait and
     show in the depth gauge) and the notifier, exporting spans to a local OTLP receiver."""
-    base = tmp_path_factory.mktemp("observed")
-    redis = RedisServer(free_port(), base / "redis", password=REDIS_PASSWORD).start()
-    services: list[Service] = []
     with OtlpReceiver().running() as receiver:
         env = {
             **TEST_SETTINGS,
-            "OFFLOAD_REDIS_URL": redis.url,
             "OFFLOAD_LOG_FORMAT": "json",
             "OFFLOAD_QUEUE_METRICS_CACHE_SECONDS": "0.5",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within a tenth of a second
         }
-        try:
-            services.append(worker := start_worker("worker", env, base, queues="default"))
-            services.append(notifier := start_worker("notifier", env, base, module="offload_notifier"))
-            services.append(api := start_api(env, base))
-            with api_client(api) as client:
-                yield ObservedStack(receiver, api, worker, notifier, client)
-        finally:
-            for service in services:
-                service.stop()
-            redis.stop()
+        with cluster(tmp_path_factory.mktemp("observed"), env, redis_password=REDIS_PASSWORD) as own:
+            worker = own.start_worker("worker", queues="default")
+            notifier = own.start_worker("notifier", module="offload_notifier")
+            api = own.start_api()
+            yield ObservedStack(receiver, api, worker, notifier, own.client)
 
 
 def _runs_of(receiver: OtlpReceiver, job_id: str, count: int) -> list[ReceivedSpan]:
@@ -280,7 +269,7 @@ def test_without_an_otlp_endpoint_nothing_is_exported_and_nothing_complains(stac
 
 
 def test_queue_gauges_read_redis_once_per_cache_window(tmp_path: Path) -> None:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
+    server = start_redis(tmp_path / "redis")
     try:
         client = redis.Redis(port=server.port, decode_responses=True)
         collector = QueueCollector(client, stale_after=3, cache_seconds=2)

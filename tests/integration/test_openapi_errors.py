@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,8 +14,8 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from offload_dev.redis_server import RedisServer, free_port
-from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, start_api
+from offload_dev.redis_server import RedisServer
+from tests.support import API_KEY, Service, cluster
 
 MAX_BODY = 1048576  # OFFLOAD_API_MAX_BODY_BYTES' default
 Api = tuple[RedisServer, Service, httpx.Client]
@@ -25,15 +24,9 @@ Api = tuple[RedisServer, Service, httpx.Client]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """Redis and the API only: no answer here needs a worker."""
-    base: Path = tmp_path_factory.mktemp("openapi")
-    server = RedisServer(free_port(), base / "redis").start()
-    service = start_api({**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}, base)
-    try:
-        with api_client(service) as client:
-            yield server, service, client
-    finally:
-        service.stop()
-        server.stop()
+    with cluster(tmp_path_factory.mktemp("openapi")) as own:
+        service = own.start_api()
+        yield own.server, service, own.client
 
 
 @pytest.fixture(scope="module")

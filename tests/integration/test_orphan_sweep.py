@@ -20,10 +20,9 @@ from tests.support import (
     TEST_SETTINGS,
     Cluster,
     Service,
-    api_on_own_redis,
+    cluster,
     sample,
     scrape,
-    start_worker,
     submit_echo,
     wait_job,
 )
@@ -51,8 +50,9 @@ ENV = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with api_on_own_redis(ENV, tmp_path) as started:
+def own(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path, ENV) as started:
+        started.start_api()
         yield started
 
 
@@ -75,8 +75,8 @@ def _recovered(worker: Service, queue: str) -> float:
     return sample(scrape(worker.extra["metrics_url"]), RECOVERED, task="offload.echo", queue=queue)
 
 
-def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     lost = submit_echo(client, message="lost")
     # No worker consumes `low` in this test: its job's message stays on the list throughout.
     backlog = submit_echo(client, message="backlog", queue="low")
@@ -85,8 +85,7 @@ def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, 
     assert _listed(direct, "default", lost) == []
     assert _held(direct, lost) == 0
 
-    worker = start_worker("sweeper", env, tmp_path, queues="default")
-    services.append(worker)
+    worker = own.start_worker("sweeper", queues="default")
     done = wait_job(client, lost, {"succeeded", "failed"}, timeout=GRACE + 4 * SWEEP_INTERVAL + 20)
     assert (done["status"], done["attempts"], done["worker"]) == ("succeeded", 1, "sweeper@test"), done
     assert done["result"] == {"message": "lost", "attempts": 1, "worker": "sweeper@test"}
@@ -107,11 +106,10 @@ def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, 
     assert _held(direct, lost) == 0
 
 
-def test_a_job_a_worker_holds_is_not_published_again(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_a_job_a_worker_holds_is_not_published_again(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     # One process that reserves a second message while it runs the first one.
-    worker = start_worker("holder", {**env, "OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "2"}, tmp_path, queues="default")
-    services.append(worker)
+    worker = own.start_worker("holder", queues="default", env={"OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "2"})
     running = submit_echo(client, message="long", sleep_ms=int((GRACE + 8 * SWEEP_INTERVAL + 2) * 1000))
     wait_job(client, running, {"started"})
     held = submit_echo(client, message="held")
