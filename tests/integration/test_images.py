@@ -18,9 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from offload_core.images import original_key
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
-from tests.support import WEBHOOK_SECRETS
-from tests.unit.test_image_ops import png_declaring
+from tests.support import WEBHOOK_SECRETS, Stack, png_declaring
 
 ONE_MIB = 1024 * 1024
 IMAGE_MAX_BYTES = 20 * ONE_MIB  # the default; the test stack does not change it
