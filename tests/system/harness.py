@@ -19,6 +19,7 @@ import httpx
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from offload_api.compute import percentile
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
 from tests.support import API_KEY, WEBHOOK_SECRETS
@@ -58,7 +59,7 @@ PRE_STOP_SECONDS = 1
 GRACE_PERIOD_SECONDS = 15
 
 
-def _worker_env(queues: str, concurrency: int) -> dict[str, str]:
+def worker_env(queues: str, concurrency: int) -> dict[str, str]:
     """templates/workers/worker-deployment.yaml's env."""
     return {
         "OFFLOAD_WORKER_QUEUES": queues,
@@ -169,7 +170,7 @@ class Topology:
         waited for: see wait_ready()."""
         image = self.images["notifier" if role == "notifier" else "worker"]
         queues = "high" if role == "notifier" else queues
-        env = {**CONFIG, **_worker_env(queues, concurrency)}
+        env = {**CONFIG, **worker_env(queues, concurrency)}
         worker = self._container(image, role, env)
         self._enter(worker)
         name = str(worker._name)
@@ -335,16 +336,11 @@ def start_delay(record: dict[str, Any]) -> float:
     return (started - created).total_seconds()
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
         "p50_ms": round(statistics.median(values) * 1000, 1),
-        "p99_ms": round(percentile(values, 99) * 1000, 1),
+        "p99_ms": round(percentile(sorted(values), 99) * 1000, 1),
         "max_ms": round(max(values) * 1000, 1),
     }
 
