@@ -22,7 +22,7 @@ from testcontainers.core.network import Network
 from offload_api.compute import percentile
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.support import API_KEY, WEBHOOK_SECRETS
+from tests.support import API_KEY, ECHO_PATH, WEBHOOK_SECRETS
 
 FLOWER_AUTH = ("admin", "flower-test-password")
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -267,7 +267,7 @@ class Topology:
         """Publishes through the API with a bounded thread pool; returns the job ids in order."""
 
         def one(body: dict[str, Any]) -> str:
-            response = self.client.post("/v1/jobs/echo", json={"message": "system", **body})
+            response = self.client.post(ECHO_PATH, json={"message": "system", **body})
             assert response.status_code == 202, response.text
             job_id: str = response.json()["id"]
             return job_id
