@@ -67,12 +67,12 @@ class ScriptedSmtpHandler:
 
 
 @contextmanager
-def smtp_server() -> Iterator[tuple[ScriptedSmtpHandler, int]]:
-    handler = ScriptedSmtpHandler()
-    # aiosmtpd needs its port before it binds: one found free may be taken meanwhile, so retry.
+def smtp_controller(handler: object, **options: Any) -> Iterator[int]:
+    """An aiosmtpd server on 127.0.0.1 for ``handler``; yields its port. aiosmtpd needs the port
+    before it binds, and one found free may be taken meanwhile: then another one is tried."""
     for attempt in range(5):
         port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
         try:
             controller.start()
             break
@@ -80,9 +80,16 @@ def smtp_server() -> Iterator[tuple[ScriptedSmtpHandler, int]]:
             if attempt == 4:
                 raise
     try:
-        yield handler, port
+        yield port
     finally:
         controller.stop()
+
+
+@contextmanager
+def smtp_server() -> Iterator[tuple[ScriptedSmtpHandler, int]]:
+    handler = ScriptedSmtpHandler()
+    with smtp_controller(handler) as port:
+        yield handler, port
 
 
 @dataclass
