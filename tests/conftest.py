@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from tests.support import TEST_SETTINGS, Stack, cluster
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_TAG = "test"
+# One tag per checkout: two checkouts testing on one engine must not run each other's images.
+IMAGE_TAG = "test-" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
 
 
 def _engine_problem() -> str | None:

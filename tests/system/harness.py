@@ -21,7 +21,6 @@ from testcontainers.core.network import Network
 
 from offload_api.compute import percentile
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import free_port
 from tests.support import API_KEY, ECHO_PATH, WEBHOOK_SECRETS
 
 FLOWER_AUTH = ("admin", "flower-test-password")
@@ -99,11 +98,17 @@ def _remove(container: DockerContainer) -> None:
         container.get_wrapped_container().remove(force=True, v=True)
 
 
-def _published(container: DockerContainer, port: int) -> int:
-    """Publishes a container port on 127.0.0.1 only (docker-py's ports mapping takes the address)."""
-    host_port = free_port()
-    container.ports[f"{port}/tcp"] = ("127.0.0.1", host_port)  # type: ignore[assignment]
-    return host_port
+def publish_on_loopback(container: DockerContainer, port: int) -> None:
+    """Publishes a container port on 127.0.0.1 only, on a port the engine picks (docker-py's
+    ports mapping takes the address; with_bind_ports does not); see host_port()."""
+    container.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
+
+
+def host_port(container: DockerContainer, port: int) -> int:
+    """The host port the engine published a started container's port on."""
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    return int(wrapped.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
 
 
 @dataclass
@@ -161,9 +166,9 @@ class Topology:
 
     def start_api(self) -> None:
         api = self._container(self.images["api"], "api", {**CONFIG, **API_ENV})
-        port = _published(api, 8000)
+        publish_on_loopback(api, 8000)
         self.api = self._enter(api)
-        self.api_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"http://127.0.0.1:{host_port(api, 8000)}"
 
     def start_worker(self, role: str = "worker", queues: str = "default,low", concurrency: int = 2) -> str:
         """Starts a worker (role "worker") or the notifier; returns its container name. Not
@@ -189,9 +194,9 @@ class Topology:
             },
             entrypoint=["python", "-m", "celery", "flower", "--port=5555"],
         )
-        port = _published(flower, 5555)
+        publish_on_loopback(flower, 5555)
         self._enter(flower)
-        self.flower_url = f"http://127.0.0.1:{port}"
+        self.flower_url = f"http://127.0.0.1:{host_port(flower, 5555)}"
 
     # ---- readiness --------------------------------------------------------------------------
 
