@@ -15,6 +15,7 @@ export UV_PYTHON := $(PYTHON)
 
 help:
 	@echo "make run      start Redis, the API, a worker, the notifier and Flower on this machine"
+	@echo "              PLUGINS=examples/acme-jobs adds job plugin projects and their queues"
 	@echo "make test     lint, then the whole test suite (real Redis, real workers)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make format   apply ruff's fixes and formatting"
@@ -37,8 +38,9 @@ $(VENV)/.installed: $(UV) uv.lock pyproject.toml libs/core/pyproject.toml servic
 
 install: $(VENV)/.installed
 
+# PLUGINS="dir ..." adds job plugin projects (README, "Write your own job").
 run: install
-	$(VENV)/bin/python -m offload_dev.run_local
+	$(VENV)/bin/python -m offload_dev.run_local $(addprefix --plugin ,$(PLUGINS))
 
 lint: install
 	$(VENV)/bin/ruff check .

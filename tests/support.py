@@ -12,19 +12,29 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc  # type: ignore[import-untyped]  # no stubs; only the test receiver uses it
 import httpx
 import redis
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
 from offload_dev.polling import wait_for
@@ -376,22 +386,75 @@ def _plain(value: AnyValue) -> Any:
     return getattr(value, kind) if kind else None
 
 
+@dataclass
+class ReceivedPoint:
+    """One data point of an OTLP metric: a sum's or gauge's value, or a histogram's count and buckets."""
+
+    service: str
+    metric: str
+    kind: str  # "sum", "gauge" or "histogram"
+    attributes: dict[str, Any]
+    value: float
+    monotonic: bool = False
+    bucket_counts: list[int] = field(default_factory=list)
+    explicit_bounds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ReceivedLog:
+    service: str
+    body: Any
+    severity_text: str
+    trace_id: str
+    span_id: str
+    attributes: dict[str, Any]
+
+
+def _attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {a.key: _plain(a.value) for a in pairs}
+
+
 class OtlpReceiver:
-    """A real OTLP/HTTP trace receiver on 127.0.0.1: the services export to it over HTTP with
-    their ordinary OTLP exporter, and the test reads back what arrived."""
+    """A real OTLP/HTTP receiver on 127.0.0.1 for traces, metrics and logs: the services export
+    to it with their ordinary OTLP exporters, it decodes the protobuf requests, and the test reads
+    back what arrived. `headers` keeps each request's headers (e.g. OTEL_EXPORTER_OTLP_HEADERS)."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.points: list[ReceivedPoint] = []
+        self.logs: list[ReceivedLog] = []
+        self.headers: list[dict[str, str]] = []
         self.lock = threading.Lock()
         receiver = self
+        routes: dict[str, tuple[Callable[[bytes], None], bytes]] = {
+            "/v1/traces": (
+                lambda body: receiver.add(ExportTraceServiceRequest.FromString(body)),
+                ExportTraceServiceResponse().SerializeToString(),
+            ),
+            "/v1/metrics": (
+                lambda body: receiver.add_metrics(ExportMetricsServiceRequest.FromString(body)),
+                ExportMetricsServiceResponse().SerializeToString(),
+            ),
+            "/v1/logs": (
+                lambda body: receiver.add_logs(ExportLogsServiceRequest.FromString(body)),
+                ExportLogsServiceResponse().SerializeToString(),
+            ),
+        }
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                receiver.add(ExportTraceServiceRequest.FromString(body))
-                reply = ExportTraceServiceResponse().SerializeToString()
+                if self.path not in routes:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                decode, reply = routes[self.path]
+                with receiver.lock:
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                decode(body)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
@@ -408,7 +471,7 @@ class OtlpReceiver:
     def add(self, request: ExportTraceServiceRequest) -> None:
         received = []
         for resource_spans in request.resource_spans:
-            resource = {a.key: _plain(a.value) for a in resource_spans.resource.attributes}
+            resource = _attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     received.append(
@@ -419,16 +482,109 @@ class OtlpReceiver:
                             trace_id=span.trace_id.hex(),
                             span_id=span.span_id.hex(),
                             parent_span_id=span.parent_span_id.hex(),
-                            attributes={a.key: _plain(a.value) for a in span.attributes},
+                            attributes=_attributes(span.attributes),
                             resource=resource,
                         )
                     )
         with self.lock:
             self.spans.extend(received)
 
+    def add_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        received = []
+        for resource_metrics in request.resource_metrics:
+            service = _attributes(resource_metrics.resource.attributes).get("service.name", "")
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind in ("sum", "gauge"):
+                        data = getattr(metric, kind)
+                        for number in data.data_points:
+                            value = number.as_double if number.HasField("as_double") else number.as_int
+                            monotonic = kind == "sum" and data.is_monotonic
+                            attributes = _attributes(number.attributes)
+                            received.append(ReceivedPoint(service, metric.name, kind, attributes, value, monotonic))
+                    elif kind == "histogram":
+                        for point in metric.histogram.data_points:
+                            received.append(
+                                ReceivedPoint(
+                                    service,
+                                    metric.name,
+                                    kind,
+                                    _attributes(point.attributes),
+                                    float(point.count),
+                                    bucket_counts=list(point.bucket_counts),
+                                    explicit_bounds=list(point.explicit_bounds),
+                                )
+                            )
+        with self.lock:
+            self.points.extend(received)
+
+    def add_logs(self, request: ExportLogsServiceRequest) -> None:
+        received = []
+        for resource_logs in request.resource_logs:
+            service = _attributes(resource_logs.resource.attributes).get("service.name", "")
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    received.append(
+                        ReceivedLog(
+                            service=service,
+                            body=_plain(record.body),
+                            severity_text=record.severity_text,
+                            trace_id=record.trace_id.hex(),
+                            span_id=record.span_id.hex(),
+                            attributes=_attributes(record.attributes),
+                        )
+                    )
+        with self.lock:
+            self.logs.extend(received)
+
     def received(self) -> list[ReceivedSpan]:
         with self.lock:
             return list(self.spans)
+
+    def received_points(self) -> list[ReceivedPoint]:
+        with self.lock:
+            return list(self.points)
+
+    def received_logs(self) -> list[ReceivedLog]:
+        with self.lock:
+            return list(self.logs)
+
+    def grpc_server(self) -> tuple[grpc.Server, str]:
+        """The same receiver as an OTLP/gRPC server (insecure, 127.0.0.1): (server, endpoint)."""
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+                receiver.add(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> ExportMetricsServiceResponse:
+                receiver.add_metrics(request)
+                return ExportMetricsServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: ExportLogsServiceRequest, context: Any) -> ExportLogsServiceResponse:
+                receiver.add_logs(request)
+                return ExportLogsServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        return server, f"http://127.0.0.1:{port}"
+
+    @contextlib.contextmanager
+    def running_grpc(self) -> Iterator[str]:
+        """Serve OTLP/gRPC; yields the endpoint for OTEL_EXPORTER_OTLP_ENDPOINT."""
+        server, endpoint = self.grpc_server()
+        server.start()
+        try:
+            yield endpoint
+        finally:
+            server.stop(grace=None)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[OtlpReceiver]:

@@ -27,7 +27,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "ingress": {
         "api": {"ingress": {"enabled": True, "className": "nginx", "tls": {"enabled": True}}},
         "flower": {"ingress": {"enabled": True, "className": "nginx"}},
-        "otel": {"endpoint": "http://otel-collector.observability:4318", "protocol": "http/protobuf"},
+        "otel": {
+            "endpoint": "http://otel-collector.observability:4318",
+            "protocol": "http/protobuf",
+            "headers": {"existingSecret": "otlp-credentials"},
+        },
     },
     "custom-set": {
         "workers": {
@@ -45,6 +49,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "resources": {"limits": {"cpu": "2", "memory": "2Gi"}},
                 },
                 {"name": "critical", "image": "notifier", "queues": ["high"], "minReplicas": 2},
+            ]
+        }
+    },
+    # A queue of the deployment's own, added through values only: a set of its own, and one more
+    # queue on the notifier's set (tests/chart/test_topology.py checks what it renders).
+    "own-queues": {
+        "workers": {
+            "sets": [
+                {"name": "default", "queues": ["default"]},
+                {"name": "low", "queues": ["low"], "minReplicas": 0, "prefetchMultiplier": 1},
+                {"name": "high", "image": "notifier", "queues": ["high", "acme-urgent"], "prefetchMultiplier": 1},
+                {"name": "acme", "queues": ["acme", "acme_bulk"], "minReplicas": 0, "keda": {"listLength": 5}},
             ]
         }
     },

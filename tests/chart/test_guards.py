@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import CHART_DIR, render, render_error
+from tests.chart.render import CHART_DIR, env_of, pod_spec, render, render_error
 
 
 def sets(*changes: dict[str, Any], extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -49,17 +49,32 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         sets(extra=[{"name": "low", "queues": ["low"]}]),
         ['the set name "low" appears more than once'],
     ),
-    "notifier-other-queue": (
+    "notifier-runs-worker-jobs": (
         sets({"name": "high", "queues": ["high", "default"]}),
-        ['workers.sets[high]: the notifier image consumes "high" only'],
+        [
+            'workers.sets[high]: queue "default" runs Offload\'s built-in jobs of the worker image, whose code '
+            "the notifier image lacks; move it to a set with image: worker."
+        ],
     ),
     "high-on-worker-image": (
         sets({"name": "default", "queues": ["default", "high"]}),
-        ['workers.sets[default]: queue "high" belongs to the notifier image'],
+        ['workers.sets[default]: queue "high" runs Offload\'s built-in jobs of the notifier image'],
     ),
-    "queue-without-consumer": (
+    "built-in-queue-without-consumer": (
         {"workers": {"sets": [{"name": "high", "image": "notifier", "queues": ["high"]}]}},
-        ['no set consumes queue "default"', 'no set consumes queue "low"'],
+        [
+            'no set consumes the built-in queue "default"; Offload\'s own jobs on it would wait forever. Add it to '
+            "the queues of a set with image: worker.",
+            'no set consumes the built-in queue "low"',
+        ],
+    ),
+    "own-queue-replaces-a-built-in-one": (
+        sets({"name": "low", "queues": ["acme"]}),
+        ['no set consumes the built-in queue "low"'],
+    ),
+    "trigger-names-clash": (
+        sets(extra=[{"name": "acme", "queues": ["acme-bulk", "acme_bulk"]}]),
+        ['workers.sets[acme]: queues "acme-bulk" and "acme_bulk" differ only in "-" and "_"'],
     ),
     "min-above-max": (
         sets({"name": "default", "minReplicas": 4, "maxReplicas": 2}),
@@ -109,14 +124,41 @@ def test_guard_refuses_with_its_message(guard: str) -> None:
 def test_guards_accept_the_fixed_values() -> None:
     render(sets({"name": "low", "softShutdownTimeoutSeconds": 55, "terminationGracePeriodSeconds": 70}))
     render({"keda": {"enabled": False}, **sets({"name": "default", "keda": {"cooldownPeriod": 45}})})
+    render(sets(extra=[{"name": "acme", "queues": ["acme-bulk", "acme_fast"]}]))
+
+
+def test_a_notifier_set_may_consume_queues_of_its_own() -> None:
+    rendered = render(sets({"name": "high", "queues": ["high", "acme-urgent"]}))
+    (notifier,) = rendered.worker_set("Deployment", "high")
+    assert env_of(pod_spec(notifier)["containers"][0])["OFFLOAD_WORKER_QUEUES"]["value"] == "high,acme-urgent"
 
 
 # Guards the schema already enforces: the schema refuses first; without it the guard still does.
 SCHEMA_BACKED: dict[str, tuple[dict[str, Any], str, str]] = {
-    "unknown-queue": (
-        sets({"name": "low", "queues": ["low", "bulk"]}),
-        "value must be one of 'high', 'default', 'low'",
-        'workers.sets[low]: unknown queue "bulk"',
+    "invalid-queue-name": (
+        sets({"name": "low", "queues": ["low", "Bulk"]}),
+        "does not match pattern",
+        'workers.sets[low]: "Bulk" is not a valid queue name',
+    ),
+    "queue-name-with-a-dot": (
+        sets(extra=[{"name": "acme", "queues": ["acme.jobs"]}]),
+        "does not match pattern",
+        'workers.sets[acme]: "acme.jobs" is not a valid queue name',
+    ),
+    "reserved-queue-name": (
+        sets(extra=[{"name": "acme", "queues": ["unacked"]}]),
+        "'not' failed",
+        'workers.sets[acme]: queue name "unacked" is reserved',
+    ),
+    "in-process-queue-name": (
+        sets(extra=[{"name": "acme", "queues": ["in-process"]}]),
+        "'not' failed",
+        'workers.sets[acme]: queue name "in-process" is reserved',
+    ),
+    "queue-listed-twice": (
+        sets(extra=[{"name": "acme", "queues": ["acme", "acme"]}]),
+        "items at 0 and 1 are equal",
+        'workers.sets[acme]: lists queue "acme" twice',
     ),
     "empty-queues": (
         sets({"name": "low", "queues": []}),

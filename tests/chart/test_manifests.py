@@ -168,6 +168,7 @@ def test_probes_are_the_documented_ones(rendered: Rendered) -> None:
 
 def test_otel_environment(rendered: Rendered, value_set: tuple[str, dict[str, Any]]) -> None:
     endpoint = value_set[1].get("otel", {}).get("endpoint")
+    headers_secret = value_set[1].get("otel", {}).get("headers", {}).get("existingSecret")
     for deployment in rendered.kind("Deployment"):
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         if component == "flower":
@@ -188,6 +189,12 @@ def test_otel_environment(rendered: Rendered, value_set: tuple[str, dict[str, An
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == endpoint
         else:
             assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+        # Credentials for the collector come from a Secret, never from values in clear.
+        if headers_secret:
+            reference = env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": headers_secret, "key": "otlp-headers"}
+        else:
+            assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
 
 
 def test_pod_templates_roll_on_config_and_secret_changes(rendered: Rendered) -> None:
@@ -249,6 +256,7 @@ def test_secrets_come_from_secret_key_refs(rendered: Rendered, value_set: tuple[
     expected_external |= {delivery.get(part, {}).get("existingSecret") for part in ("smtp", "webhooks")}
     external = values.get("externalRedis", {})
     expected_external |= {external.get("passwordSecret", {}).get("name"), external.get("urlSecret", {}).get("name")}
+    expected_external.add(values.get("otel", {}).get("headers", {}).get("existingSecret"))
     for deployment in rendered.kind("Deployment"):
         env = env_of(pod_spec(deployment)["containers"][0])
         url = env["OFFLOAD_REDIS_URL"]

@@ -54,6 +54,7 @@ def code_metric_families() -> Iterator[Metric]:
     yield from worker_metrics.InFlightCollector().collect()
     queues = api_metrics.QueueCollector(redis.Redis(), stale_after=60, cache_seconds=300)
     queues._read_at = time.monotonic()  # the cached (empty) read: no Redis needed for the names
+    queues._memory = {"used_memory": 0, "maxmemory": 0}  # as after a read of INFO memory
     yield from queues.collect()
 
 
@@ -144,6 +145,9 @@ def test_service_monitor_selects_the_api_service_and_its_port() -> None:
     assert selects({"matchLabels": service["spec"]["selector"]}, api["spec"]["template"]["metadata"]["labels"])
     assert port["targetPort"] in container_ports(api)
     assert endpoint["interval"] == "30s"
+    # The alerts and the dashboard select a release's series by this label (namespace comes from
+    # the operator).
+    assert endpoint["relabelings"] == [{"targetLabel": "release", "replacement": "offload", "action": "replace"}]
 
 
 def test_one_pod_monitor_per_worker_set_on_its_metrics_port() -> None:
@@ -160,9 +164,10 @@ def test_one_pod_monitor_per_worker_set_on_its_metrics_port() -> None:
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         assert endpoint["port"] in container_ports(selected[0])
         assert endpoint["path"] == "/metrics"
-        (relabel,) = endpoint["relabelings"]
-        assert relabel["targetLabel"] == "worker_set"
-        assert relabel["replacement"] == selected[0]["metadata"]["labels"]["offload/worker-set"]
+        worker_set, release = endpoint["relabelings"]
+        assert worker_set["targetLabel"] == "worker_set"
+        assert worker_set["replacement"] == selected[0]["metadata"]["labels"]["offload/worker-set"]
+        assert (release["targetLabel"], release["replacement"]) == ("release", "offload")
 
 
 def test_monitor_settings_and_labels_come_from_values() -> None:
@@ -185,76 +190,119 @@ def test_monitor_settings_and_labels_come_from_values() -> None:
     assert not rendered.kind("PrometheusRule")
 
 
-def alert_rules(rendered: Rendered) -> dict[str, dict[str, Any]]:
+def alert_rules(rendered: Rendered) -> dict[str, list[dict[str, Any]]]:
+    """Alert name -> its rules (one per queue objective or worker set for some alerts)."""
     (rule,) = rendered.kind("PrometheusRule")
     check_metadata(rule)
-    alerts: dict[str, dict[str, Any]] = {}
+    alerts: dict[str, list[dict[str, Any]]] = {}
     for group in rule["spec"]["groups"]:
         assert group["name"]
         assert group["rules"]
         for item in group["rules"]:
             assert set(item) <= {"alert", "expr", "for", "labels", "annotations"}, item
-            assert item["alert"] not in alerts
             assert item["expr"].strip()
             assert item["labels"]["severity"]
             assert item["annotations"]["summary"]
-            alerts[item["alert"]] = item
+            assert item["annotations"]["runbook_url"]
+            alerts.setdefault(item["alert"], []).append(item)
     return alerts
 
 
 def test_prometheus_rule_has_the_alerts_with_the_default_thresholds() -> None:
     alerts = alert_rules(render(ALL_ON))
     assert set(alerts) == {
+        "OffloadQueueOldestJobTooOld",
         "OffloadQueueBacklogGrowing",
         "OffloadJobFailureRateHigh",
         "OffloadQueueNoConsumers",
         "OffloadDeadLettersRising",
+        "OffloadApiErrorRatioHigh",
+        "OffloadApiLatencyHigh",
+        "OffloadRedisUnreachable",
+        "OffloadRedisMemoryNearLimit",
     }
-    dead = alerts["OffloadDeadLettersRising"]
-    assert dead["expr"] == "max by (queue) (delta(offload_dead_letters[30m])) > 10"
+    sel = '{namespace="offload", release="offload"'
+    (dead,) = alerts["OffloadDeadLettersRising"]
+    assert dead["expr"] == f"max by (namespace, release, queue) (delta(offload_dead_letters{sel}}}[30m])) > 10"
     assert (dead["for"], dead["labels"]["severity"]) == ("5m", "warning")
-    backlog = alerts["OffloadQueueBacklogGrowing"]
-    assert "offload_queue_depth) > 100" in backlog["expr"]
+    (backlog,) = alerts["OffloadQueueBacklogGrowing"]
+    assert f"offload_queue_depth{sel}}}) > 100" in backlog["expr"]
     assert "[15m]" in backlog["expr"]
     assert backlog["for"] == "10m"
-    failures = alerts["OffloadJobFailureRateHigh"]
+    (failures,) = alerts["OffloadJobFailureRateHigh"]
+    assert "by (namespace, release, queue, task)" in failures["expr"]
     assert "[10m]" in failures["expr"]
     assert failures["expr"].endswith("> 0.05")
-    idle = alerts["OffloadQueueNoConsumers"]
-    assert "offload_queue_consumers) == 0" in idle["expr"]
-    assert "offload_queue_depth) > 0" in idle["expr"]
-    assert (idle["for"], idle["labels"]["severity"]) == ("5m", "critical")
-    for alert in alerts.values():
-        assert "by (queue)" in alert["expr"]
-        assert "{{ $labels.queue }}" in alert["annotations"]["summary"]
+    oldest = {rule["labels"]["objective_seconds"]: rule["expr"] for rule in alerts["OffloadQueueOldestJobTooOld"]}
+    assert oldest["60"].endswith('queue="high"}) > 60')
+    assert oldest["300"].endswith('queue="default"}) > 300')
+    assert oldest["3600"].endswith('queue="low"}) > 3600')
+    assert oldest["900"].endswith('queue!~"default|high|low"}) > 900')
+    # One rule per worker set: sets that are always running must always have consumers.
+    idle = {rule["labels"]["worker_set"]: rule for rule in alerts["OffloadQueueNoConsumers"]}
+    assert set(idle) == {"default", "low", "high"}
+    assert idle["default"]["expr"].endswith('queue=~"default"}) == 0')
+    assert idle["low"]["expr"].endswith('queue=~"low"}) > 0')  # may sleep at zero: only while jobs wait
+    assert all((rule["for"], rule["labels"]["severity"]) == ("5m", "critical") for rule in idle.values())
+    (latency,) = alerts["OffloadApiLatencyHigh"]
+    assert latency["expr"].startswith("histogram_quantile(0.99, sum by (namespace, release, le)")
+    assert 'route!~".*/events"' in latency["expr"]
+    assert latency["expr"].endswith("> 1")
+    (errors,) = alerts["OffloadApiErrorRatioHigh"]
+    assert 'status=~"5.."' in errors["expr"]
+    (memory,) = alerts["OffloadRedisMemoryNearLimit"]
+    assert "offload_redis_maxmemory_bytes" in memory["expr"]
+    assert memory["expr"].endswith("> 0.9")
+    for rules in alerts.values():
+        for rule in rules:
+            assert "by (namespace, release" in rule["expr"]
+            assert "{{ $labels.namespace }}/{{ $labels.release }}" in rule["annotations"]["summary"]
 
 
 def test_alert_thresholds_come_from_values() -> None:
     rules = {
         "labels": {"release": "kps"},
         "alertLabels": {"team": "jobs"},
+        "oldestJobAge": {"objectives": {"high": 10}, "otherQueues": 120, "for": "1m", "severity": "page"},
         "backlogGrowing": {"depth": 250, "window": "30m", "for": "20m", "severity": "critical"},
         "failureRateHigh": {"ratio": 0.2, "window": "1h", "for": "15m"},
         "noConsumers": {"for": "10m", "severity": "warning"},
         "deadLettersRising": {"increase": 3, "window": "1h", "for": "0m", "severity": "critical"},
+        "apiErrorRatio": {"ratio": 0.01, "window": "10m", "for": "3m"},
+        "apiLatency": {"seconds": 0.25, "excludedRoutes": ""},
+        "redisMemory": {"ratio": 0.8},
+        "redisDown": {"for": "30s"},
     }
     rendered = render({"metrics": {"prometheusRule": {"enabled": True, **rules}}})
     (rule,) = rendered.kind("PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
     alerts = alert_rules(rendered)
-    backlog = alerts["OffloadQueueBacklogGrowing"]
+    # Maps merge: the objectives not overridden stay.
+    oldest = {r["labels"]["objective_seconds"]: r for r in alerts["OffloadQueueOldestJobTooOld"]}
+    assert set(oldest) == {"10", "300", "3600", "120"}
+    assert all((r["for"], r["labels"]["severity"]) == ("1m", "page") for r in oldest.values())
+    (backlog,) = alerts["OffloadQueueBacklogGrowing"]
     assert "> 250" in backlog["expr"]
     assert "[30m]" in backlog["expr"]
     assert (backlog["for"], backlog["labels"]["severity"]) == ("20m", "critical")
-    dead = alerts["OffloadDeadLettersRising"]
-    assert dead["expr"] == "max by (queue) (delta(offload_dead_letters[1h])) > 3"
+    (dead,) = alerts["OffloadDeadLettersRising"]
+    assert dead["expr"].endswith("[1h])) > 3")
     assert (dead["for"], dead["labels"]["severity"]) == ("0m", "critical")
-    failures = alerts["OffloadJobFailureRateHigh"]
+    (failures,) = alerts["OffloadJobFailureRateHigh"]
     assert "[1h]" in failures["expr"]
     assert failures["expr"].endswith("> 0.2")
     assert failures["for"] == "15m"
-    assert alerts["OffloadQueueNoConsumers"]["for"] == "10m"
-    assert all(alert["labels"]["team"] == "jobs" for alert in alerts.values())
+    assert all(r["for"] == "10m" for r in alerts["OffloadQueueNoConsumers"])
+    (errors,) = alerts["OffloadApiErrorRatioHigh"]
+    assert "[10m]" in errors["expr"]
+    assert errors["expr"].endswith("> 0.01")
+    assert errors["for"] == "3m"
+    (latency,) = alerts["OffloadApiLatencyHigh"]
+    assert latency["expr"].endswith("> 0.25")
+    assert "route!~" not in latency["expr"]
+    assert alerts["OffloadRedisMemoryNearLimit"][0]["expr"].endswith("> 0.8")
+    assert alerts["OffloadRedisUnreachable"][0]["for"] == "30s"
+    assert all(r["labels"]["team"] == "jobs" for rules in alerts.values() for r in rules)
     assert not rendered.kind("ServiceMonitor")
 
 
@@ -296,22 +344,63 @@ def test_dashboard_has_the_required_panels() -> None:
     dashboard = json.loads(DASHBOARD_FILE.read_text())
     assert dashboard["uid"]
     assert dashboard["title"]
-    queried = {title: set().union(*map(metric_names, exprs)) for title, exprs in dashboard_exprs(dashboard).items()}
+    panels = {panel["title"]: panel for panel in dashboard["panels"]}
+    exprs = dashboard_exprs(dashboard)
+    # What an on-call engineer looks at first, and the metric each panel must read.
     required = {
-        "offload_queue_depth",  # queue depth per queue
-        "offload_jobs_succeeded_total",  # throughput
-        "offload_jobs_failed_total",  # failure rate
-        "offload_job_queue_wait_seconds_bucket",  # wait time p95
-        "offload_job_run_seconds_bucket",  # run time p95
-        "offload_queue_consumers",  # workers per queue
-        "up",  # worker pods per set
+        "Oldest waiting job": ("offload_queue_oldest_job_age_seconds", "queue"),
+        "Throughput per job type": ("offload_jobs_succeeded_total", "task"),
+        "Failure ratio per job type": ("offload_jobs_failed_total", "task"),
+        "Retry rate per job type": ("offload_jobs_retried_total", "task"),
+        "API latency": ("offload_http_request_duration_seconds_bucket", "route"),
+        "Redis memory": ("offload_redis_memory_used_bytes", ""),
+        "Queue depth": ("offload_queue_depth", "queue"),
+        "Workers consuming each queue": ("offload_queue_consumers", "queue"),
     }
-    assert required <= set().union(*queried.values())
-    for title, exprs in dashboard_exprs(dashboard).items():
-        if any("histogram_quantile" in expr for expr in exprs):
-            assert all("histogram_quantile(0.95," in expr and "le" in expr for expr in exprs), title
+    for title, (metric, label) in required.items():
+        assert title in panels, title
+        assert any(metric in metric_names(expr) for expr in exprs[title]), title
+        assert all("by (" in expr and label in expr for expr in exprs[title]), title
+    assert "offload_redis_maxmemory_bytes" in " ".join(exprs["Redis memory"])
+    assert panels["Redis memory"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+    assert panels["Failure ratio per job type"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert any("histogram_quantile(0.99," in expr for expr in exprs["API latency"])
+    for title, panel_exprs in exprs.items():
+        for expr in panel_exprs:
+            if "histogram_quantile" in expr:
+                assert re.search(r"sum by \(le\b", expr), title
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
+    # Grafana's 24-column grid: every panel fits, none covers another.
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        covered = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not covered & cells, panel["title"]
+        cells |= covered
+        assert [target["refId"] for target in panel["targets"]] == ["A", "B"][: len(panel["targets"])], panel["title"]
+
+
+def test_dashboard_filters_every_query_by_namespace_and_release() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "release", "queue", "task"]
+    assert variables["namespace"]["definition"] == "label_values(offload_queue_depth, namespace)"
+    assert "$namespace" in variables["release"]["definition"]
+    for name in ("queue", "task"):
+        assert 'namespace=~"$namespace", release=~"$release"' in variables[name]["definition"]
+    for title, panel_exprs in dashboard_exprs(dashboard).items():
+        for expr in panel_exprs:
+            selectors = re.findall(r"\b(?:offload_\w+|up)\{([^}]*)\}", expr)
+            assert selectors, expr
+            for selector in selectors:
+                assert selector.startswith('namespace=~"$namespace", release=~"$release"'), (title, expr)
+            # Aggregations keep namespace and release apart: two releases never add up.
+            assert "namespace, release" in expr, (title, expr)
 
 
 def test_every_queried_metric_exists_in_the_code() -> None:
@@ -320,9 +409,9 @@ def test_every_queried_metric_exists_in_the_code() -> None:
     exprs = [expr for panel_exprs in dashboard_exprs(dashboard).values() for expr in panel_exprs]
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
-            (metric,) = re.findall(r"label_values\((\w+),", variable["definition"])
+            (metric,) = re.findall(r"label_values\((\w+)[{,]", variable["definition"])
             exprs.append(metric)
-    exprs += [alert["expr"] for alert in alert_rules(render(ALL_ON)).values()]
+    exprs += [rule["expr"] for rules in alert_rules(render(ALL_ON)).values() for rule in rules]
     assert len(exprs) >= 10
     for expr in exprs:
         names = metric_names(expr)

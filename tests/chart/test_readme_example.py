@@ -25,3 +25,15 @@ def test_the_readme_values_example_renders_one_deployment_per_set() -> None:
         "registry.example.com/team/offload-worker:0.1.0",
         "registry.example.com/team/offload-notifier:0.1.0",
     }
+
+
+def test_the_readmes_own_queue_overlays_add_the_queue_everywhere() -> None:
+    chart_readme = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "offload" / "README.md"
+    for readme in (README, chart_readme):
+        blocks = [b for b in re.findall(r"```yaml\n(.*?)```", readme.read_text(), flags=re.DOTALL) if "acme" in b]
+        assert len(blocks) == 1, f"{readme.name} lost its example of a queue of your own"
+        rendered = render(yaml.safe_load(blocks[0]))
+        (config,) = [c for c in rendered.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+        assert config["data"]["OFFLOAD_QUEUES"].split(",") == ["high", "default", "low", "acme"]
+        for kind in ("Deployment", "ScaledObject", "PodDisruptionBudget"):
+            assert len(rendered.worker_set(kind, "acme")) == 1, (readme, kind)

@@ -1,13 +1,24 @@
-"""The chart's worker sets agree with the queue topology declared in offload_core.topology."""
+"""The chart follows the one declaration of queues and worker sets: its defaults are the Python
+defaults (offload_core.topology, the settings), and a set added through values alone brings its
+queue everywhere (OFFLOAD_QUEUES of every component, its own Deployment, autoscaler and PDB)."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import re
 from typing import Any
 
-from offload_core.topology import NOTIFIER_QUEUES, WORKER_QUEUES, Queue
-from tests.chart.render import CHART_DIR, Rendered, default_values, env_of, pod_spec
+from offload_core.settings import Settings
+from offload_core.topology import (
+    DEFAULT_WORKER_SETS,
+    NOTIFIER_QUEUES,
+    QUEUE_NAME,
+    RESERVED_QUEUE_NAMES,
+    WORKER_QUEUES,
+    priority_lists,
+)
+from tests.chart.conftest import VALUE_SETS
+from tests.chart.render import CHART_DIR, Manifest, Rendered, default_values, env_of, pod_spec, render
 
 
 def merged_sets(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -15,42 +26,114 @@ def merged_sets(values: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**defaults, **entry} for entry in values["workers"]["sets"]]
 
 
-def test_every_queue_is_consumed_by_exactly_one_default_set() -> None:
-    consumed = Counter(queue for worker_set in merged_sets(default_values()) for queue in worker_set["queues"])
-    assert consumed == Counter({queue.value: 1 for queue in Queue})
+def offload_queues(rendered: Rendered) -> list[str]:
+    (config,) = [c for c in rendered.kind("ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    queues: str = config["data"]["OFFLOAD_QUEUES"]
+    return queues.split(",")
 
 
-def test_high_only_on_the_notifier_and_the_notifier_only_high() -> None:
-    for worker_set in merged_sets(default_values()):
-        queues = {Queue(queue) for queue in worker_set["queues"]}
-        if worker_set["image"] == "notifier":
-            assert queues == set(NOTIFIER_QUEUES), worker_set["name"]
-        else:
-            assert queues <= set(WORKER_QUEUES), worker_set["name"]
-        if Queue.HIGH in queues:
-            assert worker_set["image"] == "notifier"
-            assert worker_set["minReplicas"] >= 1
+def settings_of(rendered: Rendered, workload: Manifest) -> Settings:
+    """The Settings a workload's container would read: its ConfigMap's variables, then its own."""
+    (container,) = pod_spec(workload)["containers"]
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        config = rendered.named("ConfigMap", source["configMapRef"]["name"])
+        environment.update(config["data"])
+    environment.update({name: item["value"] for name, item in env_of(container).items() if "value" in item})
+    fields = {key.removeprefix("OFFLOAD_"): value for key, value in environment.items() if key.startswith("OFFLOAD_")}
+    fields.pop("REDIS_URL", None)  # composed from a Secret in the pod
+    return Settings(API_KEYS=["k" * 16], **fields)  # type: ignore[arg-type]
+
+
+def test_the_default_sets_are_the_python_default_sets() -> None:
+    chart_sets = [(s["name"], tuple(s["queues"]), s["image"]) for s in merged_sets(default_values())]
+    assert chart_sets == [(s.name, tuple(s.queues), s.image) for s in DEFAULT_WORKER_SETS]
+
+
+def test_the_default_queues_are_the_settings_default(rendered_defaults: Rendered) -> None:
+    assert offload_queues(rendered_defaults) == Settings(API_KEYS=["k" * 16]).QUEUES
 
 
 def test_rendered_deployments_consume_what_the_values_say(rendered_defaults: Rendered) -> None:
-    consumed: Counter[str] = Counter()
     for worker_set in merged_sets(default_values()):
         (deployment,) = rendered_defaults.worker_set("Deployment", worker_set["name"])
         (container,) = pod_spec(deployment)["containers"]
         queues = env_of(container)["OFFLOAD_WORKER_QUEUES"]["value"].split(",")
-        consumed.update(queues)
+        assert queues == worker_set["queues"]
         image = container["image"].split("/")[-1].split(":")[0].split("@")[0]
         assert image == ("offload-notifier" if worker_set["image"] == "notifier" else "offload-worker")
-        if image == "offload-notifier":
-            assert queues == [queue.value for queue in NOTIFIER_QUEUES]
-    assert set(consumed) == {queue.value for queue in Queue}
+        if "high" in queues:
+            assert worker_set["minReplicas"] >= 1
 
 
-def test_schema_and_guards_know_exactly_the_topology_queues() -> None:
-    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
-    queue_enum = schema["definitions"]["workerSetFields"]["properties"]["queues"]["items"]["enum"]
-    assert sorted(queue_enum) == sorted(queue.value for queue in Queue)
+def test_the_guards_know_the_built_in_queues_and_their_images() -> None:
     check_config = (CHART_DIR / "templates" / "_checkConfig.tpl").read_text()
-    known = 'toJson (list "high" "default" "low")'
-    assert known in check_config
-    assert sorted(["high", "default", "low"]) == sorted(q.value for q in Queue)
+    (declared,) = re.findall(r'toJson \(dict "worker" \(list ([^)]*)\) "notifier" \(list ([^)]*)\)\)', check_config)
+    worker, notifier = ([item.strip('"') for item in group.split()] for group in declared)
+    assert (tuple(worker), tuple(notifier)) == (WORKER_QUEUES, NOTIFIER_QUEUES)
+
+
+def test_schema_and_guards_take_the_queue_names_the_settings_take() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    item = schema["definitions"]["workerSetFields"]["properties"]["queues"]["items"]
+    assert item["pattern"] == QUEUE_NAME.pattern
+    assert set(item["not"]["enum"]) == RESERVED_QUEUE_NAMES
+    check_config = (CHART_DIR / "templates" / "_checkConfig.tpl").read_text()
+    assert f'regexMatch "{QUEUE_NAME.pattern}"' in check_config
+    assert "(list " + " ".join(f'"{name}"' for name in sorted(RESERVED_QUEUE_NAMES)) + ")" in check_config
+
+
+def test_every_component_reads_the_same_queues_and_every_worker_consumes_some_of_them(rendered: Rendered) -> None:
+    queues = offload_queues(rendered)
+    readers = 0
+    for workload in rendered.kind("Deployment"):
+        if not any("configMapRef" in s for s in pod_spec(workload)["containers"][0].get("envFrom", [])):
+            continue  # Flower: Celery's own dashboard reads no Offload setting
+        settings = settings_of(rendered, workload)  # refuses a set's queue missing from OFFLOAD_QUEUES
+        assert queues == settings.QUEUES
+        readers += 1
+    assert readers >= 2  # the API and at least one worker set
+
+
+OWN = VALUE_SETS["own-queues"]
+
+
+def test_a_set_added_through_values_brings_its_queues_everywhere() -> None:
+    rendered = render(OWN)
+    assert offload_queues(rendered) == ["high", "default", "low", "acme-urgent", "acme", "acme_bulk"]
+    (api,) = [d for d in rendered.kind("Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "api"]
+    assert "acme" in settings_of(rendered, api).QUEUES  # the API accepts and counts its jobs
+
+    (deployment,) = rendered.worker_set("Deployment", "acme")
+    (container,) = pod_spec(deployment)["containers"]
+    assert container["name"] == "worker"
+    assert container["image"].startswith("offload-worker:")
+    acme_settings = settings_of(rendered, deployment)
+    assert acme_settings.WORKER_QUEUES == ["acme", "acme_bulk"]
+    assert acme_settings.WORKER_PREFETCH_MULTIPLIER == 4  # from workers.defaults
+    (notifier,) = rendered.worker_set("Deployment", "high")
+    assert settings_of(rendered, notifier).consumed_queues(NOTIFIER_QUEUES) == ["high", "acme-urgent"]
+
+    (pdb,) = rendered.worker_set("PodDisruptionBudget", "acme")
+    assert pdb["spec"]["selector"]["matchLabels"]["offload/worker-set"] == "acme"
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    (scaled_object,) = rendered.worker_set("ScaledObject", "acme")
+    spec = scaled_object["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 5)
+    triggers = spec["triggers"]
+    assert [t["metadata"]["listName"] for t in triggers] == priority_lists("acme") + priority_lists("acme_bulk")
+    assert [t["name"] for t in triggers] == [f"{q}_p{step}" for q in ("acme", "acme_bulk") for step in (0, 3, 6, 9)]
+    assert all(t["metadata"]["listLength"] == "5" for t in triggers)
+    assert spec["advanced"]["scalingModifiers"]["formula"] == " + ".join(t["name"] for t in triggers)
+
+    # The notifier's own queue: a hyphen, which the scaling formula would read as a minus.
+    (high,) = rendered.worker_set("ScaledObject", "high")
+    high_triggers = high["spec"]["triggers"]
+    assert [t["metadata"]["listName"] for t in high_triggers] == priority_lists("high") + priority_lists("acme-urgent")
+    assert [t["name"] for t in high_triggers][4:] == [f"acme_urgent_p{step}" for step in (0, 3, 6, 9)]
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", t["name"]) for t in high_triggers)
+
+    (hpa_rendered,) = render({**OWN, "keda": {"enabled": False}}).worker_set("HorizontalPodAutoscaler", "acme")
+    assert hpa_rendered["spec"]["minReplicas"] == 1

@@ -38,6 +38,10 @@ def test_default_values_pass_the_schema() -> None:
         ({"delivery": {"smtp": {"port": 0}}}, "minimum"),
         ({"delivery": {"outbound": {"allowedHosts": "10.0.0.0/8"}}}, "got string, want array"),
         ({"delivery": {"outbound": {"allowedHosts": ["a.example,b.example"]}}}, "does not match pattern"),
+        # The services refuse to start with http/json; the chart refuses it at install time.
+        ({"otel": {"protocol": "http/json"}}, "value must be one of '', 'grpc', 'http/protobuf'"),
+        ({"otel": {"headers": {"authorization": "Bearer x"}}}, "additional properties 'authorization' not allowed"),
+        ({"metrics": {"prometheusRule": {"oldestJobAge": {"objectives": {"hihg": 30}}}}}, "'hihg' not allowed"),
     ],
 )
 def test_schema_refuses(values: dict[str, Any], message: str) -> None:

@@ -19,7 +19,7 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from offload_core import smtp
-from offload_core.job_task import PermanentJobError, TransientJobError
+from offload_core.job_errors import PermanentJobError, TransientJobError
 from offload_core.settings import Settings
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port

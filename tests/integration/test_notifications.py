@@ -226,3 +226,22 @@ def test_the_event_body_is_the_same_json_on_every_attempt(stack: Stack) -> None:
     bodies = {r.body for r in requests}
     assert len(bodies) == 1
     assert json.loads(bodies.pop())["data"]["id"] == job_id
+
+
+def test_the_webhook_continues_the_callers_trace_even_when_nothing_is_exported(stack: Stack) -> None:
+    # This stack exports no spans; the trace context still travels API -> Redis -> notifier -> receiver.
+    trace_id = uuid.uuid4().hex
+    caller = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    path = _path()
+    response = stack.client.post(
+        "/v1/notifications",
+        json={"message": MESSAGE, "targets": [webhook(stack.webhooks, path)]},
+        headers={"traceparent": caller},
+    )
+    assert response.status_code == 202, response.text
+    assert finished_notification(stack.client, response.json()["id"])["status"] == "succeeded"
+    [request] = stack.webhooks.received(path)
+    version, received_trace_id, parent_id, _flags = request.headers["traceparent"].split("-")
+    assert (version, received_trace_id) == ("00", trace_id)
+    assert len(parent_id) == 16
+    assert parent_id != caller.split("-")[2]  # a span of the notifier's, not the caller's

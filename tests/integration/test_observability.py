@@ -1,11 +1,17 @@
 """Following a job from the HTTP request into the worker: one trace across processes (exported
-over real OTLP/HTTP to a receiver in the test), Prometheus counters that move by exactly the
-jobs run, and JSON logs that name the job and trace and carry no secret."""
+over real OTLP/HTTP to a receiver in the test that decodes the protobuf requests), with client
+spans for Redis, webhooks and SMTP and the trace continued in the webhook's `traceparent`;
+Prometheus counters that move by exactly the jobs run, and the same metrics and the logs over
+OTLP; JSON logs that name the job and trace and carry no secret."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,13 @@ from prometheus_client import CollectorRegistry
 from offload_api.metrics import QueueCollector
 from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
+from tests.receivers import ScriptedSmtpHandler, WebhookReceiver, smtp_server
 from tests.support import (
     API_KEY,
     TEST_SETTINGS,
     OtlpReceiver,
+    ReceivedLog,
+    ReceivedPoint,
     ReceivedSpan,
     Service,
     Stack,
@@ -38,6 +47,9 @@ SERVER_SPAN, PRODUCER_SPAN, CONSUMER_SPAN = 2, 4, 5  # OTLP's SpanKind numbers
 ECHO = "offload.echo"
 
 
+OTLP_TOKEN = "otlp-token-5d1e0c"
+
+
 @dataclass
 class ObservedStack:
     receiver: OtlpReceiver
@@ -45,6 +57,8 @@ class ObservedStack:
     worker: Service
     notifier: Service
     client: httpx.Client
+    smtp: ScriptedSmtpHandler
+    webhooks: WebhookReceiver
 
     @property
     def services(self) -> list[Service]:
@@ -54,20 +68,29 @@ class ObservedStack:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack]:
     """A password-protected Redis, the API, a worker for `default` only (so `low` jobs wait and
-    show in the depth gauge) and the notifier, exporting spans to a local OTLP receiver."""
-    with OtlpReceiver().running() as receiver:
+    show in the depth gauge) and the notifier, exporting traces, metrics and logs to a local OTLP
+    receiver, and an SMTP server and webhook receiver for the notifier to deliver to."""
+    with OtlpReceiver().running() as receiver, smtp_server() as (smtp, smtp_port):
+        webhooks = WebhookReceiver().start()
         env = {
             **TEST_SETTINGS,
             "OFFLOAD_LOG_FORMAT": "json",
             "OFFLOAD_QUEUE_METRICS_CACHE_SECONDS": "0.5",
+            "OFFLOAD_SMTP_PORT": str(smtp_port),
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {OTLP_TOKEN}",
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within a tenth of a second
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
         }
-        with cluster(tmp_path_factory.mktemp("observed"), env, redis_password=REDIS_PASSWORD) as own:
-            worker = own.start_worker("worker", queues="default")
-            notifier = own.start_worker("notifier", module="offload_notifier")
-            api = own.start_api()
-            yield ObservedStack(receiver, api, worker, notifier, own.client)
+        try:
+            with cluster(tmp_path_factory.mktemp("observed"), env, redis_password=REDIS_PASSWORD) as own:
+                worker = own.start_worker("worker", queues="default")
+                notifier = own.start_worker("notifier", module="offload_notifier")
+                api = own.start_api()
+                yield ObservedStack(receiver, api, worker, notifier, own.client, smtp, webhooks)
+        finally:
+            webhooks.stop()
 
 
 def _runs_of(receiver: OtlpReceiver, job_id: str, count: int) -> list[ReceivedSpan]:
@@ -289,3 +312,192 @@ def test_queue_gauges_read_redis_once_per_cache_window(tmp_path: Path) -> None:
         wait_for(lambda: depth_and_commands()[0] == 1, 5, "the cached depth to expire and count the message")
     finally:
         server.stop()
+
+
+CLIENT_SPAN = 3
+
+
+def _trace_of(receiver: OtlpReceiver, trace_id: str, ready: Callable[[list[ReceivedSpan]], bool]) -> list[ReceivedSpan]:
+    def spans() -> list[ReceivedSpan] | None:
+        found = [s for s in receiver.received() if s.trace_id == trace_id]
+        return found if ready(found) else None
+
+    return wait_for(spans, 15, f"the spans of trace {trace_id}", interval=0.1)
+
+
+def test_a_notification_is_one_trace_from_the_request_to_the_receivers_headers(observed: ObservedStack) -> None:
+    path = f"/hooks/{uuid.uuid4().hex[:12]}"
+    targets = [
+        {"channel": "webhook", "url": observed.webhooks.url(path)},
+        {"channel": "email", "address": "oncall@tests.example"},
+    ]
+    message = {"title": "Disk almost full", "body": "db-1 is at 97%"}
+    response = observed.client.post("/v1/notifications", json={"message": message, "targets": targets})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert wait_job(observed.client, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+
+    [delivery] = observed.webhooks.received(path)
+    version, trace_id, parent_id, flags = delivery.headers["traceparent"].split("-")
+    assert version == "00"
+    assert int(flags, 16) & 1  # sampled
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        return {parent_id, "smtp send"} <= {s.span_id for s in spans} | {s.name for s in spans}
+
+    spans = _trace_of(observed.receiver, trace_id, complete)
+    (request,) = [s for s in spans if s.kind == SERVER_SPAN]
+    assert (request.service, request.attributes["http.route"]) == ("offload-api", "/v1/notifications")
+    assert request.attributes["offload.job.id"] == job_id
+    # The receiver's parent is the notifier's HTTP client span, under the run of the job.
+    (webhook_call,) = [s for s in spans if s.span_id == parent_id]
+    assert (webhook_call.service, webhook_call.kind, webhook_call.name) == ("offload-notifier", CLIENT_SPAN, "POST")
+    chain = _ancestors(webhook_call, spans)
+    assert chain[0].kind == CONSUMER_SPAN
+    assert chain[0].attributes["offload.job.id"] == job_id
+    assert chain[-1].span_id == request.span_id
+    (mail,) = [s for s in spans if s.name == "smtp send"]
+    assert (mail.service, mail.kind, mail.attributes["network.protocol.name"]) == (
+        "offload-notifier",
+        CLIENT_SPAN,
+        "smtp",
+    )
+    assert _ancestors(mail, spans)[-1].span_id == request.span_id
+    assert observed.smtp.messages_to("oncall@tests.example")
+    # Redis calls are client spans in the same trace, on both sides of the queue.
+    redis_spans = {s.service for s in spans if s.kind == CLIENT_SPAN and s.attributes.get("db.system") == "redis"}
+    assert redis_spans == {"offload-api", "offload-notifier"}
+
+
+def _points_of(receiver: OtlpReceiver, service: str, metric: str, **attributes: str) -> list[ReceivedPoint]:
+    return [
+        p
+        for p in receiver.received_points()
+        if p.service == service and p.metric == metric and attributes.items() <= p.attributes.items()
+    ]
+
+
+def _points(observed: ObservedStack, service: str, metric: str, **attributes: str) -> list[ReceivedPoint]:
+    return _points_of(observed.receiver, service, metric, **attributes)
+
+
+def test_the_same_metrics_and_the_logs_arrive_over_otlp(observed: ObservedStack) -> None:
+    job_id = submit_echo(observed.client, message=f"redis://:{REDIS_PASSWORD}@example:6379/0")
+    wait_job(observed.client, job_id, {"succeeded"})
+    (run,) = _runs_of(observed.receiver, job_id, 1)
+
+    def succeeded_points() -> list[ReceivedPoint] | None:
+        scraped = sample(
+            scrape(observed.worker.extra["metrics_url"]), "offload_jobs_succeeded_total", task=ECHO, queue="default"
+        )
+        points = _points(observed, "offload-worker", "offload_jobs_succeeded", task=ECHO, queue="default")
+        return points if points and points[-1].value == scraped else None
+
+    # A counter is a monotonic cumulative sum of the value /metrics shows, from the main process.
+    [*_, last] = wait_for(succeeded_points, 15, "offload_jobs_succeeded over OTLP to match /metrics", interval=0.2)
+    assert (last.kind, last.monotonic) == ("sum", True)
+    [*_, run_time] = wait_for(
+        lambda: _points(observed, "offload-worker", "offload_job_run_seconds", task=ECHO, queue="default") or None,
+        5,
+        "the run-time histogram over OTLP",
+    )
+    assert run_time.kind == "histogram"
+    assert run_time.value >= 1
+    assert len(run_time.bucket_counts) == len(run_time.explicit_bounds) + 1
+    assert sum(run_time.bucket_counts) == run_time.value
+    requests = _points(observed, "offload-api", "offload_http_requests", route="/v1/jobs/echo", status="202")
+    assert requests
+    assert requests[-1].monotonic
+    assert {p.attributes["queue"] for p in _points(observed, "offload-api", "offload_queue_depth")} >= {
+        "default",
+        "high",
+        "low",
+    }
+
+    def run_logs() -> list[ReceivedLog] | None:
+        logs = [r for r in observed.receiver.received_logs() if r.attributes.get("job_id") == job_id]
+        return logs if {r.service for r in logs} >= {"offload-api", "offload-worker"} else None
+
+    logs = wait_for(run_logs, 15, f"OTLP log records about job {job_id} from the API and the worker", interval=0.2)
+    for record in logs:
+        assert record.trace_id == run.trace_id
+        assert len(record.span_id) == 16
+        assert REDIS_PASSWORD not in str(record.body)
+    worker_log = next(r for r in logs if r.service == "offload-worker")
+    assert (worker_log.attributes["task"], worker_log.attributes["queue"]) == (ECHO, "default")
+    assert all(r.severity_text for r in logs)
+    # OTEL_EXPORTER_OTLP_HEADERS reached the receiver with every request.
+    assert {h.get("authorization") for h in observed.receiver.headers} == {f"Bearer {OTLP_TOKEN}"}
+
+
+@pytest.mark.parametrize("module", ["offload_api", "offload_worker", "offload_notifier"])
+def test_an_unsupported_otlp_protocol_is_refused_at_start_naming_the_variable(module: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        **TEST_SETTINGS,
+        "OFFLOAD_REDIS_URL": "redis://127.0.0.1:1/0",  # never reached
+        "OFFLOAD_WORKER_STATE_DIR": str(tmp_path / "state"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported: use http/protobuf" in done.stderr
+    assert "grpc" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_redis_gauges_say_whether_redis_answers_and_how_full_it_is(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
+    collector = QueueCollector(client, stale_after=3, cache_seconds=0)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        assert registry.get_sample_value("offload_redis_up") == 1
+        assert registry.get_sample_value("offload_redis_maxmemory_bytes") == 0  # no limit
+        client.config_set("maxmemory", str(64 * 1024 * 1024))
+        client.set("filler", "x" * 1_000_000)
+        assert registry.get_sample_value("offload_redis_maxmemory_bytes") == 64 * 1024 * 1024
+        used = registry.get_sample_value("offload_redis_memory_used_bytes")
+        assert used is not None
+        assert used == pytest.approx(int(client.info("memory")["used_memory"]), rel=0.05)
+        assert used > 1_000_000
+    finally:
+        server.stop()
+    # Redis gone: the scrape still answers, saying so, without stale memory figures.
+    assert registry.get_sample_value("offload_redis_up") == 0
+    assert registry.get_sample_value("offload_redis_memory_used_bytes") is None
+    assert registry.get_sample_value("offload_queue_depth", {"queue": "default"}) is None
+
+
+def test_grpc_carries_all_three_signals_too(tmp_path: Path) -> None:
+    receiver = OtlpReceiver()
+    with receiver.running_grpc() as endpoint:
+        env = {
+            **TEST_SETTINGS,
+            "OFFLOAD_LOG_FORMAT": "json",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {OTLP_TOKEN}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        }
+        with cluster(tmp_path, env) as own:
+            own.start_api()
+            job_id = submit_echo(own.client)  # accepted (and logged) by the API; no worker runs it
+
+            def arrived() -> bool:
+                spans = [s for s in receiver.received() if s.attributes.get("offload.job.id") == job_id]
+                logs = [r for r in receiver.received_logs() if r.attributes.get("job_id") == job_id]
+                points = _points_of(receiver, "offload-api", "offload_jobs_submitted", task=ECHO)
+                return bool(spans and logs and points)
+
+            wait_for(arrived, 15, "a span, a log record and a metric of the job over OTLP/gRPC", interval=0.2)
+    (span, *_) = [s for s in receiver.received() if s.attributes.get("offload.job.id") == job_id]
+    (log, *_) = [r for r in receiver.received_logs() if r.attributes.get("job_id") == job_id]
+    assert log.trace_id == span.trace_id
+    assert _points_of(receiver, "offload-api", "offload_jobs_submitted", task=ECHO)[-1].value >= 1

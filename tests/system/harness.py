@@ -164,18 +164,21 @@ class Topology:
         code, out = self.redis.get_wrapped_container().exec_run(["redis-cli", *args])
         return out.decode().strip() if code == 0 else ""
 
-    def start_api(self) -> None:
-        api = self._container(self.images["api"], "api", {**CONFIG, **API_ENV})
+    def start_api(self, env: dict[str, str] | None = None) -> None:
+        """The API; env adds to or overrides the chart's configuration."""
+        api = self._container(self.images["api"], "api", {**CONFIG, **API_ENV, **(env or {})})
         publish_on_loopback(api, 8000)
         self.api = self._enter(api)
         self.api_url = f"http://127.0.0.1:{host_port(api, 8000)}"
 
-    def start_worker(self, role: str = "worker", queues: str = "default,low", concurrency: int = 2) -> str:
+    def start_worker(
+        self, role: str = "worker", queues: str = "default,low", concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> str:
         """Starts a worker (role "worker") or the notifier; returns its container name. Not
-        waited for: see wait_ready()."""
+        waited for: see wait_ready(). env adds to or overrides the chart's configuration."""
         image = self.images["notifier" if role == "notifier" else "worker"]
         queues = "high" if role == "notifier" else queues
-        env = {**CONFIG, **worker_env(queues, concurrency)}
+        env = {**CONFIG, **worker_env(queues, concurrency), **(env or {})}
         worker = self._container(image, role, env)
         self._enter(worker)
         name = str(worker._name)

@@ -29,7 +29,7 @@ from offload_core.images import (
     rotated_size,
     sniff_format,
 )
-from offload_core.job_task import PermanentJobError
+from offload_core.job_errors import PermanentJobError
 from offload_core.jobs import Job, JobStatus, Progress
 from offload_worker.images import open_image, process
 from tests.support import png_declaring

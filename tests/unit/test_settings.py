@@ -15,6 +15,7 @@ def test_defaults_are_consistent_and_need_only_an_api_key(monkeypatch: pytest.Mo
     assert settings.VISIBILITY_TIMEOUT_SECONDS > settings.TASK_TIME_LIMIT_SECONDS + settings.RETRY_BACKOFF_MAX_SECONDS
     assert settings.unacked_restore_bound_seconds == 425
     assert settings.WORKER_QUEUES == [Queue.DEFAULT, Queue.LOW]
+    assert settings.QUEUES == ["high", "default", "low"]
 
 
 def test_production_needs_api_keys_for_the_api_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,12 +61,36 @@ def test_secrets_do_not_show_in_repr() -> None:
         ({"TASK_SOFT_TIME_LIMIT_SECONDS": 300}, "must be below"),
         ({"API_KEYS": ["short"]}, "at least 16 characters"),
         ({"REDIS_URL": "http://redis:6379"}, "redis://"),
-        ({"WORKER_QUEUES": ["urgent"]}, "WORKER_QUEUES"),
+        ({"WORKER_QUEUES": ["urgent"]}, "OFFLOAD_WORKER_QUEUES names urgent, which OFFLOAD_QUEUES"),
+        ({"WORKER_QUEUES": []}, "OFFLOAD_WORKER_QUEUES names no queue"),
+        ({"QUEUES": ["high", "default"]}, "lacks the built-in queue"),
+        ({"QUEUES": ["high", "default", "low", "Acme"]}, "'Acme' is not a valid queue name"),
+        ({"QUEUES": ["high", "default", "low", "acme jobs"]}, "not a valid queue name"),
+        ({"QUEUES": ["high", "default", "low", "a" * 64]}, "63 characters at most"),
+        ({"QUEUES": ["high", "default", "low", "unacked"]}, "'unacked' is reserved"),
+        ({"QUEUES": ["high", "default", "low", "low"]}, "names a queue twice"),
+        ({"WORKER_QUEUES": ["default", "-x"]}, "OFFLOAD_WORKER_QUEUES: '-x' is not a valid queue name"),
     ],
 )
 def test_inconsistent_settings_are_refused_with_the_rule(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**{"API_KEYS": [KEY], **overrides})  # type: ignore[arg-type]
+
+
+def test_a_deployment_adds_its_own_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_QUEUES", "high,default,low,acme,acme-bulk_2")
+    monkeypatch.setenv("OFFLOAD_WORKER_QUEUES", "acme,acme-bulk_2")
+    settings = Settings(API_KEYS=[KEY])
+    assert settings.QUEUES == ["high", "default", "low", "acme", "acme-bulk_2"]
+    assert settings.WORKER_QUEUES == ["acme", "acme-bulk_2"]
+
+
+def test_a_worker_image_consumes_its_own_default_queues_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OFFLOAD_WORKER_QUEUES", raising=False)
+    assert Settings(API_KEYS=[KEY]).consumed_queues(["high"]) == ["high"]  # the notifier's default
+    monkeypatch.setenv("OFFLOAD_QUEUES", "high,default,low,urgent")
+    monkeypatch.setenv("OFFLOAD_WORKER_QUEUES", "high,urgent")
+    assert Settings(API_KEYS=[KEY]).consumed_queues(["high"]) == ["high", "urgent"]
 
 
 # --- the orphan sweep's: its grace must outlast the longest publish, its bound is the README's

@@ -16,13 +16,18 @@ value and says what to do. Included once, from configmap.yaml (which always rend
 {{- end -}}
 {{- end -}}
 
-{{/* The queues offload_core.topology declares. */}}
-{{- define "offload.knownQueues" -}}
-{{- toJson (list "high" "default" "low") -}}
+{{/*
+The built-in queues (offload_core.topology), by the image whose code runs their jobs: the
+worker's (emails, reports, images) and the notifier's (notifications). Every deployment has
+them; the worker sets may add queues of their own. tests/chart/test_topology.py checks this
+against the Python declaration.
+*/}}
+{{- define "offload.builtinQueues" -}}
+{{- toJson (dict "worker" (list "default" "low") "notifier" (list "high")) -}}
 {{- end -}}
 
 {{- define "offload.checkConfig.workerSets" -}}
-{{- $known := include "offload.knownQueues" . | fromJsonArray -}}
+{{- $builtin := include "offload.builtinQueues" . | fromJson -}}
 {{- $seen := dict -}}
 {{- $consumed := dict -}}
 {{- $margin := int .Values.workers.gracePeriodMarginSeconds -}}
@@ -37,11 +42,22 @@ workers.sets: the set name "{{ $name }}" appears more than once; give every set 
 {{- if not $set.queues }}
 workers.sets[{{ $name }}]: queues is empty; list the queues this set consumes (e.g. [default]).
 {{- end -}}
-{{- range $queue := $set.queues -}}
-{{- $_ := set $consumed (toString $queue) true -}}
-{{- if not (has (toString $queue) $known) }}
-workers.sets[{{ $name }}]: unknown queue "{{ $queue }}"; offload_core.topology declares {{ join ", " $known }}.
+{{- $triggers := dict -}}
+{{- range $queue := (default list $set.queues) -}}
+{{- $queue = toString $queue -}}
+{{- $_ := set $consumed $queue true -}}
+{{- if not (regexMatch "^[a-z][a-z0-9_-]{0,62}$" $queue) }}
+workers.sets[{{ $name }}]: "{{ $queue }}" is not a valid queue name; use a lower-case letter, then lower-case letters, digits, - and _ (63 characters at most).
+{{- else if has $queue (list "in-process" "unacked" "unacked_index" "unacked_mutex") }}
+workers.sets[{{ $name }}]: queue name "{{ $queue }}" is reserved (a Redis transport key, or the API's in-process queue); choose another name.
 {{- end -}}
+{{- $trigger := $queue | replace "-" "_" -}}
+{{- if eq (get $triggers $trigger | default "") $queue }}
+workers.sets[{{ $name }}]: lists queue "{{ $queue }}" twice; list it once.
+{{- else if hasKey $triggers $trigger }}
+workers.sets[{{ $name }}]: queues "{{ get $triggers $trigger }}" and "{{ $queue }}" differ only in "-" and "_", so their KEDA triggers would share a name; rename one.
+{{- end -}}
+{{- $_ := set $triggers $trigger $queue -}}
 {{- end -}}
 {{- $grace := int $set.terminationGracePeriodSeconds -}}
 {{- $soft := float64 $set.softShutdownTimeoutSeconds -}}
@@ -58,19 +74,22 @@ workers.sets[{{ $name }}]: minReplicas ({{ $set.minReplicas }}) is above maxRepl
 {{- if lt (int $set.maxReplicas) 1 }}
 workers.sets[{{ $name }}]: maxReplicas must be at least 1.
 {{- end -}}
-{{- if and (has "high" $set.queues) (lt (int $set.minReplicas) 1) }}
+{{- if and (has "high" (default list $set.queues)) (lt (int $set.minReplicas) 1) }}
 workers.sets[{{ $name }}]: consumes "high" and must keep minReplicas >= 1 (got {{ $set.minReplicas }}); critical notifications must not wait for a scale-up from zero.
 {{- end -}}
-{{- if and (eq $set.image "notifier") (not (eq (join "," $set.queues) "high")) }}
-workers.sets[{{ $name }}]: the notifier image consumes "high" only, but queues is [{{ join ", " $set.queues }}]; use image "worker" for other queues.
+{{- /* An image cannot run the other image's built-in jobs: their code is not in it. */ -}}
+{{- $other := ternary "worker" "notifier" (eq $set.image "notifier") -}}
+{{- range $queue := (default list $set.queues) -}}
+{{- if has (toString $queue) (get $builtin $other) }}
+workers.sets[{{ $name }}]: queue "{{ $queue }}" runs Offload's built-in jobs of the {{ $other }} image, whose code the {{ $set.image }} image lacks; move it to a set with image: {{ $other }}{{ if eq $other "notifier" }} (critical work never waits behind bulk work){{ end }}.
 {{- end -}}
-{{- if and (ne $set.image "notifier") (has "high" $set.queues) }}
-workers.sets[{{ $name }}]: queue "high" belongs to the notifier image (image: notifier), so critical work never waits behind bulk work.
 {{- end -}}
 {{- end -}}
-{{- range $queue := $known -}}
+{{- range $image, $queues := $builtin -}}
+{{- range $queue := $queues -}}
 {{- if not (hasKey $consumed $queue) }}
-workers.sets: no set consumes queue "{{ $queue }}"; its jobs would wait forever. Add it to a set's queues.
+workers.sets: no set consumes the built-in queue "{{ $queue }}"; Offload's own jobs on it would wait forever. Add it to the queues of a set with image: {{ $image }}.
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

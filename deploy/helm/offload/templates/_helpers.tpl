@@ -188,6 +188,13 @@ OpenTelemetry variables. Call with (dict "ctx" $ "service" "offload-api" "worker
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: {{ . | quote }}
 {{- end }}
+{{- with .ctx.Values.otel.headers.existingSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.ctx.Values.otel.headers.existingSecretKey | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* OFFLOAD_OUTBOUND_ALLOWED_HOSTS, for the API (it checks webhook URLs at submit) and the workers. */}}
@@ -276,6 +283,45 @@ zeros and falses in the entry win (sprig's merge would drop them).
 {{- $_ := set $.out $key $value }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The deployment's queues, OFFLOAD_QUEUES of every component: every queue some worker set
+consumes, the built-in ones first (in offload_core.topology's order), then the others in the
+order the sets first name them. The worker sets are the one declaration of the queues; a new
+set with a new queue adds it everywhere.
+*/}}
+{{- define "offload.queues" -}}
+{{- $consumed := list -}}
+{{- range $entry := .Values.workers.sets -}}
+{{- $set := dict -}}
+{{- include "offload.mergeWorkerSet" (dict "ctx" $ "entry" $entry "out" $set) -}}
+{{- range $queue := (default list $set.queues) -}}
+{{- $consumed = append $consumed (toString $queue) -}}
+{{- end -}}
+{{- end -}}
+{{- $builtin := include "offload.builtinQueues" . | fromJson -}}
+{{- $queues := list -}}
+{{- range $queue := concat $builtin.notifier $builtin.worker -}}
+{{- if has $queue $consumed -}}
+{{- $queues = append $queues $queue -}}
+{{- end -}}
+{{- end -}}
+{{- range $queue := $consumed -}}
+{{- if not (has $queue $queues) -}}
+{{- $queues = append $queues $queue -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $queues -}}
+{{- end -}}
+
+{{/*
+A KEDA trigger's name for one priority list of a queue. The scaling formula names the triggers
+as variables, where "-" would read as a minus: it becomes "_" (a guard refuses two queues of a
+set that would then share a name).
+*/}}
+{{- define "offload.triggerName" -}}
+{{- printf "%s_p%d" (.queue | replace "-" "_") (int .step) -}}
 {{- end -}}
 
 {{/* The Redis list names that hold a queue's messages, one per priority step (kombu). */}}

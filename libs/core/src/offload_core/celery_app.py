@@ -10,6 +10,8 @@ from celery.canvas import Signature
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
+from offload_core.job_task import register_job_types
+from offload_core.registry import JobTypes, load_job_types
 from offload_core.settings import Settings
 from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, ROUTES, Queue
 
@@ -83,8 +85,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # is published under one process-wide lock, so every concurrent submit waited on it.
         "worker_send_task_events": settings.WORKER_SEND_EVENTS,
         "task_send_sent_event": False,
-        # The topology: one queue per Queue member, priorities inside each.
-        "task_queues": [KombuQueue(str(q), exchange, routing_key=str(q)) for q in Queue],
+        # The deployment's queues (OFFLOAD_QUEUES), priorities inside each.
+        "task_queues": [KombuQueue(queue, exchange, routing_key=queue) for queue in settings.QUEUES],
         "task_default_queue": str(Queue.DEFAULT),
         "task_default_exchange": exchange.name,
         "task_default_routing_key": str(Queue.DEFAULT),
@@ -130,3 +132,12 @@ def send_jobs(signatures: Sequence[Signature[Any]]) -> None:
         signatures[0].apply_async()
     else:
         chain(*signatures).apply_async()
+
+
+def register_worker_job_types(app: Celery, settings: Settings, queues: Sequence[str]) -> JobTypes:
+    """Load the deployment's job types and register a task for each that may arrive on these
+    queues; raises JobTypeError (naming the plugin and the fix) if one cannot run here."""
+    job_types = load_job_types(settings)
+    job_types.check_handlers(queues, settings)
+    register_job_types(app, job_types.for_queues(queues), settings)
+    return job_types

@@ -5,42 +5,29 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
 from opentelemetry.trace import Span
+from pydantic import TypeAdapter, ValidationError
 
 from offload_core import telemetry
 from offload_core import worker_metrics as metrics
+from offload_core.job_errors import JobCancelled, PermanentJobError, TransientJobError
 from offload_core.jobs import JobStore, StartOutcome
+from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.settings import get_settings
+from offload_core.sdk import JobContext, JobType
+from offload_core.settings import Settings, get_settings
 from offload_core.worker_metrics import RunOutcome
 
 logger = logging.getLogger(__name__)
-
-
-class TransientJobError(Exception):
-    """A failure worth retrying with backoff: a timeout, a refused connection, an SMTP 4xx
-    reply, an HTTP 429 or 5xx. ``retry_after`` is the delay the other side asked for, if any."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PermanentJobError(Exception):
-    """A failure no retry can fix (an SMTP 5xx reply, an HTTP 4xx): the job fails at once,
-    with this message as its error."""
-
-
-class JobCancelled(Exception):
-    """Raised inside a task that was asked to stop through DELETE /v1/jobs/{id}."""
 
 
 def retry_countdown(retries: int, base: float, cap: float) -> float:
@@ -49,17 +36,15 @@ def retry_countdown(retries: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException, *, soft_limit: int | None = None, hard_limit: int | None = None) -> str:
+    """A job's error as its record shows it; time limits named in seconds (the task's own, if given)."""
     if isinstance(exc, PermanentJobError):
         return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
         settings = get_settings()
-        limit = (
-            settings.TASK_SOFT_TIME_LIMIT_SECONDS
-            if isinstance(exc, SoftTimeLimitExceeded)
-            else settings.TASK_TIME_LIMIT_SECONDS
-        )
-        return f"timed out after {limit} s"
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return f"timed out after {soft_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS} s"
+        return f"timed out after {hard_limit or settings.TASK_TIME_LIMIT_SECONDS} s"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -131,7 +116,7 @@ class JobTask(Task[Any, Any]):
             if self.request.retries >= self.max_retries:
                 raise  # on_failure records the final error
             countdown = self.retry_delay(exc)
-            self.store.mark_retrying(job_id, describe_error(exc), countdown)
+            self.store.mark_retrying(job_id, self.describe_error(exc), countdown)
             outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
         finally:
@@ -151,6 +136,9 @@ class JobTask(Task[Any, Any]):
             countdown = max(countdown, exc.retry_after)
         return min(countdown, settings.RETRY_BACKOFF_MAX_SECONDS)
 
+    def describe_error(self, exc: BaseException) -> str:
+        return describe_error(exc, soft_limit=self.soft_time_limit, hard_limit=self.time_limit)
+
     def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """What a replay of this failed job should submit; the original arguments by default."""
         return kwargs
@@ -161,7 +149,7 @@ class JobTask(Task[Any, Any]):
         # kills a run; there is no request there, so the queue comes from the job's record.
         delivered_on = (self.request.delivery_info or {}).get("routing_key") or ""
         payload = self.dead_letter_payload(task_id, kwargs)
-        queue = self.store.fail(task_id, describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
+        queue = self.store.fail(task_id, self.describe_error(exc), task=self.name, queue=delivered_on, payload=payload)
         metrics.JOBS_FAILED.labels(self.name, queue).inc()
 
     def report_progress(self, percent: int, message: str = "") -> None:
@@ -171,3 +159,104 @@ class JobTask(Task[Any, Any]):
         """Call between units of work; a cancelled job stops at the next call."""
         if self.store.cancel_requested(self.job_id):
             raise JobCancelled(self.job_id)
+
+
+class JobTypeTask(JobTask):
+    """The Celery task of a job type declared with the SDK (offload_core.sdk): validates the
+    message's payload against the type's request model, gives the handler a JobContext, and
+    treats any exception but a permanent one as transient, up to the type's retries."""
+
+    job_type: JobType[Any, Any]
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        declared = self.job_type.max_retries
+        return get_settings().TASK_MAX_RETRIES if declared is None else declared
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        job_type = self.job_type
+        if args:
+            raise PermanentJobError(
+                f"{job_type.name} takes its payload as keyword arguments, not {len(args)} positional"
+            )
+        try:
+            payload = job_type.request.model_validate(kwargs)
+        except ValidationError as exc:
+            # Checked again here: messages can reach the broker without the API (replays, other clients).
+            raise PermanentJobError(f"invalid payload for {job_type.name}: {field_errors(exc)}") from exc
+        ctx = self.context()
+        try:
+            result = job_type.run(ctx, payload)
+        except (PermanentJobError, TransientJobError, JobCancelled, SoftTimeLimitExceeded, TimeLimitExceeded):
+            raise
+        except UnsafeURL as exc:
+            # An address the outbound rules refuse stays refused: retrying cannot help.
+            raise PermanentJobError(f"outbound request refused: {exc}") from exc
+        except Exception as exc:
+            # Any other failure is worth another attempt, as Celery users expect of autoretry.
+            raise TransientJobError(describe_error(exc)) from exc
+        finally:
+            ctx.close()
+        return result_json(job_type, result)
+
+    def context(self) -> JobContext:
+        settings = get_settings()
+        soft_limit = self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS
+        return JobContext(
+            job_id=self.job_id,
+            job_type=self.job_type.name,
+            queue=(self.request.delivery_info or {}).get("routing_key") or self.job_type.queue,
+            attempt=self.request.retries + 1,
+            max_retries=self.max_retries,
+            worker=self.request.hostname or "",
+            deadline=time.monotonic() + soft_limit if soft_limit else None,
+            report_progress=self.report_progress,
+            cancel_requested=lambda: self.store.cancel_requested(self.job_id),
+            http_client=lambda: OutboundPolicy.from_settings(settings).client(
+                connect_timeout=settings.OUTBOUND_CONNECT_TIMEOUT_SECONDS,
+                read_timeout=settings.OUTBOUND_READ_TIMEOUT_SECONDS,
+            ),
+        )
+
+
+def field_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors())
+
+
+def result_json(job_type: JobType[Any, Any], result: Any) -> Any:
+    """The handler's return value as the JSON the job store keeps, checked against the declared
+    result type when there is one (a mismatch is the handler's bug: permanent)."""
+    if job_type.result is None:
+        return TypeAdapter(Any).dump_python(result, mode="json")
+    adapter = TypeAdapter(job_type.result)
+    try:
+        return adapter.dump_python(adapter.validate_python(result, from_attributes=True), mode="json")
+    except ValidationError as exc:
+        raise PermanentJobError(f"{job_type.name} returned an invalid result: {field_errors(exc)}") from exc
+
+
+def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], settings: Settings) -> None:
+    """Register one Celery task per job type, named after it, with its retries and time limits."""
+    for job_type in job_types:
+        soft, hard = job_time_limits(job_type, settings)
+        task_class = type(
+            f"JobTask[{job_type.name}]",
+            (JobTypeTask,),
+            {
+                "job_type": job_type,
+                "name": job_type.name,
+                "soft_time_limit": soft,
+                "time_limit": hard,
+                "__module__": __name__,
+            },
+        )
+        app.register_task(task_class())
+
+
+def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
+    """(soft, hard) seconds for one attempt: the declared limit is the soft one (the handler gets
+    SoftTimeLimitExceeded and the job fails as timed out); a tenth later, between 2 and 30 s, the
+    process is killed. The settings' limits for a job that declares none."""
+    if job_type.time_limit is None:
+        return settings.TASK_SOFT_TIME_LIMIT_SECONDS, settings.TASK_TIME_LIMIT_SECONDS
+    return job_type.time_limit, job_type.time_limit + min(30, max(2, job_type.time_limit // 10))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from offload_core import dead_letters
 from offload_core.settings import Settings
 from offload_core.task_message import queue_list, task_message
+from offload_core.telemetry import trace_redis_client
 
 KEY_PREFIX = "offload:job:"
 # Jobs whose message the API published and no worker has started yet, scored by the time the
@@ -31,6 +32,11 @@ KEY_PREFIX = "offload:job:"
 # (offload_core.orphans) can publish a job again if Redis lost its message.
 WAITING_KEY = "offload:jobs:waiting"
 KWARGS_SUFFIX = ":kwargs"
+# Every job by creation time (GET /v1/jobs), and the same per job type, so listing reads an
+# index instead of scanning the keyspace. Entries outlive their records until a listing meets
+# them (it drops them) or they are older than any record can be (trimmed at each listing).
+INDEX_KEY = "offload:jobs:index"
+TYPE_INDEX_PREFIX = "offload:jobs:index:type:"
 HashValue = str | int | float  # what a hash field may be set to
 
 
@@ -74,6 +80,7 @@ class Job(BaseModel):
     error: str | None = None
     attempts: int = 0
     worker: str | None = None  # the Celery node that ran (or runs) the latest attempt
+    priority: int | None = None  # inside its queue: 0 runs first, 9 last
     replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
     cancel_requested: bool = False
     created_at: datetime
@@ -88,6 +95,10 @@ def job_key(job_id: str) -> str:
 
 def kwargs_key(job_id: str) -> str:
     return KEY_PREFIX + job_id + KWARGS_SUFFIX
+
+
+def type_index_key(task: str) -> str:
+    return TYPE_INDEX_PREFIX + task
 
 
 _WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step")
@@ -143,13 +154,16 @@ def queued_record(
 
 # Accepting a job in one step, so it exists either wholly or not at all: its record, its kept
 # arguments, its place in the waiting set and its Celery message on the queue's list.
-# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY, KEYS[4] the queue's Redis list;
-# ARGV now, ttl, job id, kwargs (kombu JSON), message, then the record's field/value pairs.
+# KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY, KEYS[4] the queue's Redis list,
+# KEYS[5] INDEX_KEY, KEYS[6] the type's index; ARGV now, ttl, job id, kwargs (kombu JSON), message,
+# then the record's field/value pairs.
 SUBMIT = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[6], ARGV[1], ARGV[3])
 return redis.call('LPUSH', KEYS[4], ARGV[5])
 """
 
@@ -171,7 +185,14 @@ def submit_call(
     the job can be published again if Redis loses its message (offload_core.orphans)."""
     message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
     record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
-    keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(queue, priority)]
+    keys = [
+        job_key(job_id),
+        kwargs_key(job_id),
+        WAITING_KEY,
+        queue_list(queue, priority),
+        INDEX_KEY,
+        type_index_key(task),
+    ]
     args: list[HashValue] = [now, ttl_seconds, job_id, kombu_json.dumps(dict(kwargs)), message]
     return keys, [*args, *itertools.chain.from_iterable(record.items())]
 
@@ -279,6 +300,7 @@ def decode_job(fields: dict[str, str]) -> Job:
         result=json.loads(fields["result"]) if "result" in fields else None,
         error=fields.get("error"),
         attempts=int(fields.get("attempts", 0)),
+        priority=int(fields["priority"]) if fields.get("priority") else None,
         worker=fields.get("worker"),
         replay_of=fields.get("replay_of"),
         cancel_requested=fields.get("cancel_requested") == "1",
@@ -301,12 +323,12 @@ def _client_options(settings: Settings) -> dict[str, Any]:
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client whose every call is bounded by the configured timeouts."""
-    return redis.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return trace_redis_client(redis.Redis.from_url(settings.redis_url, **_client_options(settings)))
 
 
 def async_redis_client(settings: Settings) -> aioredis.Redis:
     """``redis_client`` for the event loop."""
-    return aioredis.Redis.from_url(settings.redis_url, **_client_options(settings))
+    return trace_redis_client(aioredis.Redis.from_url(settings.redis_url, **_client_options(settings)))
 
 
 class JobStore:
@@ -364,6 +386,8 @@ class JobStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=record)
         pipe.expire(key, self.ttl)
+        pipe.zadd(INDEX_KEY, {job_id: now})
+        pipe.zadd(type_index_key(task), {job_id: now})
         if kwargs is not None:
             # kombu's JSON, as in the message: the same types survive the round trip.
             pipe.set(kwargs_key(job_id), kombu_json.dumps(dict(kwargs)), ex=self.ttl)
@@ -376,6 +400,7 @@ class JobStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(job_key(job_id), kwargs_key(job_id))
         pipe.zrem(WAITING_KEY, job_id)
+        pipe.zrem(INDEX_KEY, job_id)
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:

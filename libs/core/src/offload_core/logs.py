@@ -1,8 +1,9 @@
 """Logs of every Offload process: one JSON object a line for log search, or plain text for a
-person at a terminal. Each line names the job, task and queue it belongs to (from the running
-Celery task, the job the API request accepted, or `extra=job_fields(...)`) and the trace it is
-part of, and never carries a secret: credentials in URLs and the configured Redis password and
-API keys are masked, whatever code wrote the line.
+person at a terminal, and OTLP log records too when the OTEL_* variables ask for them. Each line
+names the job, task and queue it belongs to (from the running Celery task, the job the API
+request accepted, or `extra=job_fields(...)`) and the trace it is part of, and never carries a
+secret: credentials in URLs and the configured Redis password and API keys are masked, whatever
+code wrote the line.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import json
 import logging
 import re
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from celery._state import get_current_task
 from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
 
 from offload_core.settings import Settings
+from offload_core.telemetry import log_provider
 
 MASK = "***"
 # scheme://user:password@host -> scheme://user:***@host
@@ -107,6 +112,50 @@ class TextFormatter(logging.Formatter):
         return self.redact(line)
 
 
+SEVERITIES = {
+    logging.DEBUG: (SeverityNumber.DEBUG, "DEBUG"),
+    logging.INFO: (SeverityNumber.INFO, "INFO"),
+    logging.WARNING: (SeverityNumber.WARN, "WARN"),
+    logging.ERROR: (SeverityNumber.ERROR, "ERROR"),
+    logging.CRITICAL: (SeverityNumber.FATAL, "FATAL"),
+}
+
+
+class OtlpLogHandler(logging.Handler):
+    """Sends each record as an OTLP log record: the masked message as its body, the job and
+    logger as attributes, the current span's trace and span ids. The exporter's own complaints
+    stay on stderr, or a failing export would log about itself forever."""
+
+    def __init__(self, provider: LoggerProvider, redact: Redactor) -> None:
+        super().__init__()
+        self.provider = provider
+        self.redact = redact
+        self.addFilter(lambda record: not record.name.startswith("opentelemetry"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = correlation_fields(record)
+            attributes: dict[str, str] = {
+                "logger": record.name,
+                **{name: value for name, value in fields.items() if name not in ("trace_id", "span_id")},
+            }
+            if record.exc_info:
+                attributes["exception.stacktrace"] = self.redact(logging.Formatter().formatException(record.exc_info))
+            number, text = SEVERITIES.get(record.levelno, (SeverityNumber.UNSPECIFIED, record.levelname))
+            self.provider.get_logger(record.name).emit(
+                LogRecord(
+                    timestamp=int(record.created * 1e9),
+                    observed_timestamp=time.time_ns(),
+                    severity_number=number,
+                    severity_text=text,
+                    body=self.redact(record.getMessage()),
+                    attributes=attributes,
+                )
+            )
+        except Exception:
+            self.handleError(record)
+
+
 def wants_json(settings: Settings) -> bool:
     return settings.LOG_FORMAT == "json" or (settings.LOG_FORMAT == "auto" and not sys.stderr.isatty())
 
@@ -118,5 +167,7 @@ def configure_logging(service: str, settings: Settings) -> None:
     handler.setFormatter(JsonFormatter(service, redact) if wants_json(settings) else TextFormatter(service, redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    if (provider := log_provider(service)) is not None:
+        root.addHandler(OtlpLogHandler(provider, redact))
     root.setLevel(settings.LOG_LEVEL)
     logging.captureWarnings(True)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, Htt
 from offload_core.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
 
 
-class EchoRequest(BaseModel):
+class EchoPayload(BaseModel):
     """The probe job: sleeps, reports progress, fails its first attempts on purpose."""
 
     model_config = ConfigDict(extra="forbid")
@@ -18,13 +18,18 @@ class EchoRequest(BaseModel):
     message: str = Field(max_length=10_000, description="Returned as the job's result.")
     sleep_ms: int = Field(0, ge=0, le=60_000, description="How long the job runs, in milliseconds.")
     fail_times: int = Field(0, ge=0, le=20, description="Attempts that fail with a retryable error first.")
+
+
+class EchoRequest(EchoPayload):
+    """POST /v1/jobs/echo: the probe's payload with the queue and priority beside it."""
+
     queue: Queue | None = Field(None, description="Queue to run on; the task's default route when omitted.")
     priority: int | None = Field(
         None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; the route's default when omitted."
     )
 
     def task_kwargs(self) -> dict[str, object]:
-        return {"message": self.message, "sleep_ms": self.sleep_ms, "fail_times": self.fail_times}
+        return self.model_dump(include=set(EchoPayload.model_fields))
 
 
 def _single_line(value: str) -> str:

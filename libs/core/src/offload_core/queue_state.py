@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
 from offload_core.dead_letters import index_key, oldest_kept_score
-from offload_core.topology import Queue, priority_lists
+from offload_core.topology import priority_lists
 
 CONSUMERS_PREFIX = "offload:consumers:"
 # Message header the API sets at publish time, read back to age the oldest waiting job.
 ENQUEUED_AT_HEADER = "offload_enqueued_at"
 
 
-def consumers_key(queue: Queue | str) -> str:
+def consumers_key(queue: str) -> str:
     return f"{CONSUMERS_PREFIX}{queue}"
 
 
@@ -60,7 +61,7 @@ def _enqueued_at(raw: str | None) -> float | None:
 
 
 def read_queue_states(
-    client: redis.Redis, queues: list[Queue], stale_after: float, dead_letter_ttl: float
+    client: redis.Redis, queues: Sequence[str], stale_after: float, dead_letter_ttl: float
 ) -> list[QueueState]:
     """One pipelined round trip for every queue's depth, consumers, oldest message and dead letters."""
     now = time.time()

@@ -9,15 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from offload_core.topology import Queue
+from offload_core.topology import BUILTIN_QUEUES, queue_name_problem
+from offload_core.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
 
 
 def _split_csv(value: object) -> object:
@@ -131,9 +133,14 @@ class Settings(BaseSettings):
     # Connections (and producers) kept for publishing; the API publishes from its thread pool.
     BROKER_POOL_LIMIT: int = Field(40, ge=1)
 
-    # Worker processes. Which queues a worker consumes is configuration, so one image can run
-    # one Deployment per queue set; the notifier always consumes `high` only.
-    WORKER_QUEUES: Annotated[list[Queue], NoDecode] = [Queue.DEFAULT, Queue.LOW]
+    # The deployment's queues: the built-in ones (high, default, low) plus any its own job types
+    # use. Every process of a deployment must read the same list (the chart renders it from its
+    # worker sets): the API accepts jobs for these queues only, and a job type naming another
+    # queue stops the process at start.
+    QUEUES: Annotated[list[str], NoDecode] = list(BUILTIN_QUEUES)
+    # Which of them this worker consumes, so one image can run one Deployment per queue set. The
+    # notifier consumes `high` when this is not set.
+    WORKER_QUEUES: Annotated[list[str], NoDecode] = list(WORKER_IMAGE_QUEUES)
     WORKER_CONCURRENCY: int = Field(2, ge=1, le=256)
     WORKER_POOL: Literal["prefork", "threads", "solo"] = "prefork"
     # Messages reserved per process (late acks: a reserved message is redelivered if the worker
@@ -180,6 +187,13 @@ class Settings(BaseSettings):
     # Outbound URLs (webhooks, report sources) must resolve to public addresses. Hosts named
     # here (host names, IP addresses or networks such as 10.0.0.0/8) are exempt.
     OUTBOUND_ALLOWED_HOSTS: Annotated[list[str], NoDecode] = []
+    # Timeouts of the outbound HTTP client that user jobs get as JobContext.http.
+    OUTBOUND_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=60)
+    OUTBOUND_READ_TIMEOUT_SECONDS: float = Field(30.0, gt=0, le=300)
+
+    # Job types (offload_core.sdk) come from the built-ins, from installed packages' `offload.jobs`
+    # entry points, and from the modules named here (comma-separated), for code not packaged.
+    JOB_MODULES: Annotated[list[str], NoDecode] = []
 
     # Image pipelines: an upload larger than IMAGE_MAX_BYTES is refused with 413 (its path alone
     # may exceed API_MAX_BODY_BYTES); images, and every step's output, may hold at most
@@ -210,15 +224,27 @@ class Settings(BaseSettings):
     # Time limits of a report when it needs other ones than OFFLOAD_TASK_*; unset: those.
     REPORT_SOFT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
     REPORT_TIME_LIMIT_SECONDS: int | None = Field(None, ge=1)
-    # GET /v1/reports/{id}/events reads the job this often, and ends a stream after this long
-    # (clients reconnect).
-    REPORT_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
-    REPORT_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
+    # GET /v1/jobs/{id}/events (and a report's) reads the job this often, and ends a stream
+    # after this long (clients reconnect with Last-Event-ID).
+    JOB_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
+    JOB_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
-    @field_validator("API_KEYS", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", mode="before")
+    @field_validator(
+        "API_KEYS", "QUEUES", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"
+    )
     @classmethod
     def _parse_list(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("QUEUES", "WORKER_QUEUES")
+    @classmethod
+    def _queue_names(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        problems = [problem for name in value if (problem := queue_name_problem(name))]
+        if problems:
+            raise ValueError(f"OFFLOAD_{info.field_name}: " + "; ".join(problems))
+        if len(set(value)) != len(value):
+            raise ValueError(f"OFFLOAD_{info.field_name} names a queue twice: {', '.join(value)}")
+        return value
 
     @field_validator("OUTBOUND_ALLOWED_HOSTS")
     @classmethod
@@ -277,9 +303,29 @@ class Settings(BaseSettings):
                 "(OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS + OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS), "
                 "or a job whose message is still being published may be published twice"
             )
+        self._check_queues()
+        return self
+
+    def _check_queues(self) -> None:
+        missing = [queue for queue in BUILTIN_QUEUES if queue not in self.QUEUES]
+        if missing:
+            raise ValueError(
+                f"OFFLOAD_QUEUES ({','.join(self.QUEUES)}) lacks the built-in queue(s) {', '.join(missing)}, "
+                f"which Offload's own jobs use; list them too, e.g. {','.join([*BUILTIN_QUEUES, 'acme'])}"
+            )
         if not self.WORKER_QUEUES:
             raise ValueError("OFFLOAD_WORKER_QUEUES names no queue; use e.g. default,low")
-        return self
+        unknown = [queue for queue in self.WORKER_QUEUES if queue not in self.QUEUES]
+        if unknown:
+            raise ValueError(
+                f"OFFLOAD_WORKER_QUEUES names {', '.join(unknown)}, which OFFLOAD_QUEUES ({','.join(self.QUEUES)}) "
+                "lacks: every queue a worker consumes must be one of the deployment's queues; add it to OFFLOAD_QUEUES"
+            )
+
+    def consumed_queues(self, image_default: Sequence[str]) -> list[str]:
+        """The queues a worker process consumes: OFFLOAD_WORKER_QUEUES when it is set, else its
+        image's own default (the notifier's is `high`)."""
+        return list(self.WORKER_QUEUES) if "WORKER_QUEUES" in self.model_fields_set else list(image_default)
 
     def missing_api_keys(self) -> str | None:
         """Why the API must not start, if it must not: production without keys. Checked by the

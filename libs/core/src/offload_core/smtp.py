@@ -21,12 +21,18 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
-from offload_core.job_task import PermanentJobError, TransientJobError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from offload_core.job_errors import PermanentJobError, TransientJobError
 from offload_core.settings import Settings
 
 # Bodies are written as quoted-printable or base64 whenever they are not plain short ASCII, and
 # headers as RFC 2047 words, so any server takes the message (no 8BITMIME needed). CRLF endings.
 SMTP_POLICY = policy.SMTP.clone(cte_type="7bit")
+
+# No maintained OpenTelemetry instrumentation of smtplib exists: send() opens its client span itself.
+tracer = trace.get_tracer(__name__)
 
 # Server replies end up in job results and errors: one reply, and one error, stay this short.
 REPLY_MAX_CHARS = 500
@@ -109,16 +115,28 @@ def send(settings: Settings, message: EmailMessage, recipients: Sequence[str]) -
     international = not all(address.isascii() for address in (sender, *recipients))
     data = message.as_bytes(policy=SMTP_POLICY.clone(utf8=international))
     server = f"{settings.SMTP_HOST}:{settings.SMTP_PORT}"
-    try:
-        client = _connect(settings, server)
-    except (OSError, smtplib.SMTPException) as exc:
-        raise _failure(exc, f"connecting to the SMTP server {server}", settings) from exc
-    try:
-        accepted, refused, reply = _transmit(client, sender, recipients, data, international, server)
-    except (OSError, smtplib.SMTPException) as exc:
-        raise _failure(exc, f"sending through the SMTP server {server}", settings) from exc
-    finally:
-        _hang_up(client)
+    attributes: dict[str, str | int] = {
+        "server.address": settings.SMTP_HOST,
+        "server.port": settings.SMTP_PORT,
+        "network.protocol.name": "smtp",
+        "offload.smtp.recipients": len(recipients),
+    }
+    with tracer.start_as_current_span("smtp send", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        try:
+            client = _connect(settings, server)
+        except (OSError, smtplib.SMTPException) as exc:
+            failure = _failure(exc, f"connecting to the SMTP server {server}", settings)
+            span.set_status(Status(StatusCode.ERROR, str(failure)))
+            raise failure from exc
+        try:
+            accepted, refused, reply = _transmit(client, sender, recipients, data, international, server)
+        except (OSError, smtplib.SMTPException) as exc:
+            failure = _failure(exc, f"sending through the SMTP server {server}", settings)
+            span.set_status(Status(StatusCode.ERROR, str(failure)))
+            raise failure from exc
+        finally:
+            _hang_up(client)
+        span.set_attribute("offload.smtp.refused", len(refused))
     return SendReport(message_id=str(message["Message-ID"] or ""), accepted=accepted, refused=refused, reply=reply)
 
 

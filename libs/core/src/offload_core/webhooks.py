@@ -5,6 +5,9 @@ Each delivery is an HTTP POST of a JSON body with three headers:
 - ``webhook-timestamp``: Unix seconds of this attempt;
 - ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` for each secret,
   space-separated, so a receiver still on the old secret verifies during a rotation.
+
+Every attempt also carries the W3C ``traceparent`` of the trace the notification was submitted
+in, whether or not spans are exported, so a receiver can continue that trace.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+from opentelemetry import propagate
 
 from offload_core.notifications import Attempt, Outcome
 from offload_core.outbound import UnsafeURL
@@ -71,6 +75,7 @@ def deliver(client: httpx.Client, url: str, *, message_id: str, body: bytes, sec
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(message_id, timestamp, body, secrets),
     }
+    propagate.inject(headers)  # traceparent (and tracestate); the HTTP client span replaces it when traced
     try:
         with client.stream("POST", url, content=body, headers=headers) as response:
             status = response.status_code

@@ -79,10 +79,15 @@ def _active() -> list[Request]:
     return []
 
 
-def serve_worker_metrics(settings: Settings) -> None:
+def worker_registry() -> CollectorRegistry:
+    """What a worker's main process reports: its pool processes' counts summed, and jobs in flight."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(InFlightCollector())
+    return registry
+
+
+def serve_worker_metrics(settings: Settings, registry: CollectorRegistry) -> None:
     try:
         start_http_server(settings.WORKER_METRICS_PORT, addr=settings.WORKER_METRICS_HOST, registry=registry)
     except OSError as exc:

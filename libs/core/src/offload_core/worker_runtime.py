@@ -9,6 +9,7 @@ queue, and the metrics directory lets pool processes count together.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -35,11 +36,12 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from offload_core.jobs import JobStore
 from offload_core.logs import configure_logging, wants_json
 from offload_core.orphans import OrphanSweep
+from offload_core.otlp_metrics import start_metrics_export
 from offload_core.queue_state import announce_consumer, withdraw_consumer
 from offload_core.settings import Settings, get_settings
-from offload_core.telemetry import NOTIFIER_SERVICE, flush_tracing, setup_tracing
+from offload_core.telemetry import NOTIFIER_SERVICE, flush_telemetry, setup_tracing
 from offload_core.topology import NOTIFIER_QUEUES
-from offload_core.worker_metrics import serve_worker_metrics
+from offload_core.worker_metrics import serve_worker_metrics, worker_registry
 from offload_core.worker_transport import use_worker_transport
 
 logger = logging.getLogger(__name__)
@@ -230,12 +232,16 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
     if settings.WORKER_POOL == "prefork":
         # Tracing starts in each pool process: its export thread would not survive the fork.
         worker_process_init.connect(lambda **_: _trace_task_runs(service, queues), weak=False)
-        # Pool processes end without atexit handlers; send their last spans first.
-        worker_process_shutdown.connect(lambda **_: flush_tracing(), weak=False)
+        # Pool processes end without atexit handlers; send their last spans and logs first.
+        worker_process_shutdown.connect(lambda **_: flush_telemetry(), weak=False)
     else:
         _trace_task_runs(service, queues)
     if settings.WORKER_METRICS_PORT:
-        serve_worker_metrics(settings)
+        registry = worker_registry()
+        serve_worker_metrics(settings, registry)
+        # The same metrics over OTLP when asked; the main process's last values go at exit.
+        if (pusher := start_metrics_export(registry, service, queues)) is not None:
+            atexit.register(pusher.stop)
     app.steps["worker"].add(WorkerProbes)
     app.steps["worker"].add(OrphanSweeper)
     # Acks written in batches and one Redis client per pool (offload_core.worker_transport).

@@ -1,15 +1,23 @@
 """Entrypoint of the API image: uvicorn serving offload_api.main:create_app."""
 
+import sys
+
 import uvicorn
 
 from offload_core.logs import configure_logging
+from offload_core.registry import JobTypeError, load_job_types
 from offload_core.settings import get_settings
-from offload_core.telemetry import API_SERVICE
+from offload_core.telemetry import API_SERVICE, refuse_unsupported_settings
 
 
 def main() -> None:
+    refuse_unsupported_settings(API_SERVICE)
     settings = get_settings()
     configure_logging(API_SERVICE, settings)
+    try:
+        load_job_types(settings)  # a broken plugin stops us here, clearly
+    except JobTypeError as exc:
+        sys.exit(f"offload-api cannot start: {exc}")
     uvicorn.run(
         "offload_api.main:create_app",
         factory=True,

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore
+from offload_core.registry import JobTypes
 from offload_core.settings import Settings, get_settings
 
 
@@ -62,3 +63,11 @@ async def require_api_key(credentials: CredentialsDep) -> None:
         matched |= hmac.compare_digest(presented, key.get_secret_value().encode())
     if not matched:
         raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def get_job_types(request: Request) -> JobTypes:
+    job_types: JobTypes = request.app.state.job_types
+    return job_types
+
+
+JobTypesDep = Annotated[JobTypes, Depends(get_job_types)]

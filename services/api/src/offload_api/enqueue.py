@@ -32,7 +32,8 @@ from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.queue_state import ENQUEUED_AT_HEADER
-from offload_core.topology import ROUTES, Queue, TaskName
+from offload_core.sdk import JobType
+from offload_core.topology import ROUTES, TaskName
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -46,14 +47,14 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 # Where a job's status is read, for tasks whose status says more than GET /v1/jobs/{id}.
-STATUS_PATHS = {TaskName.NOTIFY: "/v1/notifications", TaskName.REPORT: "/v1/reports"}
+STATUS_PATHS: dict[str, str] = {TaskName.NOTIFY: "/v1/notifications", TaskName.REPORT: "/v1/reports"}
 
 
 class JobAccepted(BaseModel):
     id: str
     status: JobStatus
     task: str
-    queue: Queue
+    queue: str  # one of the deployment's queues (OFFLOAD_QUEUES)
     priority: int
     status_url: str
 
@@ -112,12 +113,20 @@ async def get_publisher(request: Request) -> JobPublisher:
 PublisherDep = Annotated[JobPublisher, Depends(get_publisher)]
 
 
+def routing(task: TaskName | JobType[Any, Any]) -> tuple[str, str, frozenset[str], int]:
+    """(name, default queue, allowed queues, default priority) of a job type."""
+    if isinstance(task, JobType):
+        return task.name, task.queue, task.allowed_queues, task.priority
+    route = ROUTES[task]
+    return str(task), str(route.queue), frozenset(map(str, route.allowed_queues)), route.priority
+
+
 async def enqueue(
     publisher: JobPublisher,
-    task: TaskName,
+    job_type: TaskName | JobType[Any, Any],
     kwargs: dict[str, object],
     *,
-    queue: Queue | None = None,
+    queue: str | None = None,
     priority: int | None = None,
     idempotency: IdempotencyKey | None = None,
     replay_of: str | None = None,
@@ -125,12 +134,12 @@ async def enqueue(
 ) -> JobAccepted:
     """Accept a job and publish it. ``prepare(job_id)`` (blocking; run in a thread) writes
     whatever the job needs besides its record, before its message can be taken."""
-    route = ROUTES[task]
-    queue = queue or route.queue
-    if queue not in route.allowed_queues:
-        allowed = ", ".join(sorted(route.allowed_queues))
+    task, default_queue, allowed_queues, default_priority = routing(job_type)
+    queue = str(queue or default_queue)
+    if queue not in allowed_queues:
+        allowed = ", ".join(sorted(allowed_queues))
         raise InvalidField("body.queue", f"{task} may run on {allowed}, not {queue}")
-    priority = route.priority if priority is None else priority
+    priority = default_priority if priority is None else priority
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
         id=job_id,

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
@@ -22,11 +22,14 @@ from offload_api.routes import audit as audit_routes
 from offload_api.routes import compute as compute_routes
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
 from offload_api.routes import images as image_routes
+from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
 from offload_api.trace_context import TraceContext
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
+from offload_core.otlp_metrics import start_metrics_export
+from offload_core.registry import load_job_types
 from offload_core.settings import get_settings
 from offload_core.telemetry import API_SERVICE, setup_tracing
 
@@ -50,11 +53,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.audit_log.start()
     queue_metrics = metrics.QueueCollector(
         app.state.store.client,
+        queues=settings.QUEUES,
         stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
         cache_seconds=settings.QUEUE_METRICS_CACHE_SECONDS,
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
     metrics.REGISTRY.register(queue_metrics)
+    metrics_pusher = start_metrics_export(metrics.REGISTRY, API_SERVICE)  # None without an OTLP endpoint
     app.state.tasks = TaskTracker(settings.API_TRACKED_TASKS_MAX)
     app.state.compute = ComputeQueue.from_settings(settings, app.state.store.client)
     app.state.compute.start()
@@ -66,6 +71,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(app.state.tasks.drain(timeout), app.state.compute.stop(timeout))
         await app.state.audit_log.close(timeout)
         await event_loop_redis.aclose()
+        if metrics_pusher is not None:
+            await asyncio.to_thread(metrics_pusher.stop)  # the last values, then the exporter closes
         metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()
@@ -75,12 +82,15 @@ def create_app() -> FastAPI:
     settings = get_settings()
     if problem := settings.missing_api_keys():
         raise RuntimeError(problem)
+    # Declarations only: the API never imports a handler (offload_core.sdk).
+    job_types = load_job_types(settings)
     app = FastAPI(
         title="Offload",
         summary="Accepts background jobs, runs them on Celery workers, reports their status.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.job_types = job_types
     install_error_handlers(app)
     install_openapi_error_responses(app)
     app.add_middleware(
@@ -102,6 +112,10 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     v1 = [Depends(require_api_key), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
+    submit_routes = APIRouter()
+    job_type_routes.add_submit_routes(submit_routes, job_types)  # after /jobs/echo, which it would shadow
+    app.include_router(submit_routes, prefix="/v1", dependencies=v1)
+    app.include_router(job_type_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
     app.include_router(emails.router, prefix="/v1", dependencies=v1)

@@ -1,7 +1,8 @@
 """The API's Prometheus metrics, served at /metrics: requests by route template and status,
-submitted jobs and how long publishing took, and each queue's depth and dead letters read from
-Redis at scrape time (cached, so frequent scrapes cost Redis one pipelined round trip every
-few seconds).
+submitted jobs and how long publishing took, each queue's depth and dead letters, and whether
+Redis answers and how much of its maxmemory it uses, read from Redis at scrape time (cached, so
+frequent scrapes cost Redis two round trips every few seconds). No Redis exporter is needed for
+the Redis alerts.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import redis
 from fastapi import APIRouter, Response
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_core.queue_state import QueueState, read_queue_states
 from offload_core.settings import Settings
-from offload_core.topology import Queue
+from offload_core.topology import BUILTIN_QUEUES
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
 REGISTRY = CollectorRegistry()
@@ -108,32 +109,54 @@ class QueueCollector(Collector):
         self,
         client: redis.Redis,
         *,
+        queues: Sequence[str] = BUILTIN_QUEUES,  # the deployment's, OFFLOAD_QUEUES
         stale_after: float,
         cache_seconds: float,
         dead_letter_ttl: float = Settings.model_fields["DEAD_LETTER_TTL_SECONDS"].default,
     ) -> None:
         self.client = client
+        self.queues = list(queues)
         self.stale_after = stale_after
         self.cache_seconds = cache_seconds
         self.dead_letter_ttl = dead_letter_ttl
         self._lock = threading.Lock()
         self._read_at = float("-inf")
         self._states: list[QueueState] = []
+        self._memory: dict[str, int] = {}
+        self._redis_up = False
 
     def states(self) -> list[QueueState]:
         with self._lock:
             if time.monotonic() - self._read_at >= self.cache_seconds:
                 try:
                     self._states = read_queue_states(
-                        self.client, list(Queue), stale_after=self.stale_after, dead_letter_ttl=self.dead_letter_ttl
+                        self.client, self.queues, stale_after=self.stale_after, dead_letter_ttl=self.dead_letter_ttl
                     )
+                    memory = self.client.info("memory")
+                    self._memory = {name: int(memory.get(name) or 0) for name in ("used_memory", "maxmemory")}
+                    self._redis_up = True
                 except redis.RedisError:
-                    self._states = []  # no queue series rather than a failed scrape; /readyz says why
+                    # No queue series rather than a failed scrape; offload_redis_up and /readyz say why.
+                    self._states, self._memory, self._redis_up = [], {}, False
                 self._read_at = time.monotonic()
             return self._states
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         states = self.states()
+        yield GaugeMetricFamily(
+            "offload_redis_up", "1 when the last read of Redis succeeded, else 0.", value=int(self._redis_up)
+        )
+        if self._memory:
+            yield GaugeMetricFamily(
+                "offload_redis_memory_used_bytes",
+                "Memory Redis uses (INFO memory used_memory).",
+                value=self._memory["used_memory"],
+            )
+            yield GaugeMetricFamily(
+                "offload_redis_maxmemory_bytes",
+                "Redis's maxmemory setting; 0 means no limit.",
+                value=self._memory["maxmemory"],
+            )
         depth = GaugeMetricFamily("offload_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
         consumers = GaugeMetricFamily("offload_queue_consumers", "Workers consuming the queue.", labels=["queue"])
         oldest = GaugeMetricFamily(

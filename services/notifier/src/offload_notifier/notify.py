@@ -9,6 +9,7 @@ others. The job ends when no target is left open: succeeded if all were delivere
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ import httpx
 from celery import shared_task
 
 from offload_core import smtp, webhooks
-from offload_core.job_task import JobTask, PermanentJobError, TransientJobError, retry_countdown
+from offload_core.job_errors import PermanentJobError, TransientJobError
+from offload_core.job_task import JobTask, retry_countdown
 from offload_core.notifications import OPEN, Attempt, NotificationTargets, Outcome, TargetRecord, TargetStatus
 from offload_core.outbound import OutboundPolicy
 from offload_core.payloads import MAX_NOTIFICATION_TARGETS
@@ -176,7 +178,10 @@ def notify(self: NotifyTask, message: dict[str, Any], targets: list[dict[str, An
             return updated
 
         with client, ThreadPoolExecutor(max_workers=len(due), thread_name_prefix="notify") as pool:
-            done = {r.index: r for r in pool.map(deliver, due)}
+            # Each delivery runs in a copy of this thread's context, so its spans and the
+            # traceparent it sends belong to the task's trace.
+            contexts = [contextvars.copy_context() for _ in due]
+            done = {r.index: r for r in pool.map(lambda context, r: context.run(deliver, r), contexts, due)}
         records = [done.get(r.index, r) for r in records]
 
     still_open = [r for r in records if r.status in OPEN]

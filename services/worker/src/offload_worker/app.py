@@ -1,7 +1,7 @@
-"""The worker's Celery app: the shared configuration plus the tasks this image runs."""
+"""The worker's Celery app: the shared configuration plus a task for every job type that may run
+on the queues this worker consumes (offload_core.registry)."""
 
-from offload_core import probe  # noqa: F401  (registers the echo probe)
-from offload_core.celery_app import create_celery_app
+from offload_core.celery_app import create_celery_app, register_worker_job_types
 from offload_core.settings import get_settings
 from offload_worker import (
     emails,  # noqa: F401  (registers offload.send_email)
@@ -9,4 +9,6 @@ from offload_worker import (
     reports,  # noqa: F401  (registers offload.report)
 )
 
-app = create_celery_app(get_settings(), main="offload-worker")
+settings = get_settings()
+app = create_celery_app(settings, main="offload-worker")
+job_types = register_worker_job_types(app, settings, settings.WORKER_QUEUES)

@@ -8,7 +8,8 @@ from celery import shared_task
 from pydantic import ValidationError
 
 from offload_core import smtp
-from offload_core.job_task import JobTask, PermanentJobError
+from offload_core.job_errors import PermanentJobError
+from offload_core.job_task import JobTask
 from offload_core.payloads import EmailRequest
 from offload_core.settings import get_settings
 from offload_core.topology import TaskName

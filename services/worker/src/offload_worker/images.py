@@ -45,7 +45,8 @@ from offload_core.images import (
     size_after,
     sniff_format,
 )
-from offload_core.job_task import JobTask, PermanentJobError
+from offload_core.job_errors import PermanentJobError
+from offload_core.job_task import JobTask
 from offload_core.jobs import JobStatus
 from offload_core.queue_state import ENQUEUED_AT_HEADER
 from offload_core.settings import get_settings

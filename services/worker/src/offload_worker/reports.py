@@ -15,7 +15,8 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 
-from offload_core.job_task import JobTask, PermanentJobError, TransientJobError
+from offload_core.job_errors import PermanentJobError, TransientJobError
+from offload_core.job_task import JobTask
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.reports import (
     ReportEngine,

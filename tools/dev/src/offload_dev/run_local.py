@@ -1,5 +1,13 @@
-"""`make run`: Redis, the API, a worker, the notifier and Flower on this machine, no Docker,
-plus a mail sink and a webhook receiver that print what the services deliver.
+"""`make run`: Redis, the API, one worker per worker set (the notifier's among them) and Flower
+on this machine, no Docker, plus a mail sink and a webhook receiver that print what the services
+deliver.
+
+The worker sets are the chart's defaults (offload_core.topology.DEFAULT_WORKER_SETS), plus one
+worker for each queue of your own named in OFFLOAD_QUEUES, e.g. ``OFFLOAD_QUEUES=high,default,low,acme``.
+
+`--plugin PATH` (repeatable; `make run PLUGINS="path ..."`) adds job plugin projects: they are
+installed beside .venv (offload_dev.plugins), and each queue of theirs joins OFFLOAD_QUEUES with a
+worker of its own.
 
 Redis runs outside the process manager and stops last, so workers that stop on Ctrl-C can
 still hand their unfinished tasks back to it. Its data (append-only) survives restarts.
@@ -7,6 +15,7 @@ still hand their unfinished tasks back to it. Its data (append-only) survives re
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import secrets
@@ -18,6 +27,8 @@ import honcho.manager
 from honcho.environ import parse_procfile
 
 from offload_core.logs import Redactor
+from offload_core.topology import BUILTIN_QUEUES, DEFAULT_WORKER_SETS, WorkerSet, queue_name_problem
+from offload_dev.plugins import install_plugins, plugin_queues
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -70,8 +81,60 @@ def delivery_env(mail_port: int, webhooks_port: int, webhook_secrets: str) -> di
     }
 
 
-def main() -> int:
+def local_worker_sets(queues: list[str]) -> list[WorkerSet]:
+    """The default worker sets, plus a worker set of the worker image for each other queue;
+    raises ValueError when a queue name is unusable or a built-in queue is missing."""
+    problems = [problem for queue in queues if (problem := queue_name_problem(queue))]
+    problems += [f"the built-in queue {queue!r} is missing" for queue in BUILTIN_QUEUES if queue not in queues]
+    if problems:
+        raise ValueError("OFFLOAD_QUEUES: " + "; ".join(problems))
+    consumed = {queue for worker_set in DEFAULT_WORKER_SETS for queue in worker_set.queues}
+    own = [WorkerSet(queue, (queue,)) for queue in dict.fromkeys(queues) if queue not in consumed]
+    return [*DEFAULT_WORKER_SETS, *own]
+
+
+def worker_processes(worker_sets: list[WorkerSet], state: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """Process name -> (command, environment) of one worker per set; each has its own state
+    directory, node name and metrics port, as a pod of the set would."""
+    processes = {}
+    for index, worker_set in enumerate(worker_sets):
+        processes[f"worker-{worker_set.name}"] = (
+            f"python -m offload_{worker_set.image}",
+            {
+                "OFFLOAD_WORKER_QUEUES": ",".join(worker_set.queues),
+                "OFFLOAD_WORKER_NAME": f"{worker_set.name}@%h",
+                "OFFLOAD_WORKER_STATE_DIR": str(state / f"worker-{worker_set.name}"),
+                "OFFLOAD_WORKER_METRICS_PORT": str(_port(9808 + index)),
+            },
+        )
+    return processes
+
+
+def plugin_env(projects: list[Path]) -> tuple[dict[str, str], list[str], str]:
+    """The services' environment for these plugin projects, the queues their job types use, and
+    a line for the banner."""
+    if not projects:
+        return {}, [], ""
+    target = STATE / "plugins"
+    install_plugins([project.resolve() for project in projects], target)
+    python_path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    names = ", ".join(str(project) for project in projects)
+    return {"PYTHONPATH": python_path}, plugin_queues(target), f"  Plugins    {names}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__)
+    parser.add_argument("--plugin", action="append", type=Path, default=[], help="a job plugin project directory")
+    args = parser.parse_args(argv)
     STATE.mkdir(exist_ok=True)
+    plugins, own_queues, plugins_line = plugin_env(args.plugin)
+    queues = [q.strip() for q in os.environ.get("OFFLOAD_QUEUES", ",".join(BUILTIN_QUEUES)).split(",") if q.strip()]
+    queues += [queue for queue in own_queues if queue not in queues]  # each gets a worker of its own
+    try:
+        worker_sets = local_worker_sets(queues)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     redis_server = None
     redis_url = os.environ.get("OFFLOAD_REDIS_URL")
     if not redis_url:
@@ -82,9 +145,8 @@ def main() -> int:
     )
     flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"offload:{_credential('flower-password')}"
     api_port, flower_port = _port(8000), _port(5555)
-    # The worker and the notifier run side by side here, so each needs its own metrics port.
-    worker_metrics_port = _port(9808)
-    notifier_metrics_port = _port(9809)
+    # The workers run side by side here, so each has its own metrics port.
+    workers = worker_processes(worker_sets, STATE)
     # Fixed ports when free (1025 is the usual local SMTP sink's), so the README's commands work as written.
     mail_port, webhooks_port = _port(1025), _port(8025)
     webhook_secrets = os.environ.get("OFFLOAD_WEBHOOK_SECRETS")
@@ -99,10 +161,9 @@ def main() -> int:
         "OFFLOAD_REDIS_URL": redis_url,
         "OFFLOAD_API_KEYS": os.environ.get("OFFLOAD_API_KEYS") or api_key,
         "OFFLOAD_API_PORT": str(api_port),
+        "OFFLOAD_QUEUES": ",".join(queues),
         "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": str(SOFT_SHUTDOWN_SECONDS),
         "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
-        "WORKER_METRICS_PORT": str(worker_metrics_port),
-        "NOTIFIER_METRICS_PORT": str(notifier_metrics_port),
         # The processes write into the process manager's pipe, not a terminal: say which format.
         "OFFLOAD_LOG_FORMAT": os.environ.get("OFFLOAD_LOG_FORMAT") or ("text" if sys.stdout.isatty() else "json"),
         "FLOWER_BASIC_AUTH": flower_auth,
@@ -110,8 +171,14 @@ def main() -> int:
         "OFFLOAD_STATE": str(STATE),
         "PYTHONUNBUFFERED": "1",
         **delivery_env(mail_port, webhooks_port, webhook_secrets),
+        **plugins,
     }
     user, _, password = flower_auth.partition(":")
+    worker_metrics = "\n".join(
+        f"             http://127.0.0.1:{worker_env['OFFLOAD_WORKER_METRICS_PORT']}/metrics  ({name}: "
+        f"{worker_env['OFFLOAD_WORKER_QUEUES']})"
+        for name, (_, worker_env) in workers.items()
+    )
     print(
         f"""
   Offload is starting (Ctrl-C stops everything; running jobs finish or go back to their queue)
@@ -120,10 +187,9 @@ def main() -> int:
   API key    {api_key}
   Flower     http://127.0.0.1:{flower_port}          user {user}, password {password}
   Metrics    http://127.0.0.1:{api_port}/metrics  (API and queue depths)
-             http://127.0.0.1:{worker_metrics_port}/metrics  (worker)
-             http://127.0.0.1:{notifier_metrics_port}/metrics  (notifier)
+{worker_metrics}
   Redis      {Redactor([])(redis_url)}
-  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
+{plugins_line}  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
   Webhooks   http://127.0.0.1:{webhooks_port}/<any path>  checks signatures, prints each delivery ("webhooks")
              signing secret in .run/webhook-secret (new each run unless OFFLOAD_WEBHOOK_SECRETS is set)
   Outbound   127.0.0.1 and localhost are allowed delivery targets for this local run only;
@@ -141,6 +207,8 @@ def main() -> int:
     procfile = parse_procfile((ROOT / "Procfile").read_text())
     for name, command in procfile.processes.items():
         manager.add_process(name, command, env={**os.environ, **env}, cwd=str(ROOT))
+    for name, (command, worker_env) in workers.items():
+        manager.add_process(name, command, env={**os.environ, **env, **worker_env}, cwd=str(ROOT))
     try:
         manager.loop()
     finally:

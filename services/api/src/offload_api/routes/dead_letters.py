@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import DeadLettersDep
+from offload_api.deps import DeadLettersDep, SettingsDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_core.dead_letters import DeadLetter, DeadLetterPage
 from offload_core.topology import ROUTES, Queue, TaskName
@@ -24,11 +25,14 @@ _UNKNOWN = "No dead letter {}: it never existed, was deleted, or was dropped (OF
 @router.get("")
 def list_dead_letters(
     dead_letters: DeadLettersDep,
-    queue: Annotated[Queue | None, Query(description="Only this queue's dead letters.")] = None,
+    settings: SettingsDep,
+    queue: Annotated[str | None, Query(max_length=63, description="Only this queue's dead letters.")] = None,
     task: Annotated[str | None, Query(max_length=200, description="Only this task's, e.g. offload.echo.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many, newest first.")] = 50,
     cursor: Annotated[int | None, Query(ge=0, le=2**53, description="`next_cursor` of the previous page.")] = None,
 ) -> DeadLetterPage:
+    if queue is not None and queue not in settings.QUEUES:
+        raise InvalidField("query.queue", f"no queue {queue!r}; this deployment has {', '.join(settings.QUEUES)}")
     return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor)
 
 

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
-from offload_api.deps import StoreDep
+from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.errors import InvalidField
+from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
-from offload_core.jobs import CancelOutcome, Job
+from offload_core.job_index import CURSOR_PATTERN, JobPage, JobQuery, list_jobs
+from offload_core.jobs import CancelOutcome, Job, JobStatus, JobStore
 from offload_core.payloads import EchoRequest
-from offload_core.topology import TaskName
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -19,12 +24,13 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_echo(
-    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
+    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response, job_types: JobTypesDep
 ) -> JobAccepted:
-    """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
+    """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts.
+    The same as `POST /v1/jobs/offload.echo` with the queue and priority inside the payload."""
     accepted = await enqueue(
         publisher,
-        TaskName.ECHO,
+        job_types["offload.echo"],
         body.task_kwargs(),
         queue=body.queue,
         priority=body.priority,
@@ -34,12 +40,74 @@ async def submit_echo(
     return accepted
 
 
-@router.get("/{job_id}", responses={404: {"description": "No such job (or it expired)."}})
-def get_job(job_id: JobId, store: StoreDep) -> Job:
+@router.get("")
+async def list_jobs_route(
+    store: StoreDep,
+    settings: SettingsDep,
+    job_type: Annotated[str | None, Query(alias="type", max_length=200, description="Only jobs of this type.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    queue: Annotated[str | None, Query(max_length=64, description="Only jobs on this queue.")] = None,
+    created_after: Annotated[datetime | None, Query(description="Only jobs created after this time.")] = None,
+    created_before: Annotated[datetime | None, Query(description="Only jobs created before this time.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="At most this many, newest first.")] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobPage:
+    """Jobs newest first, filtered; read from an index kept at submission, never a keyspace scan.
+    A page examines a bounded number of jobs, so it may hold fewer than `limit` while
+    `next_cursor` is set."""
+    for name, moment in (("created_after", created_after), ("created_before", created_before)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidField(f"query.{name}", "give a time zone, e.g. 2026-01-31T12:00:00Z")
+    query = JobQuery(
+        job_type=job_type,
+        status=status,
+        queue=queue,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit,
+        cursor=cursor,
+    )
+    return await run_in_threadpool(list_jobs, store.client, query, ttl_seconds=settings.JOB_TTL_SECONDS)
+
+
+def find_job(store: JobStore, job_id: str) -> Job:
     job = store.get(job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
     return job
+
+
+@router.get("/{job_id}", responses={404: {"description": "No such job (or it expired)."}})
+def get_job(job_id: JobId, store: StoreDep) -> Job:
+    return find_job(store, job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={**EVENT_RESPONSES, 404: {"description": "No such job (or it expired)."}},
+)
+def job_events(
+    job_id: JobId,
+    store: StoreDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events until the job ends: a `progress` event (`{"status", "percent",
+    "message"}`, its id the time of that state) whenever one of them changes, then one `end`
+    event with the whole job (as `GET /v1/jobs/{id}`). A stream lasts at most
+    OFFLOAD_JOB_EVENTS_MAX_SECONDS and ends with a `timeout` event: reconnect with
+    `Last-Event-ID` and only a state newer than that event is sent again."""
+    return job_event_stream(
+        store,
+        find_job(store, job_id),
+        poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
+        max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
+        last_event_id=last_event_id,
+        end_data=lambda job: job.model_dump_json(),
+    )
 
 
 @router.delete(

@@ -6,7 +6,6 @@ from pydantic import BaseModel
 from offload_api.compute import ComputeQueue
 from offload_api.deps import SettingsDep, StoreDep
 from offload_core.queue_state import read_queue_states
-from offload_core.topology import Queue
 
 router = APIRouter(prefix="/queues", tags=["queues"])
 
@@ -25,10 +24,11 @@ class QueuesView(BaseModel):
 
 @router.get("")
 def list_queues(store: StoreDep, settings: SettingsDep, request: Request) -> QueuesView:
-    """The Celery queues (shared by every API process) and this API process's in-process compute queue."""
+    """The deployment's Celery queues (OFFLOAD_QUEUES, shared by every API process) and this API
+    process's in-process compute queue."""
     states = read_queue_states(
         store.client,
-        list(Queue),
+        settings.QUEUES,
         stale_after=3 * settings.WORKER_HEARTBEAT_INTERVAL_SECONDS,
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )

@@ -3,20 +3,17 @@ Server-Sent Events and the result kept for download."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import AsyncIterator
+from typing import Annotated
 
-import anyio
 import anyio.to_thread
-import redis
-from fastapi import APIRouter, HTTPException, Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Header, HTTPException, Response
+from sse_starlette import EventSourceResponse
 
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
+from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
 from offload_core.jobs import FINISHED, Job, JobStatus, JobStore
@@ -28,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 PREFIX = "/v1/reports"
-# A client that stops reading gets its stream closed after this long, instead of holding it.
-SEND_TIMEOUT_SECONDS = 10.0
 
 
 class ReportAccepted(JobAccepted):
@@ -102,68 +97,28 @@ def get_report(job_id: JobId, store: StoreDep) -> Report:
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={
-        200: {
-            "description": "Server-Sent Events: `progress` on every change, then one `end`.",
-            "content": {"text/event-stream": {}},
-        },
-        404: {"description": "No such report (or it expired)."},
-    },
+    responses={**EVENT_RESPONSES, 404: {"description": "No such report (or it expired)."}},
 )
-def report_events(job_id: JobId, store: StoreDep, settings: SettingsDep) -> EventSourceResponse:
+def report_events(
+    job_id: JobId,
+    store: StoreDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
+) -> EventSourceResponse:
     """Server-Sent Events until the report ends: a `progress` event (`{"status", "percent",
     "message"}`) whenever one of them changes, then one `end` event with the whole report (as
     `GET /v1/reports/{id}`), then the stream closes. A stream lasts at most
-    OFFLOAD_REPORT_EVENTS_MAX_SECONDS and ends with a `timeout` event; reconnect to continue."""
-    job = _find(store, job_id)
-    stream = _events(store, job, settings.REPORT_EVENTS_POLL_SECONDS, settings.REPORT_EVENTS_MAX_SECONDS)
-    return EventSourceResponse(stream, send_timeout=SEND_TIMEOUT_SECONDS)
-
-
-async def _events(
-    store: JobStore, first: Job, poll_seconds: float, max_seconds: float
-) -> AsyncIterator[ServerSentEvent]:
-    job_id = first.id
-    deadline = time.monotonic() + max_seconds
-    sent = 0
-    last: tuple[str, int, str] | None = None
-    job: Job | None = first
-    how = "the report ended"
-    try:
-        while True:
-            if job is None:
-                how = "the report's record expired"
-                yield ServerSentEvent(event="gone", data=json.dumps({"detail": f"No report {job_id} any more."}))
-                return
-            state = (job.status.value, job.progress.percent, job.progress.message)
-            if state != last:
-                last = state
-                sent += 1
-                data = {"status": state[0], "percent": state[1], "message": state[2]}
-                yield ServerSentEvent(event="progress", id=str(sent), data=json.dumps(data))
-            if job.status in FINISHED:
-                yield ServerSentEvent(event="end", data=_report(job).model_dump_json())
-                return
-            if time.monotonic() >= deadline:
-                how = "the stream reached its time limit"
-                detail = f"The stream ended after {max_seconds:g} s; reconnect to follow the report further."
-                yield ServerSentEvent(event="timeout", data=json.dumps({"detail": detail}))
-                return
-            await anyio.sleep(poll_seconds)
-            try:
-                # The job store's client is synchronous: read it on a worker thread.
-                job = await anyio.to_thread.run_sync(store.get, job_id)
-            except redis.RedisError as exc:
-                how = "Redis failed"
-                logger.warning("report %s events: Redis unavailable (%s)", job_id, exc)
-                detail = "Redis is unavailable; reconnect later."
-                yield ServerSentEvent(event="error", data=json.dumps({"detail": detail}))
-                return
-    except anyio.get_cancelled_exc_class():
-        how = "the client went away"
-        raise
-    finally:
-        logger.info("report %s events: stream closed after %d progress events (%s)", job_id, sent, how)
+    OFFLOAD_JOB_EVENTS_MAX_SECONDS and ends with a `timeout` event; reconnect (with
+    `Last-Event-ID`) to continue."""
+    return job_event_stream(
+        store,
+        _find(store, job_id),
+        poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
+        max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
+        last_event_id=last_event_id,
+        end_data=lambda job: _report(job).model_dump_json(),
+        noun="report",
+    )
 
 
 @router.get(
