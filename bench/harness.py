@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 
+from offload_api.compute import percentile as interpolated_percentile
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
 
@@ -103,14 +104,11 @@ def pick(args: argparse.Namespace, name: str, full: T, quick: T) -> T:
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """The p-th percentile (0-100) with linear interpolation; NaN for no values."""
+    """The p-th percentile (0-100) with linear interpolation, as POST /v1/compute computes it;
+    NaN for no values."""
     if not values:
         return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return interpolated_percentile(sorted(values), p)
 
 
 def ratio(ours: float, baseline: float) -> float:

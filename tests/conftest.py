@@ -1,23 +1,22 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from offload_dev.redis_server import RedisServer, free_port
 from tests.receivers import ScriptedSmtpHandler, WebhookReceiver, smtp_server
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker
+from tests.support import TEST_SETTINGS, Stack, cluster
 
 # The reaper image cannot be pulled without a registry; container fixtures clean up themselves.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_TAG = "test"
+# One tag per checkout: two checkouts testing on one engine must not run each other's images.
+IMAGE_TAG = "test-" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
 
 
 def _engine_problem() -> str | None:
@@ -58,19 +57,6 @@ def images() -> dict[str, str]:
     }
 
 
-@dataclass
-class Stack:
-    redis: RedisServer
-    env: dict[str, str]
-    api: Service
-    worker: Service
-    notifier: Service
-    client: httpx.Client
-    log_dir: Path
-    smtp: ScriptedSmtpHandler
-    webhooks: WebhookReceiver
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Redis, the API, a default+low worker and the notifier, as real processes, with a real
@@ -85,16 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _stack(base: Path, smtp: ScriptedSmtpHandler, smtp_port: int, webhooks: WebhookReceiver) -> Iterator[Stack]:
-    redis = RedisServer(free_port(), base / "redis").start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url, "OFFLOAD_SMTP_PORT": str(smtp_port)}
-    services: list[Service] = []
-    try:
-        services.append(worker := start_worker("worker", env, base))
-        services.append(notifier := start_worker("notifier", env, base, module="offload_notifier"))
-        services.append(api := start_api(env, base))
-        with api_client(api) as client:
-            yield Stack(redis, env, api, worker, notifier, client, base, smtp, webhooks)
-    finally:
-        for service in services:
-            service.stop()
-        redis.stop()
+    with cluster(base, {**TEST_SETTINGS, "OFFLOAD_SMTP_PORT": str(smtp_port)}) as started:
+        worker = started.start_worker("worker")
+        notifier = started.start_worker("notifier", module="offload_notifier")
+        api = started.start_api()
+        yield Stack(started.server, started.env, api, worker, notifier, started.client, base, smtp, webhooks)

@@ -36,6 +36,8 @@ class ScriptedSmtpHandler:
     def __init__(self) -> None:
         self.received: list[ReceivedMail] = []
         self.attempts: defaultdict[str, int] = defaultdict(int)  # DATA commands seen per recipient
+        # The Message-ID of every DATA command per recipient, whatever the reply to it was.
+        self.message_ids: defaultdict[str, list[str]] = defaultdict(list)
         self._replies: defaultdict[str, deque[str]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -50,29 +52,44 @@ class ScriptedSmtpHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self._lock:
             recipients = [str(r) for r in envelope.rcpt_tos]
+            content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+            message = message_from_bytes(content, policy=policy.default)
+            assert isinstance(message, EmailMessage)
             for recipient in recipients:
                 self.attempts[recipient.lower()] += 1
+                self.message_ids[recipient.lower()].append(str(message["Message-ID"]))
             for recipient in recipients:
                 queue = self._replies.get(recipient.lower())
                 if queue:
                     return queue.popleft()
-            content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
-            message = message_from_bytes(content, policy=policy.default)
-            assert isinstance(message, EmailMessage)
             self.received.append(ReceivedMail(str(envelope.mail_from), recipients, message))
         return "250 2.0.0 OK queued"
 
 
 @contextmanager
-def smtp_server() -> Iterator[tuple[ScriptedSmtpHandler, int]]:
-    handler = ScriptedSmtpHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+def smtp_controller(handler: object, **options: Any) -> Iterator[int]:
+    """An aiosmtpd server on 127.0.0.1 for ``handler``; yields its port. aiosmtpd needs the port
+    before it binds, and one found free may be taken meanwhile: then another one is tried."""
+    for attempt in range(5):
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
+        try:
+            controller.start()
+            break
+        except OSError:
+            if attempt == 4:
+                raise
     try:
-        yield handler, port
+        yield port
     finally:
         controller.stop()
+
+
+@contextmanager
+def smtp_server() -> Iterator[tuple[ScriptedSmtpHandler, int]]:
+    handler = ScriptedSmtpHandler()
+    with smtp_controller(handler) as port:
+        yield handler, port
 
 
 @dataclass
@@ -123,7 +140,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -7,10 +7,12 @@ import contextlib
 import gzip
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import RedisServer, free_port
+from tests.receivers import ScriptedSmtpHandler, WebhookReceiver
 
 API_KEY = "test-key-0123456789abcdef"
 # Standard Webhooks secrets: "whsec_" + base64 of 32 bytes; the second is the "new" one of a rotation.
@@ -127,69 +130,174 @@ def _spawn(name: str, module: str, env: dict[str, str], log_dir: Path) -> Servic
     return Service(name, process, log)
 
 
+# A port free when it was chosen may be taken before the child binds it (another test run on the
+# machine); the child then exits saying so, and it is started again on another port.
+PORT_ATTEMPTS = 5
+PORT_TAKEN = ("address already in use", "cannot serve metrics on")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _started(service: Service, check: Callable[[], bool], timeout: float, what: str) -> Service:
+    """Waits until ``check()``; _PortTaken when the process exited because its port was taken."""
+
+    def up() -> bool:
+        if not service.alive():
+            tail = service.log_tail()
+            if any(reason in tail.lower() for reason in PORT_TAKEN):
+                raise _PortTaken(tail)
+            raise AssertionError(f"{service.name} exited early:\n{tail}")
+        return check()
+
+    wait_for(up, timeout, what)
+    return service
+
+
+def start_redis(data_dir: Path, *, persistent: bool = False, password: str | None = None) -> RedisServer:
+    """A redis-server of the test's own on a free port (another one if that port was taken meanwhile)."""
+    for attempt in range(PORT_ATTEMPTS):
+        server = RedisServer(free_port(), data_dir, persistent=persistent, password=password)
+        try:
+            return server.start()
+        except RuntimeError:
+            server.stop()
+            log = (data_dir / "redis.log").read_text(errors="replace").splitlines()[-5:]
+            if attempt == PORT_ATTEMPTS - 1 or not any("address already in use" in line.lower() for line in log):
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_worker(
     name: str, env: dict[str, str], log_dir: Path, *, module: str = "offload_worker", queues: str | None = None
 ) -> Service:
     state_dir = log_dir / f"{name}-state"
-    metrics_port = int(env.get("OFFLOAD_WORKER_METRICS_PORT") or free_port())  # never the shared default
-    worker_env = {
-        **env,
-        "OFFLOAD_WORKER_NAME": f"{name}@test",
-        "OFFLOAD_WORKER_STATE_DIR": str(state_dir),
-        "OFFLOAD_WORKER_METRICS_PORT": str(metrics_port),
-    }
-    if queues is not None:
-        worker_env["OFFLOAD_WORKER_QUEUES"] = queues
-    service = _spawn(name, module, worker_env, log_dir)
-    service.extra["state_dir"] = state_dir
-    service.extra["hostname"] = f"{name}@test"
-    service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
-    ready = state_dir / "ready"
-
-    def is_ready() -> bool:
-        if not service.alive():
-            raise AssertionError(f"{name} exited early:\n{service.log_tail()}")
-        return ready.exists()
-
-    wait_for(is_ready, 60, f"{name} to write its ready file")
-    return service
-
-
-def start_api(env: dict[str, str], log_dir: Path) -> Service:
-    port = free_port()
-    service = _spawn("api", "offload_api", {**env, "OFFLOAD_API_PORT": str(port)}, log_dir)
-    service.extra["url"] = f"http://127.0.0.1:{port}"
-
-    def is_up() -> bool:
-        if not service.alive():
-            raise AssertionError(f"api exited early:\n{service.log_tail()}")
+    for attempt in range(PORT_ATTEMPTS):
+        metrics_port = int(env.get("OFFLOAD_WORKER_METRICS_PORT") or free_port())  # never the shared default
+        worker_env = {
+            **env,
+            "OFFLOAD_WORKER_NAME": f"{name}@test",
+            "OFFLOAD_WORKER_STATE_DIR": str(state_dir),
+            "OFFLOAD_WORKER_METRICS_PORT": str(metrics_port),
+        }
+        if queues is not None:
+            worker_env["OFFLOAD_WORKER_QUEUES"] = queues
+        service = _spawn(name, module, worker_env, log_dir)
+        service.extra["state_dir"] = state_dir
+        service.extra["hostname"] = f"{name}@test"
+        service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
+        ready = state_dir / "ready"
         try:
-            return httpx.get(f"{service.extra['url']}/livez", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+            return _started(service, ready.exists, 60, f"{name} to write its ready file")
+        except _PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
-    wait_for(is_up, 30, "the API to answer /livez")
-    return service
+
+def start_api(env: dict[str, str], log_dir: Path, *, name: str = "api") -> Service:
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        service = _spawn(name, "offload_api", {**env, "OFFLOAD_API_PORT": str(port)}, log_dir)
+        service.extra["url"] = url = f"http://127.0.0.1:{port}"
+
+        def answers(url: str = url) -> bool:
+            try:
+                return httpx.get(f"{url}/livez", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            return _started(service, answers, 30, f"{name} to answer /livez")
+        except _PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
-Cluster = tuple[dict[str, str], httpx.Client, redis.Redis, list[Service]]
+@dataclass
+class Cluster:
+    """A Redis of the test's own and the processes a test starts on it, all stopped at the end:
+    ``env`` is the settings every process gets (the Redis URL included), ``redis`` a direct
+    client, ``client`` an API client of the first API started."""
+
+    server: RedisServer
+    env: dict[str, str]
+    log_dir: Path
+    redis: redis.Redis
+    services: list[Service] = field(default_factory=list)
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    def start_api(self, *, name: str = "api", env: Mapping[str, str] | None = None) -> Service:
+        api = start_api({**self.env, **(env or {})}, self.log_dir, name=name)
+        self.services.append(api)
+        return api
+
+    def start_worker(
+        self,
+        name: str,
+        *,
+        module: str = "offload_worker",
+        queues: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Service:
+        worker = start_worker(name, {**self.env, **(env or {})}, self.log_dir, module=module, queues=queues)
+        self.services.append(worker)
+        return worker
+
+    def api_client(self, api: Service | None = None, key: str | None = API_KEY) -> httpx.Client:
+        """A client of ``api`` (the first API started by default), closed with the cluster."""
+        if api is None:
+            api = next(s for s in self.services if "url" in s.extra)
+        client = api_client(api, key)
+        self._clients.append(client)
+        return client
+
+    @property
+    def client(self) -> httpx.Client:
+        if not self._clients:
+            return self.api_client()
+        return self._clients[0]
 
 
 @contextlib.contextmanager
-def api_on_own_redis(env: dict[str, str], log_dir: Path) -> Iterator[Cluster]:
-    """A Redis of its own and an API on it: (env with its URL, API client, direct Redis client,
-    the services started, to which a test appends its workers; all stopped at the end)."""
-    server = RedisServer(free_port(), log_dir / "redis").start()
-    env = {**env, "OFFLOAD_REDIS_URL": server.url}
-    services: list[Service] = []
+def cluster(
+    log_dir: Path,
+    env: Mapping[str, str] = TEST_SETTINGS,
+    *,
+    persistent: bool = False,
+    redis_password: str | None = None,
+) -> Iterator[Cluster]:
+    """A Redis of its own on a free port; the test starts its API and workers on it."""
+    server = start_redis(log_dir / "redis", persistent=persistent, password=redis_password)
+    direct = redis.Redis.from_url(server.url, decode_responses=True)
+    started = Cluster(server, {**env, "OFFLOAD_REDIS_URL": server.url}, log_dir, direct)
     try:
-        services.append(api := start_api(env, log_dir))
-        with api_client(api) as client, redis.Redis.from_url(server.url, decode_responses=True) as direct:
-            yield env, client, direct, services
+        yield started
     finally:
-        for service in reversed(services):
+        for client in started._clients:
+            client.close()
+        for service in reversed(started.services):
             service.stop()
+        direct.close()
         server.stop()
+
+
+@dataclass
+class Stack:
+    """The session's shared processes (tests/conftest.py): Redis, the API, a default+low worker
+    and the notifier, with a real SMTP server and webhook receiver on loopback."""
+
+    redis: RedisServer
+    env: dict[str, str]
+    api: Service
+    worker: Service
+    notifier: Service
+    client: httpx.Client
+    log_dir: Path
+    smtp: ScriptedSmtpHandler
+    webhooks: WebhookReceiver
 
 
 def api_client(api: Service, key: str | None = API_KEY) -> httpx.Client:
@@ -197,8 +305,13 @@ def api_client(api: Service, key: str | None = API_KEY) -> httpx.Client:
     return httpx.Client(base_url=api.extra["url"], headers=headers, timeout=15)
 
 
+# The echo probe's route: tests submit their jobs through submit_echo (and the system tests'
+# Topology.submit), so a new route for it is changed here.
+ECHO_PATH = "/v1/jobs/echo"
+
+
 def submit_echo(client: httpx.Client, **body: Any) -> str:
-    response = client.post("/v1/jobs/echo", json={"message": "ping", **body})
+    response = client.post(ECHO_PATH, json={"message": "ping", **body})
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
@@ -217,6 +330,27 @@ def wait_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: flo
         timeout,
         f"job {job_id} to reach {sorted(statuses)}",
     )
+
+
+# A notification's message, as a test sends it.
+MESSAGE = {"title": "Disk almost full", "body": "db-1 is at 97%", "severity": "critical", "data": {"host": "db-1"}}
+
+
+def webhook(receiver: WebhookReceiver, path: str) -> dict[str, str]:
+    """A notification's webhook target on the test's receiver."""
+    return {"channel": "webhook", "url": receiver.url(path)}
+
+
+def notification(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/notifications/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def finished_notification(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
+    return notification(client, job_id)
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -460,3 +594,45 @@ class OtlpReceiver:
         finally:
             self.server.shutdown()
             self.server.server_close()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A real, complete single-colour PNG of any size, written row by row so making it takes no
+    memory: a few hundred KB that decode to width x height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one grey byte a pixel
+    parts = [compressor.compress(row) for _ in range(height)]
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+SALES_CSV = b"city,qty\nOslo,3\nLima,5\nOslo,4\n"
+
+
+@contextlib.contextmanager
+def served(body: bytes, content_type: str = "text/csv") -> Iterator[str]:
+    """A URL on loopback that answers every GET with ``body``, e.g. a report's source."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/sales.csv"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,7 +14,7 @@ from offload_core.engines.webhooks import signature_header
 from offload_core.settings import Settings, webhook_secret_problem
 from tests.chart.conftest import VALUE_SETS
 from tests.chart.render import RELEASE, Manifest, Rendered, env_of, pod_spec, render, render_error
-from tests.system.harness import API_ENV, _worker_env
+from tests.system.harness import API_ENV, worker_env
 
 SMTP_VARIABLES = {
     "OFFLOAD_SMTP_HOST",
@@ -188,7 +188,7 @@ def test_the_system_harness_mirrors_the_charts_delivery_environment(rendered_def
 
     (worker,) = rendered_defaults.worker_set("Deployment", "default")
     chart_worker = container_env(worker)
-    harness_worker = _worker_env("default", 2)
+    harness_worker = worker_env("default", 2)
     assert {k: v for k, v in harness_worker.items() if k in DELIVERY_VARIABLES and k not in SECRET_VARIABLES} == (
         literal(chart_worker)
     )

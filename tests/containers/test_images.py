@@ -4,6 +4,7 @@ the environment variables the chart sets; stopped the way Kubernetes stops a pod
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 from testcontainers.core.container import DockerContainer
 
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import free_port
 from tests.support import API_KEY, submit_echo, wait_job
+from tests.system.harness import host_port, publish_on_loopback
 
 SETTINGS = {
     "OFFLOAD_REDIS_URL": "redis://redis:6379/0",
@@ -27,7 +28,10 @@ SETTINGS = {
 
 def _container(image: str, network: Any, name: str, **env: str) -> DockerContainer:
     container = (
-        DockerContainer(image).with_network(network).with_network_aliases(name).with_name(f"{name}-{free_port()}")
+        DockerContainer(image)
+        .with_network(network)
+        .with_network_aliases(name)
+        .with_name(f"{name}-{uuid.uuid4().hex[:6]}")
     )
     for key, value in {**SETTINGS, **env}.items():
         container.with_env(key, value)
@@ -51,14 +55,14 @@ def api(images: dict[str, str], network: Any) -> Iterator[tuple[httpx.Client, Ex
     with ExitStack() as stack:
         redis = DockerContainer(images["redis"]).with_network(network).with_network_aliases("redis")
         stack.enter_context(redis.with_command("redis-server --protected-mode no --appendonly yes"))
-        port = free_port()
         api = _container(images["api"], network, "api")
-        # Loopback only; with_bind_ports takes no address, docker-py's ports mapping does.
-        api.ports["8000/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
+        publish_on_loopback(api, 8000)
         stack.enter_context(api)
         client = stack.enter_context(
             httpx.Client(
-                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+                base_url=f"http://127.0.0.1:{host_port(api, 8000)}",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=10,
             )
         )
 

@@ -13,8 +13,7 @@ import httpx
 import redis
 
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.support import TEST_SETTINGS, Service, api_client, start_api
+from tests.support import TEST_SETTINGS, Service, cluster
 
 
 @dataclass
@@ -36,19 +35,9 @@ class StandaloneApi:
 @contextlib.contextmanager
 def standalone_api(log_dir: Path, **settings: str) -> Iterator[StandaloneApi]:
     """``settings`` are OFFLOAD_* names without the prefix, e.g. COMPUTE_WORKERS="1"."""
-    server = RedisServer(free_port(), log_dir / "redis").start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url, **{f"OFFLOAD_{k}": v for k, v in settings.items()}}
-    api: Service | None = None
-    client = redis.Redis(port=server.port, decode_responses=True)
-    try:
-        api = start_api(env, log_dir)
-        with api_client(api) as http:
-            yield StandaloneApi(api, http, client)
-    finally:
-        client.close()
-        if api is not None:
-            api.stop()
-        server.stop()
+    with cluster(log_dir, {**TEST_SETTINGS, **{f"OFFLOAD_{k}": v for k, v in settings.items()}}) as own:
+        api = own.start_api()
+        yield StandaloneApi(api, own.client, own.redis)
 
 
 def pool_processes(parent_pid: int) -> list[int]:

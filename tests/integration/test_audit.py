@@ -12,9 +12,8 @@ import httpx
 import redis
 
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
 from tests.integration.standalone_api import standalone_api
-from tests.support import API_KEY, submit_echo
+from tests.support import API_KEY, Stack, submit_echo
 
 STREAM = "offload:audit"
 KEY_ID = hashlib.sha256(API_KEY.encode()).hexdigest()[:16]  # as the README says to compute it

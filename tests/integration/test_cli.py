@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stack
-from tests.integration.test_client import SALES_CSV, served
-from tests.support import API_KEY
+from tests.support import API_KEY, SALES_CSV, Stack, served
 
 OFFLOAD = Path(sys.executable).with_name("offload")
 

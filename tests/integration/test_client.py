@@ -4,15 +4,11 @@ sync and async, its typed answers and its exceptions."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import re
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image as PILImage
@@ -31,8 +27,7 @@ from offload_client import (
     WaitTimeout,
 )
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
-from tests.support import API_KEY
+from tests.support import API_KEY, SALES_CSV, Stack, served
 
 
 class Echo(BaseModel):
@@ -182,33 +177,6 @@ def test_emails_and_notifications_are_delivered(stack: Stack, offload: Offload) 
     assert offload.wait(accepted.id, timeout=30).succeeded
     notification = offload.get_notification(accepted.id)
     assert [(t.channel, t.status, t.http_status) for t in notification.targets] == [("webhook", "delivered", 200)]
-
-
-SALES_CSV = b"city,qty\nOslo,3\nLima,5\nOslo,4\n"
-
-
-@contextlib.contextmanager
-def served(body: bytes, content_type: str = "text/csv") -> Iterator[str]:
-    """A URL on loopback that answers every GET with ``body``, e.g. a report's source."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/sales.csv"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from offload_client import ConfigurationError, Offload, RateLimited, TransportError, Unavailable
 from offload_dev.redis_server import free_port
-from tests.support import API_KEY, TEST_SETTINGS, api_on_own_redis, start_worker
+from tests.support import API_KEY, TEST_SETTINGS, cluster
 
 ACCEPTED = {
     "id": "job-1",
@@ -154,9 +154,10 @@ def test_events_resume_across_streams_the_server_ends_early(tmp_path: Path) -> N
     """With one-second streams, a three-second job spans several; the client reconnects with
     Last-Event-ID and its caller sees one stream to the end, no `timeout` events."""
     env = {**TEST_SETTINGS, "OFFLOAD_JOB_EVENTS_MAX_SECONDS": "1", "OFFLOAD_JOB_EVENTS_POLL_SECONDS": "0.2"}
-    with api_on_own_redis(env, tmp_path) as (env, _, _, services):
-        services.append(start_worker("worker", env, tmp_path))
-        with Offload(services[0].extra["url"], API_KEY) as offload:
+    with cluster(tmp_path, env) as own:
+        api = own.start_api()
+        own.start_worker("worker")
+        with Offload(api.extra["url"], API_KEY) as offload:
             accepted = offload.submit("offload.echo", {"message": "long", "sleep_ms": 3000})
             single = list(offload.events(accepted.id, resume=False))
             followed = list(offload.events(accepted.id))

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Stack
-from tests.integration.test_client import SALES_CSV, served
-from tests.support import API_KEY
+from tests.conftest import ROOT
+from tests.support import API_KEY, SALES_CSV, Stack, served
 
 # Run inside the fresh environment: what it may import, then a user's first session.
 USER_SCRIPT = textwrap.dedent(

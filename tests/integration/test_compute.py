@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
 from tests.integration.standalone_api import StandaloneApi, pool_processes, standalone_api, stopped
-from tests.support import job, wait_job
+from tests.support import Stack, job, wait_job
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 

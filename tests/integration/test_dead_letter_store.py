@@ -13,14 +13,14 @@ from offload_api.idempotency import IdempotencyKey
 from offload_core.store.dead_letters import DeadLetters, dead_letter_key, index_key
 from offload_core.store.jobs import JobStatus, JobStore
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
+from tests.support import start_redis
 
 MAX = 3
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("dead-letters")).start()
+    server = start_redis(tmp_path_factory.mktemp("dead-letters"))
     try:
         yield redis.Redis(port=server.port, decode_responses=True)
     finally:

@@ -8,11 +8,13 @@ import itertools
 from typing import Any
 
 import httpx
+import redis
 
 from offload_client import Offload
+from offload_core.contract import builtin_jobs
+from offload_core.store.jobs import job_key
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
-from tests.support import API_KEY, job, sample, scrape, submit_echo, wait_job
+from tests.support import API_KEY, Stack, job, sample, scrape, submit_echo, wait_job
 
 ECHO = "offload.echo"
 
@@ -24,10 +26,14 @@ def _offload(stack: Stack) -> Offload:
     return Offload(stack.api.extra["url"], API_KEY, timeout=15)
 
 
-def _fail_for_good(stack: Stack, queue: str | None = None, **payload: Any) -> dict[str, Any]:
+def _fail_for_good(
+    stack: Stack, queue: str | None = None, priority: int | None = None, **payload: Any
+) -> dict[str, Any]:
     with _offload(stack) as offload:
         # fail_times more than OFFLOAD_TASK_MAX_RETRIES=3
-        accepted = offload.submit(ECHO, {"message": "ping", "fail_times": 10, **payload}, queue=queue)
+        accepted = offload.submit(
+            ECHO, {"message": "ping", "fail_times": 10, **payload}, queue=queue, priority=priority
+        )
         failed = offload.wait(accepted.id, timeout=60)
     assert failed.status == "failed", failed
     return failed.model_dump(mode="json")
@@ -77,14 +83,13 @@ def test_dead_letters_are_listed_by_queue_and_task_a_page_at_a_time(stack: Stack
     on_default = _fail_for_good(stack, message="default", queue="default")["id"]
 
     assert _listed(stack.client, limit=2) == [on_default, on_high]
-    high = _listed(stack.client, queue="high")
-    assert on_high in high
-    assert on_default not in high
-    # Other tests on the shared stack leave dead letters on `high` too (notifications): the task
-    # filter keeps exactly the echo ones.
+    # Read the narrower listing first: other tests' notifications may fail on `high` meanwhile.
     high_echo = _listed(stack.client, queue="high", task=ECHO)
+    high = _listed(stack.client, queue="high")
     assert on_high in high_echo
+    assert on_default not in high
     assert all(stack.client.get(f"/v1/dead-letters/{i}").json()["task"] == ECHO for i in high_echo)
+    assert set(high_echo) <= set(high)
     assert on_default in _listed(stack.client, task=ECHO, queue="default")
     assert _listed(stack.client, task="offload.nothing") == []
 
@@ -118,6 +123,18 @@ def test_a_replay_runs_the_same_payload_as_a_new_linked_job(stack: Stack) -> Non
     second = _dead_letter(stack.client, replayed["id"])
     assert second["replay_of"] == original["id"]
     assert second["payload"] == {"message": "again", "sleep_ms": 0, "fail_times": 10}
+
+
+def test_a_replay_runs_at_the_tasks_default_priority(stack: Stack) -> None:
+    original = _fail_for_good(stack, message="last in line", queue="low", priority=9)
+    response = stack.client.post(f"/v1/dead-letters/{original['id']}/replay")
+    assert response.status_code == 202, response.text
+    default = builtin_jobs.echo.priority
+    assert default != 9
+    assert response.json()["priority"] == default
+    with redis.Redis.from_url(stack.redis.url, decode_responses=True) as direct:
+        assert direct.hget(job_key(original["id"]), "priority") == "9"
+        assert direct.hget(job_key(response.json()["id"]), "priority") == str(default)
 
 
 def test_a_replay_with_an_idempotency_key_runs_once(stack: Stack) -> None:

@@ -23,29 +23,39 @@ from offload_core.settings import Settings
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
 from offload_dev.run_local import delivery_env, new_webhook_secret
+from tests.support import PORT_ATTEMPTS
 
 
 @contextmanager
 def receiver(module: str, log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
-    """Run `python -m module --port N *args` until the block ends, then stop it as honcho does."""
-    port = free_port()
+    """Run `python -m module --port N *args` until the block ends, then stop it as honcho does.
+    A port found free may be taken before the receiver binds it: then it runs on another one."""
     environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", str(port), *args],
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, "--port", str(port), *args],
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
-        def listening() -> bool:
+        def listening(process: subprocess.Popen[bytes] = process) -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"{module} exited early:\n{log.read_text()}")
             return "listening on" in log.read_text()
 
-        wait_for(listening, 15, f"{module} to listen")
+        try:
+            wait_for(listening, 15, f"{module} to listen")
+            break
+        except AssertionError:
+            # The log may hold earlier output: this attempt's exit must be one more refused bind.
+            refused_binds = log.read_text().lower().count("address already in use")
+            if attempt == PORT_ATTEMPTS - 1 or refused_binds <= attempt:
+                raise
+    try:
         yield port
     finally:
         process.send_signal(signal.SIGTERM)

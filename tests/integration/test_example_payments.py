@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from offload_client import Offload
 from offload_client.fastapi import OffloadDep
 from tests.conftest import ROOT
-from tests.support import API_KEY, TEST_SETTINGS, api_on_own_redis, start_worker
+from tests.support import API_KEY, TEST_SETTINGS, cluster
 
 EXAMPLE = ROOT / "examples" / "fastapi_payments"
 
@@ -28,9 +28,10 @@ def offload_with_acme_jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     python_path = os.pathsep.join(filter(None, [str(EXAMPLE), os.environ.get("PYTHONPATH")]))
     env = {**TEST_SETTINGS, "OFFLOAD_JOB_MODULES": "acme_payments.jobs", "PYTHONPATH": python_path}
     log_dir = tmp_path_factory.mktemp("payments")
-    with api_on_own_redis(env, log_dir) as (env, _, _, services):
-        services.append(start_worker("worker", env, log_dir))
-        yield services[0].extra["url"]
+    with cluster(log_dir, env) as own:
+        api = own.start_api()
+        own.start_worker("worker")
+        yield api.extra["url"]
 
 
 def example_app() -> FastAPI:

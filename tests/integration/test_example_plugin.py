@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from offload_dev.plugins import install_plugins, plugin_queues
-from tests.support import TEST_SETTINGS, Cluster, api_on_own_redis, start_worker, wait_job
+from tests.support import TEST_SETTINGS, Cluster, cluster, wait_job
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "acme-jobs"
@@ -39,10 +39,10 @@ def acme(plugin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """An API and a worker for the acme queue, both with the plugin installed."""
     log_dir = tmp_path_factory.mktemp("acme")
     env = {**TEST_SETTINGS, "PYTHONPATH": str(plugin_dir), "OFFLOAD_QUEUES": QUEUES}
-    with api_on_own_redis(env, log_dir) as cluster:
-        env, _, _, services = cluster
-        services.append(start_worker("acme", env, log_dir, queues="acme"))
-        yield cluster
+    with cluster(log_dir, env) as own:
+        own.start_api()
+        own.start_worker("acme", queues="acme")
+        yield own
 
 
 def test_make_run_finds_the_plugins_own_queue(plugin_dir: Path) -> None:
@@ -50,7 +50,7 @@ def test_make_run_finds_the_plugins_own_queue(plugin_dir: Path) -> None:
 
 
 def test_job_types_lists_the_built_ins_and_the_plugins_jobs(acme: Cluster) -> None:
-    _, client, _, _ = acme
+    client = acme.client
 
     response = client.get("/v1/job-types")
 
@@ -64,7 +64,7 @@ def test_job_types_lists_the_built_ins_and_the_plugins_jobs(acme: Cluster) -> No
 
 
 def test_the_cpu_job_runs_on_the_acme_worker_and_reports_progress(acme: Cluster) -> None:
-    _, client, _, _ = acme
+    client = acme.client
 
     response = client.post("/v1/jobs/acme.primes", json={"payload": {"limit": 2_000_000, "steps": 4}})
 
@@ -92,7 +92,7 @@ def file_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_the_io_job_fetches_through_the_outbound_client(acme: Cluster, file_server: str, tmp_path: Path) -> None:
-    _, client, _, _ = acme
+    client = acme.client
     body = os.urandom(300_000)
     (tmp_path / "data.bin").write_bytes(body)
 
@@ -111,7 +111,7 @@ def test_the_io_job_fetches_through_the_outbound_client(acme: Cluster, file_serv
 
 
 def test_a_missing_file_is_a_result_not_a_failure(acme: Cluster, file_server: str) -> None:
-    _, client, _, _ = acme
+    client = acme.client
 
     response = client.post("/v1/jobs/acme.fetch", json={"payload": {"url": f"{file_server}/missing"}})
 
@@ -120,7 +120,7 @@ def test_a_missing_file_is_a_result_not_a_failure(acme: Cluster, file_server: st
 
 
 def test_a_private_address_fails_the_fetch_at_once(acme: Cluster) -> None:
-    _, client, _, _ = acme
+    client = acme.client
 
     response = client.post("/v1/jobs/acme.fetch", json={"payload": {"url": "http://10.255.255.1/secret"}})
 
@@ -130,7 +130,7 @@ def test_a_private_address_fails_the_fetch_at_once(acme: Cluster) -> None:
 
 
 def test_a_bad_payload_is_a_422_naming_the_field(acme: Cluster) -> None:
-    _, client, _, _ = acme
+    client = acme.client
 
     response = client.post("/v1/jobs/acme.primes", json={"payload": {"limit": 1}})
 
@@ -170,11 +170,12 @@ def test_the_readmes_first_job_runs_as_written(tmp_path: Path) -> None:
     assert plugin_queues(target) == ["default"]
 
     env = {**TEST_SETTINGS, "PYTHONPATH": str(target)}
-    with api_on_own_redis(env, tmp_path / "logs") as (env, client, _, services):
-        services.append(start_worker("worker", env, tmp_path / "logs"))
-        response = client.post("/v1/jobs/my.greet", json={"payload": {"name": "Ada"}})
+    with cluster(tmp_path / "logs", env) as own:
+        own.start_api()
+        own.start_worker("worker")
+        response = own.client.post("/v1/jobs/my.greet", json={"payload": {"name": "Ada"}})
         assert response.status_code == 202, response.text
-        done = wait_job(client, response.json()["id"], {"succeeded", "failed"})
+        done = wait_job(own.client, response.json()["id"], {"succeeded", "failed"})
 
     assert done["status"] == "succeeded", done
     assert done["result"] == {"greeting": "Hello, Ada!"}

@@ -13,29 +13,45 @@ import pytest
 
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.conftest import Stack
-from tests.support import submit_echo, wait_job
+from tests.support import PORT_ATTEMPTS, Stack, submit_echo, wait_job
 
 AUTH = ("offload", "flower-test-password")
 
 
 @pytest.fixture(scope="module")
 def flower(stack: Stack) -> Iterator[str]:
-    port = free_port()
-    log = (stack.log_dir / "flower.log").open("ab")
     env = {**os.environ, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
-    args = [sys.executable, "-m", "celery", f"--broker={stack.env['OFFLOAD_REDIS_URL']}", "flower", f"--port={port}"]
-    process = subprocess.Popen([*args, "--address=127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    # A port found free may be taken before Flower binds it: Flower then exits, and runs again
+    # on another port.
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        log = (stack.log_dir / "flower.log").open("ab")
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            f"--broker={stack.env['OFFLOAD_REDIS_URL']}",
+            "flower",
+            f"--port={port}",
+        ]
+        process = subprocess.Popen([*args, "--address=127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
+        def up(process: subprocess.Popen[bytes] = process, url: str = url) -> bool:
+            if process.poll() is not None:
+                raise ProcessLookupError(f"Flower exited with {process.returncode}")
+            try:
+                return httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
         try:
-            return httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+            wait_for(up, 30, "Flower to answer")
+            break
+        except ProcessLookupError:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
     try:
-        wait_for(up, 30, "Flower to answer")
         yield url
     finally:
         process.terminate()

@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.conftest import Stack
-from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, job, start_api
+from tests.support import API_KEY, ECHO_PATH, TEST_SETTINGS, Service, Stack, api_client, cluster, job
 
 OTHER_API_KEY = "other-client-key-0123456789"
 
@@ -26,29 +26,21 @@ class Unconsumed:
     api: Service  # OFFLOAD_IDEMPOTENCY_TTL_SECONDS at its default
     short_ttl_api: Service  # keys expire after one second
     client: httpx.Client
+    redis: redis.Redis
 
 
 @pytest.fixture(scope="module")
 def unconsumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unconsumed]:
     """Redis and two APIs on it, no worker: every published message stays in its queue."""
-    base = tmp_path_factory.mktemp("idempotency")
-    redis = RedisServer(free_port(), base / "redis").start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url, "OFFLOAD_API_KEYS": f"{API_KEY},{OTHER_API_KEY}"}
-    services: list[Service] = []
-    try:
-        services.append(api := start_api(env, base / "api"))
-        short_env = {**env, "OFFLOAD_IDEMPOTENCY_TTL_SECONDS": "1"}
-        services.append(short_ttl_api := start_api(short_env, base / "short-ttl-api"))
-        with api_client(api) as client:
-            yield Unconsumed(api, short_ttl_api, client)
-    finally:
-        for service in services:
-            service.stop()
-        redis.stop()
+    env = {**TEST_SETTINGS, "OFFLOAD_API_KEYS": f"{API_KEY},{OTHER_API_KEY}"}
+    with cluster(tmp_path_factory.mktemp("idempotency"), env) as own:
+        api = own.start_api()
+        short_ttl_api = own.start_api(name="short-ttl-api", env={"OFFLOAD_IDEMPOTENCY_TTL_SECONDS": "1"})
+        yield Unconsumed(api, short_ttl_api, own.client, own.redis)
 
 
 def _submit(client: httpx.Client, key: str, **body: Any) -> httpx.Response:
-    return client.post("/v1/jobs/echo", json={"message": "once", **body}, headers={"Idempotency-Key": key})
+    return client.post(ECHO_PATH, json={"message": "once", **body}, headers={"Idempotency-Key": key})
 
 
 def _depth(client: httpx.Client, queue: str = "default") -> int:
@@ -121,6 +113,26 @@ def test_an_expired_key_submits_a_new_job(unconsumed: Unconsumed) -> None:
 
         fresh = wait_for(new_job, 15, "the idempotency key to expire", interval=0.2)
     assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_key_whose_publish_failed_is_free_for_the_retry(unconsumed: Unconsumed) -> None:
+    """The first request claims the key, then its publish fails (the queue's list is not a list
+    in Redis): 503, and the key is released, so the client's retry with it makes the job."""
+    key = str(uuid.uuid4())
+    queue_list = priority_lists("high")[0]  # priority 0 on high: the list the message goes to
+    unconsumed.redis.set(queue_list, "not a list")
+    try:
+        failed = _submit(unconsumed.client, key, queue="high", priority=0)
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["code"] == "redis_unavailable"
+    finally:
+        unconsumed.redis.delete(queue_list)
+
+    retry = _submit(unconsumed.client, key, queue="high", priority=0)
+    assert retry.status_code == 202, retry.text
+    assert "idempotent-replayed" not in retry.headers
+    assert _depth(unconsumed.client, "high") == 1
+    assert job(unconsumed.client, retry.json()["id"])["status"] == "queued"
 
 
 @pytest.mark.parametrize("key", [b"", b"x" * 256, "caf\xe9".encode("latin-1")])

@@ -5,9 +5,12 @@ receiver would, and a failing step that stops the chain and says why."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,11 +19,12 @@ import redis
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
+from offload_core.contract.topology import priority_lists
 from offload_core.store.images import original_key
+from offload_core.store.jobs import JobStore
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
-from tests.support import WEBHOOK_SECRETS
-from tests.unit.test_image_ops import png_declaring
+from tests.integration.standalone_api import standalone_api
+from tests.support import WEBHOOK_SECRETS, Stack, png_declaring
 
 ONE_MIB = 1024 * 1024
 IMAGE_MAX_BYTES = 20 * ONE_MIB  # the default; the test stack does not change it
@@ -323,6 +327,56 @@ def test_search_pages_through_the_index(stack: Stack) -> None:
     bad = stack.client.get("/v1/images", params={"tag": "Not A Tag!"})
     assert bad.status_code == 422
     assert stack.client.get("/v1/images", params=[("tag", f"t{i}") for i in range(6)]).status_code == 422
+
+
+def _queued_messages(direct: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The Celery messages waiting on a queue's lists, with their body decoded."""
+    found = []
+    for name in priority_lists(queue):
+        for raw in direct.lrange(name, 0, -1):
+            message = json.loads(raw)
+            message["decoded_body"] = json.loads(base64.b64decode(message["body"]))
+            found.append(message)
+    return found
+
+
+def test_a_pipeline_is_refused_with_409_while_the_previous_one_runs(tmp_path: Path) -> None:
+    # No worker here: the first pipeline stays queued, so it has not ended when the second comes.
+    with standalone_api(tmp_path) as alone:
+        body = uploaded(alone.client, encoded(noise(60, 40), "PNG"))
+        first = submit(alone.client, body["id"], {"op": "grayscale"})
+        second = alone.client.post(
+            f"/v1/images/{body['id']}/process", json={"operations": [{"op": "rotate", "degrees": 90}]}
+        )
+        assert second.status_code == 409, second.text
+        assert f"is still being processed (pipeline {first['pipeline_id']})" in second.json()["detail"]
+        assert image(alone.client, body["id"])["pipeline"]["id"] == first["pipeline_id"]
+        # Nothing of the refused one was queued: the first pipeline's first step is all that waits.
+        assert [m["headers"]["id"] for m in _queued_messages(alone.redis, "low")] == [first["steps"][0]["id"]]
+
+
+def test_a_dead_letter_of_an_image_step_replays_that_step_alone(tmp_path: Path) -> None:
+    with standalone_api(tmp_path) as alone:
+        body = uploaded(alone.client, encoded(noise(60, 40), "PNG"))
+        accepted = submit(alone.client, body["id"], {"op": "grayscale"})
+        step_id = accepted["steps"][0]["id"]
+        [message] = _queued_messages(alone.redis, "low")
+        _, kwargs, embed = message["decoded_body"]
+        assert embed["chain"]  # the process step carries the index step after it
+        # A worker takes the step and it fails for good (what a corrupt original does).
+        for name in priority_lists("low"):
+            alone.redis.delete(name)
+        store = JobStore(alone.redis, ttl_seconds=600)
+        store.fail(step_id, "PermanentJobError: planned", payload=kwargs)
+
+        replay = alone.client.post(f"/v1/dead-letters/{step_id}/replay")
+        assert replay.status_code == 202, replay.text
+        assert (replay.json()["task"], replay.json()["queue"]) == ("offload.image.process", "low")
+        [again] = _queued_messages(alone.redis, "low")
+        assert (again["headers"]["id"], again["headers"]["task"]) == (replay.json()["id"], "offload.image.process")
+        replayed_args, replayed_kwargs, replayed_embed = again["decoded_body"]
+        assert (replayed_args, replayed_kwargs) == ([], kwargs)
+        assert not replayed_embed.get("chain")  # that step alone: nothing runs after it
 
 
 def test_a_repeated_process_request_with_its_key_makes_one_pipeline(stack: Stack) -> None:

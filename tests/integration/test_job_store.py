@@ -8,12 +8,12 @@ import pytest
 import redis
 
 from offload_core.store.jobs import CancelOutcome, JobStatus, JobStore, StartOutcome, job_key
-from offload_dev.redis_server import RedisServer, free_port
+from tests.support import start_redis
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStore]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("store")).start()
+    server = start_redis(tmp_path_factory.mktemp("store"))
     try:
         yield JobStore(redis.Redis(port=server.port, decode_responses=True), ttl_seconds=600)
     finally:

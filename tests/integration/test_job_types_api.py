@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
-from tests.support import wait_job
+from tests.support import Stack, wait_job
 
 
 def submit(client: httpx.Client, job_type: str, body: dict[str, Any]) -> httpx.Response:

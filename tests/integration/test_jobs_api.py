@@ -6,8 +6,7 @@ import httpx
 import pytest
 
 from offload_dev.polling import wait_for
-from tests.conftest import Stack
-from tests.support import api_client, job, submit_echo, wait_job
+from tests.support import Stack, api_client, job, submit_echo, wait_job
 
 
 @pytest.mark.parametrize(

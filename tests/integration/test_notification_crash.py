@@ -8,25 +8,22 @@ from pathlib import Path
 import pytest
 
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.integration.test_notifications import MESSAGE, finished, notification, webhook
 from tests.receivers import ScriptedReply, WebhookReceiver
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker
+from tests.support import MESSAGE, cluster, finished_notification, notification, webhook
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_delivered_target_is_not_sent_again_after_the_notifier_is_killed(tmp_path: Path, record_property) -> None:
     receiver = WebhookReceiver().start()
-    redis = RedisServer(free_port(), tmp_path / "redis").start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": redis.url, "OFFLOAD_WORKER_CONCURRENCY": "1"}
-    services: list[Service] = []
     try:
-        services.append(api := start_api(env, tmp_path))
-        services.append(first := start_worker("first", env, tmp_path, module="offload_notifier"))
-        # The second target answers slowly, so the notifier is still at work when it is killed.
-        receiver.script("/slow", ScriptedReply(200, delay_seconds=30))
-        with api_client(api) as client:
+        with cluster(tmp_path) as own:
+            own.env["OFFLOAD_WORKER_CONCURRENCY"] = "1"
+            own.start_api()
+            first = own.start_worker("first", module="offload_notifier")
+            # The second target answers slowly, so the notifier is still at work when it is killed.
+            receiver.script("/slow", ScriptedReply(200, delay_seconds=30))
+            client = own.client
             response = client.post(
                 "/v1/notifications",
                 json={"message": MESSAGE, "targets": [webhook(receiver, "/fast"), webhook(receiver, "/slow")]},
@@ -41,8 +38,8 @@ def test_a_delivered_target_is_not_sent_again_after_the_notifier_is_killed(tmp_p
             wait_for(lambda: receiver.received("/slow"), 10, "the second target's request to arrive")
             first.kill()  # SIGKILL: no acknowledgement, no shutdown, no chance to record anything else
 
-            services.append(start_worker("second", env, tmp_path, module="offload_notifier"))
-            done = finished(client, job_id, timeout=60)  # back after the 12 s visibility timeout
+            own.start_worker("second", module="offload_notifier")
+            done = finished_notification(client, job_id, timeout=60)  # back after the 12 s visibility timeout
 
         assert done["status"] == "succeeded", done
         assert (done["attempts"], done["worker"]) == (2, "second@test")
@@ -56,7 +53,4 @@ def test_a_delivered_target_is_not_sent_again_after_the_notifier_is_killed(tmp_p
         assert slow_ids == [f"msg_{job_id}_1"] * 2
         record_property("crash_redelivered_slow_target", len(slow_ids))
     finally:
-        for service in services:
-            service.stop()
-        redis.stop()
         receiver.stop()

@@ -13,11 +13,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import Stack
-from tests.receivers import ReceivedRequest, ScriptedReply, WebhookReceiver
-from tests.support import WEBHOOK_SECRETS, wait_job
-
-MESSAGE = {"title": "Disk almost full", "body": "db-1 is at 97%", "severity": "critical", "data": {"host": "db-1"}}
+from tests.receivers import ReceivedRequest, ScriptedReply
+from tests.support import MESSAGE, WEBHOOK_SECRETS, Stack, finished_notification, notification, webhook
 
 
 def _path() -> str:
@@ -34,22 +31,6 @@ def submit(client: httpx.Client, *targets: dict[str, str], **extra: Any) -> str:
     return job_id
 
 
-def notification(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    response = client.get(f"/v1/notifications/{job_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def finished(client: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    wait_job(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=timeout)
-    return notification(client, job_id)
-
-
-def webhook(receiver: WebhookReceiver, path: str) -> dict[str, str]:
-    return {"channel": "webhook", "url": receiver.url(path)}
-
-
 def verified(request: ReceivedRequest, secret: str) -> dict[str, Any]:
     payload: dict[str, Any] = Webhook(secret).verify(request.body, request.headers)
     return payload
@@ -58,7 +39,7 @@ def verified(request: ReceivedRequest, secret: str) -> dict[str, Any]:
 def test_a_webhook_is_delivered_signed_with_every_secret(stack: Stack) -> None:
     path = _path()
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "succeeded", done
     [target] = done["targets"]
@@ -83,7 +64,7 @@ def test_503_twice_then_200_is_one_delivery_with_the_same_id_three_times(stack: 
     path = _path()
     stack.webhooks.script(path, ScriptedReply(503), ScriptedReply(503))
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "succeeded", done
     [target] = done["targets"]
@@ -100,7 +81,7 @@ def test_retry_after_is_honoured(stack: Stack) -> None:
     # step alone would be at most 0.1 s.
     stack.webhooks.script(path, ScriptedReply(429, {"Retry-After": "30"}))
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "succeeded", done
     first, second = stack.webhooks.received(path)
@@ -120,7 +101,7 @@ def test_each_target_is_retried_on_its_own_and_a_dead_one_fails_alone(stack: Sta
         webhook(stack.webhooks, gone),
         {"channel": "email", "address": address},
     )
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "failed", done
     assert done["error"] == "1 of 4 targets failed: target 2 (webhook): HTTP 404"
@@ -149,7 +130,7 @@ def test_a_target_that_keeps_failing_gives_up_after_the_retry_limit(stack: Stack
     path = _path()
     stack.webhooks.script(path, *[ScriptedReply(500)] * 4)  # OFFLOAD_TASK_MAX_RETRIES=3: four attempts
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "failed", done
     [target] = done["targets"]
@@ -162,7 +143,7 @@ def test_a_redirect_is_not_followed(stack: Stack) -> None:
     path, elsewhere = _path(), _path()
     stack.webhooks.script(path, ScriptedReply(302, {"Location": stack.webhooks.url(elsewhere)}))
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    done = finished(stack.client, job_id)
+    done = finished_notification(stack.client, job_id)
 
     assert done["status"] == "failed", done
     assert done["targets"][0]["last_error"] == "HTTP 302 (redirects are not followed; use the final URL)"
@@ -176,7 +157,7 @@ def test_the_status_lists_every_target_while_the_job_waits(stack: Stack) -> None
     first = notification(stack.client, job_id)
     assert [(t["index"], t["channel"]) for t in first["targets"]] == [(0, "webhook"), (1, "email")]
     assert all(t["status"] in {"pending", "delivered"} for t in first["targets"])
-    assert finished(stack.client, job_id)["status"] == "succeeded"
+    assert finished_notification(stack.client, job_id)["status"] == "succeeded"
 
 
 @pytest.mark.parametrize(
@@ -224,7 +205,7 @@ def test_an_idempotency_key_delivers_once(stack: Stack) -> None:
     again = stack.client.post("/v1/notifications", json=body, headers=key)
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.json()["id"] == again.json()["id"]
-    finished(stack.client, first.json()["id"])
+    finished_notification(stack.client, first.json()["id"])
     assert len(stack.webhooks.received(path)) == 1
 
 
@@ -239,7 +220,7 @@ def test_the_event_body_is_the_same_json_on_every_attempt(stack: Stack) -> None:
     path = _path()
     stack.webhooks.script(path, ScriptedReply(503))
     job_id = submit(stack.client, webhook(stack.webhooks, path))
-    assert finished(stack.client, job_id)["status"] == "succeeded"
+    assert finished_notification(stack.client, job_id)["status"] == "succeeded"
     requests = stack.webhooks.received(path)
     assert len(requests) == 2  # the 503, then the retry
     bodies = {r.body for r in requests}
@@ -258,7 +239,7 @@ def test_the_webhook_continues_the_callers_trace_even_when_nothing_is_exported(s
         headers={"traceparent": caller},
     )
     assert response.status_code == 202, response.text
-    assert finished(stack.client, response.json()["id"])["status"] == "succeeded"
+    assert finished_notification(stack.client, response.json()["id"])["status"] == "succeeded"
     [request] = stack.webhooks.received(path)
     version, received_trace_id, parent_id, _flags = request.headers["traceparent"].split("-")
     assert (version, received_trace_id) == ("00", trace_id)

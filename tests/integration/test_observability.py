@@ -24,8 +24,6 @@ from prometheus_client import CollectorRegistry
 from offload_api.metrics import QueueCollector
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.conftest import Stack
 from tests.receivers import ScriptedSmtpHandler, WebhookReceiver, smtp_server
 from tests.support import (
     API_KEY,
@@ -35,12 +33,11 @@ from tests.support import (
     ReceivedPoint,
     ReceivedSpan,
     Service,
-    api_client,
-    api_on_own_redis,
+    Stack,
+    cluster,
     sample,
     scrape,
-    start_api,
-    start_worker,
+    start_redis,
     submit_echo,
     wait_job,
 )
@@ -73,14 +70,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack
     """A password-protected Redis, the API, a worker for `default` only (so `low` jobs wait and
     show in the depth gauge) and the notifier, exporting traces, metrics and logs to a local OTLP
     receiver, and an SMTP server and webhook receiver for the notifier to deliver to."""
-    base = tmp_path_factory.mktemp("observed")
-    redis = RedisServer(free_port(), base / "redis", password=REDIS_PASSWORD).start()
-    services: list[Service] = []
     with OtlpReceiver().running() as receiver, smtp_server() as (smtp, smtp_port):
         webhooks = WebhookReceiver().start()
         env = {
             **TEST_SETTINGS,
-            "OFFLOAD_REDIS_URL": redis.url,
             "OFFLOAD_LOG_FORMAT": "json",
             "OFFLOAD_QUEUE_METRICS_CACHE_SECONDS": "0.5",
             "OFFLOAD_SMTP_PORT": str(smtp_port),
@@ -91,16 +84,13 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedStack
             "OTEL_METRIC_EXPORT_INTERVAL": "300",
         }
         try:
-            services.append(worker := start_worker("worker", env, base, queues="default"))
-            services.append(notifier := start_worker("notifier", env, base, module="offload_notifier"))
-            services.append(api := start_api(env, base))
-            with api_client(api) as client:
-                yield ObservedStack(receiver, api, worker, notifier, client, smtp, webhooks)
+            with cluster(tmp_path_factory.mktemp("observed"), env, redis_password=REDIS_PASSWORD) as own:
+                worker = own.start_worker("worker", queues="default")
+                notifier = own.start_worker("notifier", module="offload_notifier")
+                api = own.start_api()
+                yield ObservedStack(receiver, api, worker, notifier, own.client, smtp, webhooks)
         finally:
-            for service in services:
-                service.stop()
             webhooks.stop()
-            redis.stop()
 
 
 def _runs_of(receiver: OtlpReceiver, job_id: str, count: int) -> list[ReceivedSpan]:
@@ -302,7 +292,7 @@ def test_without_an_otlp_endpoint_nothing_is_exported_and_nothing_complains(stac
 
 
 def test_queue_gauges_read_redis_once_per_cache_window(tmp_path: Path) -> None:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
+    server = start_redis(tmp_path / "redis")
     try:
         client = redis.Redis(port=server.port, decode_responses=True)
         collector = QueueCollector(client, stale_after=3, cache_seconds=2)
@@ -460,7 +450,7 @@ def test_an_unsupported_otlp_protocol_is_refused_at_start_naming_the_variable(mo
 
 
 def test_redis_gauges_say_whether_redis_answers_and_how_full_it_is(tmp_path: Path) -> None:
-    server = RedisServer(free_port(), tmp_path / "redis").start()
+    server = start_redis(tmp_path / "redis")
     client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=1, socket_connect_timeout=1)
     collector = QueueCollector(client, stale_after=3, cache_seconds=0)
     registry = CollectorRegistry()
@@ -496,8 +486,9 @@ def test_grpc_carries_all_three_signals_too(tmp_path: Path) -> None:
             "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "300",
         }
-        with api_on_own_redis(env, tmp_path) as (_, client, _, _):
-            job_id = submit_echo(client)  # accepted (and logged) by the API; no worker runs it
+        with cluster(tmp_path, env) as own:
+            own.start_api()
+            job_id = submit_echo(own.client)  # accepted (and logged) by the API; no worker runs it
 
             def arrived() -> bool:
                 spans = [s for s in receiver.received() if s.attributes.get("offload.job.id") == job_id]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,8 +14,8 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from offload_dev.redis_server import RedisServer, free_port
-from tests.support import API_KEY, TEST_SETTINGS, Service, api_client, start_api
+from offload_dev.redis_server import RedisServer
+from tests.support import API_KEY, Service, cluster
 
 MAX_BODY = 1048576  # OFFLOAD_API_MAX_BODY_BYTES' default
 Api = tuple[RedisServer, Service, httpx.Client]
@@ -25,15 +24,9 @@ Api = tuple[RedisServer, Service, httpx.Client]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """Redis and the API only: no answer here needs a worker."""
-    base: Path = tmp_path_factory.mktemp("openapi")
-    server = RedisServer(free_port(), base / "redis").start()
-    service = start_api({**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}, base)
-    try:
-        with api_client(service) as client:
-            yield server, service, client
-    finally:
-        service.stop()
-        server.stop()
+    with cluster(tmp_path_factory.mktemp("openapi")) as own:
+        service = own.start_api()
+        yield own.server, service, own.client
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +149,33 @@ def test_oversized_request_headers_are_refused_with_431(api: Api) -> None:
     assert service.alive()
     assert client.get("/livez").status_code == 200
     assert httpx.get(f"{url}/v1/queues", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=15).status_code == 200
+
+
+def test_the_header_limits_are_exactly_100_headers_and_32_kib(api: Api) -> None:
+    """Counted as the limit counts them: every header the request carries, names included, each
+    as "name: value\\r\\n" on the wire."""
+    _, service, _ = api
+    url: str = service.extra["url"]
+    host = urlsplit(url).netloc.encode()
+
+    def request(headers: list[tuple[bytes, bytes]]) -> bytes:
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        return b"GET /livez HTTP/1.1\r\n" + lines + b"\r\n"
+
+    def fixed() -> list[tuple[bytes, bytes]]:
+        return [(b"Host", host), (b"Connection", b"close")]
+
+    def with_count(count: int) -> list[tuple[bytes, bytes]]:
+        return fixed() + [(b"X-H%d" % i, b"v") for i in range(count - len(fixed()))]
+
+    def with_size(size: int) -> list[tuple[bytes, bytes]]:
+        used = sum(len(name) + len(value) + 4 for name, value in fixed())
+        padding = size - used - len(b"X-Pad") - 4
+        return [*fixed(), (b"X-Pad", b"a" * padding)]
+
+    assert len(with_count(100)) == 100
+    assert sum(len(n) + len(v) + 4 for n, v in with_size(32 * 1024)) == 32 * 1024
+    assert _raw_status(url, request(with_count(100))) == 200
+    assert _raw_status(url, request(with_count(101))) == 431
+    assert _raw_status(url, request(with_size(32 * 1024))) == 200
+    assert _raw_status(url, request(with_size(32 * 1024 + 1))) == 431

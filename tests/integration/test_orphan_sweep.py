@@ -4,26 +4,32 @@ left alone. Real Redis, API and worker processes with a short grace and sweep in
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from offload_core.contract.topology import priority_lists
-from offload_core.runtime.orphans import UNACKED_KEY
+from offload_core.runtime.celery_app import create_celery_app
+from offload_core.runtime.orphans import UNACKED_KEY, OrphanSweep
+from offload_core.settings import Settings
+from offload_core.store.dead_letters import DeadLetters
+from offload_core.store.jobs import WAITING_KEY, JobStore
 from offload_dev.polling import wait_for
 from tests.support import (
     TEST_SETTINGS,
     Cluster,
     Service,
-    api_on_own_redis,
+    cluster,
     sample,
     scrape,
-    start_worker,
+    start_redis,
     submit_echo,
     wait_job,
 )
@@ -51,8 +57,9 @@ ENV = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with api_on_own_redis(ENV, tmp_path) as started:
+def own(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path, ENV) as started:
+        started.start_api()
         yield started
 
 
@@ -75,8 +82,8 @@ def _recovered(worker: Service, queue: str) -> float:
     return sample(scrape(worker.extra["metrics_url"]), RECOVERED, task="offload.echo", queue=queue)
 
 
-def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     lost = submit_echo(client, message="lost")
     # No worker consumes `low` in this test: its job's message stays on the list throughout.
     backlog = submit_echo(client, message="backlog", queue="low")
@@ -85,8 +92,7 @@ def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, 
     assert _listed(direct, "default", lost) == []
     assert _held(direct, lost) == 0
 
-    worker = start_worker("sweeper", env, tmp_path, queues="default")
-    services.append(worker)
+    worker = own.start_worker("sweeper", queues="default")
     done = wait_job(client, lost, {"succeeded", "failed"}, timeout=GRACE + 4 * SWEEP_INTERVAL + 20)
     assert (done["status"], done["attempts"], done["worker"]) == ("succeeded", 1, "sweeper@test"), done
     assert done["result"] == {"message": "lost", "attempts": 1, "worker": "sweeper@test"}
@@ -107,11 +113,10 @@ def test_a_job_whose_message_was_lost_is_published_again_and_runs_once(cluster, 
     assert _held(direct, lost) == 0
 
 
-def test_a_job_a_worker_holds_is_not_published_again(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_a_job_a_worker_holds_is_not_published_again(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     # One process that reserves a second message while it runs the first one.
-    worker = start_worker("holder", {**env, "OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "2"}, tmp_path, queues="default")
-    services.append(worker)
+    worker = own.start_worker("holder", queues="default", env={"OFFLOAD_WORKER_PREFETCH_MULTIPLIER": "2"})
     running = submit_echo(client, message="long", sleep_ms=int((GRACE + 8 * SWEEP_INTERVAL + 2) * 1000))
     wait_job(client, running, {"started"})
     held = submit_echo(client, message="held")
@@ -135,3 +140,90 @@ def test_a_job_a_worker_holds_is_not_published_again(cluster, tmp_path: Path) ->
 def job_status(client: httpx.Client, job_id: str) -> str:
     status: str = client.get(f"/v1/jobs/{job_id}").json()["status"]
     return status
+
+
+# --- the sweep's rules, one sweep at a time, against a real Redis and no worker ----------------
+
+
+@pytest.fixture
+def sweeper(tmp_path: Path) -> Iterator[OrphanSweep]:
+    server = start_redis(tmp_path / "redis")
+    settings = Settings.model_validate(
+        {k.removeprefix("OFFLOAD_"): v for k, v in ENV.items() if k.startswith("OFFLOAD_")} | {"REDIS_URL": server.url}
+    )
+    app = create_celery_app(settings)
+    store = JobStore.from_settings(settings)
+    try:
+        yield OrphanSweep(app, store, settings, owner="test@sweeper")
+    finally:
+        store.client.close()
+        app.close()
+        server.stop()
+
+
+def _accepted_long_ago(sweep: OrphanSweep, job_id: str) -> None:
+    """A job the API accepted past the grace; its message is on no list and held by no worker."""
+    sweep.store.create(job_id, task="offload.echo", queue="default", kwargs={"message": job_id}, priority=6)
+    _waited_past_the_grace(sweep, job_id)
+
+
+def _waited_past_the_grace(sweep: OrphanSweep, job_id: str) -> None:
+    sweep.client.zadd(WAITING_KEY, {job_id: time.time() - GRACE - 60})
+
+
+def _messages(sweep: OrphanSweep, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, message) for name, raw in _listed(sweep.client, "default", job_id) for message in [json.loads(raw)]]
+
+
+def _lose_its_message(sweep: OrphanSweep, job_id: str) -> None:
+    for name, raw in _listed(sweep.client, "default", job_id):
+        sweep.client.lrem(name, 1, raw)
+
+
+def test_a_lost_message_is_published_again_only_when_missing_in_two_sweeps_in_a_row(sweeper: OrphanSweep) -> None:
+    _accepted_long_ago(sweeper, "lost1")
+    assert sweeper.sweep() == []  # seen missing once: it may be between a list and a worker
+    assert _messages(sweeper, "lost1") == []
+
+    assert sweeper.sweep() == ["lost1"]
+    [(name, message)] = _messages(sweeper, "lost1")
+    assert name == priority_lists("default")[2]  # priority 6, as accepted
+    assert message["headers"]["id"] == "lost1"
+    assert message["properties"]["priority"] == 6
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([], {"message": "lost1"})
+    assert sweeper.store.get("lost1").status == "queued"  # type: ignore[union-attr]
+    assert sweeper.sweep() == []  # its message is there again: nothing more to do
+
+
+def test_a_message_seen_in_between_sightings_restarts_the_count(sweeper: OrphanSweep) -> None:
+    _accepted_long_ago(sweeper, "moving")
+    assert sweeper.sweep() == []
+    # The next sweep finds it in a worker's hands (a message caught between a list and the hash).
+    held = json.dumps([{"headers": {"id": "moving"}}, "offload", "default"])
+    sweeper.client.hset(UNACKED_KEY, "tag-1", held)
+    assert sweeper.sweep() == []
+    sweeper.client.hdel(UNACKED_KEY, "tag-1")
+    assert sweeper.sweep() == []  # missing again, but only once in a row
+    assert _messages(sweeper, "moving") == []
+    assert sweeper.sweep() == ["moving"]
+
+
+def test_the_fourth_loss_fails_the_job_and_makes_a_dead_letter(sweeper: OrphanSweep) -> None:
+    _accepted_long_ago(sweeper, "cursed")
+    for loss in range(1, 4):
+        assert sweeper.sweep() == []
+        assert sweeper.sweep() == ["cursed"], f"loss {loss}"
+        _lose_its_message(sweeper, "cursed")
+        _waited_past_the_grace(sweeper, "cursed")  # a recovery restarts its wait
+
+    assert sweeper.sweep() == []
+    assert sweeper.sweep() == []  # the fourth time: failed, not published
+    assert _messages(sweeper, "cursed") == []
+    job = sweeper.store.get("cursed")
+    assert job is not None
+    assert (job.status, job.error) == ("failed", "its broker message was lost 4 times; no worker ever took it")
+    letter = DeadLetters(sweeper.client, 600).get("cursed")
+    assert letter is not None
+    assert (letter.task, letter.queue, letter.payload) == ("offload.echo", "default", {"message": "cursed"})
+    assert sweeper.client.zscore(WAITING_KEY, "cursed") is None

@@ -154,7 +154,7 @@ def test_a_silent_server_is_a_read_timeout_within_the_bound() -> None:
         started = time.monotonic()
         with policy.client(connect_timeout=1.0, read_timeout=0.3) as client, pytest.raises(httpx.ReadTimeout):
             client.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 10  # the 0.3 s read timeout, not a hang
 
 
 class TLSServer:

@@ -18,7 +18,7 @@ from offload_core.store.jobs import SUBMIT, submit_call
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 from offload_dev.polling import wait_for
 from tests.integration.own_queue_jobs import OWN_QUEUE
-from tests.support import TEST_SETTINGS, api_on_own_redis, start_worker, wait_job
+from tests.support import TEST_SETTINGS, cluster, wait_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWN_QUEUE_ENV = {
@@ -50,10 +50,10 @@ def publish(client: redis.Redis, task: str, queue: str, message: str) -> str:
 
 @pytest.mark.parametrize("module", ["offload_worker", "offload_notifier"])
 def test_a_worker_consumes_a_queue_of_the_deployments_own(module: str, tmp_path: Path) -> None:
-    with api_on_own_redis(OWN_QUEUE_ENV, tmp_path) as (env, api, direct, services):
-        services.append(
-            worker := start_worker(module.removeprefix("offload_"), env, tmp_path, module=module, queues=OWN_QUEUE)
-        )
+    with cluster(tmp_path, OWN_QUEUE_ENV) as own:
+        own.start_api()
+        api, direct = own.client, own.redis
+        worker = own.start_worker(module.removeprefix("offload_"), module=module, queues=OWN_QUEUE)
         job_id = publish(direct, "acme.echo", OWN_QUEUE, "to the own queue")
         done = wait_job(api, job_id, {"succeeded", "failed"})
         assert done["status"] == "succeeded", done
@@ -107,13 +107,15 @@ def test_the_orphan_sweep_publishes_a_lost_job_again_on_its_own_queue(tmp_path: 
         "OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS": "1",
         "OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS": "1.5",
     }
-    with api_on_own_redis(env, tmp_path) as (env, _, direct, services):
+    with cluster(tmp_path, env) as own:
+        own.start_api()
+        direct = own.redis
         job_id = publish(direct, "acme.echo", OWN_QUEUE, "lost")
         waiting = priority_lists(OWN_QUEUE)[1]  # priority 3: the second list
         (raw,) = direct.lrange(waiting, 0, -1)
         assert direct.lrem(waiting, 1, str(raw)) == 1  # lost, as in a Redis restart
 
-        services.append(sweeper := start_worker("sweeper", env, tmp_path, queues="default"))
+        sweeper = own.start_worker("sweeper", queues="default")
 
         def republished() -> bool:
             return any(

@@ -19,7 +19,8 @@ from offload_core.contract.topology import Queue, priority_lists
 from offload_core.runtime.celery_app import create_celery_app
 from offload_core.runtime.task_message import queue_list, task_message
 from offload_core.settings import Settings
-from offload_dev.redis_server import RedisServer, free_port
+from offload_dev.redis_server import free_port
+from tests.support import start_redis
 
 # Fields that differ between any two messages, or that we fill on purpose in our own way.
 VOLATILE_HEADERS = {"origin", "kwargsrepr"}
@@ -28,7 +29,7 @@ VOLATILE_PROPERTIES = {"delivery_tag", "reply_to"}
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("publisher")).start()
+    server = start_redis(tmp_path_factory.mktemp("publisher"))
     try:
         yield f"redis://127.0.0.1:{server.port}/0"
     finally:

@@ -14,21 +14,16 @@ import redis
 
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker, submit_echo, wait_job
+from offload_dev.redis_server import RedisServer
+from tests.support import Service, cluster, submit_echo, wait_job
 
 
 @pytest.fixture
 def api_alone(tmp_path: Path) -> Iterator[tuple[RedisServer, Service, httpx.Client]]:
     """The API and Redis with no worker: whatever is submitted stays in its queue."""
-    server = RedisServer(free_port(), tmp_path / "redis").start()
-    api = start_api({**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}, tmp_path)
-    try:
-        with api_client(api) as client:
-            yield server, api, client
-    finally:
-        api.stop()
-        server.stop()
+    with cluster(tmp_path) as own:
+        api = own.start_api()
+        yield own.server, api, own.client
 
 
 def test_queue_depth_sums_the_priority_lists(api_alone) -> None:
@@ -71,17 +66,10 @@ def test_redis_down_gives_503_in_seconds_and_the_api_recovers(api_alone) -> None
 @pytest.fixture
 def worker_stack(tmp_path: Path) -> Iterator[tuple[RedisServer, Service, httpx.Client]]:
     """Redis (append-only, so queued work survives a restart), the API and a default+low worker."""
-    server = RedisServer(free_port(), tmp_path / "redis", persistent=True).start()
-    env = {**TEST_SETTINGS, "OFFLOAD_REDIS_URL": server.url}
-    worker = start_worker("worker", env, tmp_path)
-    api = start_api(env, tmp_path)
-    try:
-        with api_client(api) as client:
-            yield server, worker, client
-    finally:
-        api.stop()
-        worker.stop()
-        server.stop()
+    with cluster(tmp_path, persistent=True) as own:
+        worker = own.start_worker("worker")
+        own.start_api()
+        yield own.server, worker, own.client
 
 
 def test_a_worker_consumes_again_after_redis_goes_away_mid_job(

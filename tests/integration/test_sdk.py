@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import TEST_SETTINGS, Service, api_on_own_redis, start_worker, wait_job
+from tests.support import TEST_SETTINGS, Service, wait_job
+from tests.support import cluster as own_cluster
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -26,9 +27,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cl
         "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "",
         "OFFLOAD_LOG_FORMAT": "json",
     }
-    with api_on_own_redis(env, base) as (env, client, _, services):
-        services.append(worker := start_worker("worker", env, base))
-        yield client, worker
+    with own_cluster(base, env) as own:
+        own.start_api()
+        worker = own.start_worker("worker")
+        yield own.client, worker
 
 
 def run(client: httpx.Client, job_type: str, payload: dict[str, Any]) -> dict[str, Any]:

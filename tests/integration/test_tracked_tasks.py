@@ -16,8 +16,8 @@ import httpx
 
 from offload_dev.polling import wait_for
 from offload_dev.redis_server import free_port
-from tests.conftest import Stack
 from tests.integration.standalone_api import standalone_api
+from tests.support import Stack
 
 MESSAGE = {"title": "Reachability", "body": "checked at submission"}
 

@@ -17,14 +17,14 @@ from offload_core.store.jobs import (
     StartOutcome,
     kwargs_key,
 )
-from offload_dev.redis_server import RedisServer, free_port
+from tests.support import start_redis
 
 KWARGS = {"message": "ping", "sleep_ms": 5}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStore]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("waiting")).start()
+    server = start_redis(tmp_path_factory.mktemp("waiting"))
     try:
         yield JobStore(redis.Redis(port=server.port, decode_responses=True), ttl_seconds=600)
     finally:

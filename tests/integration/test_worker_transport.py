@@ -18,9 +18,8 @@ from offload_dev.polling import wait_for
 from tests.support import (
     TEST_SETTINGS,
     Cluster,
-    api_on_own_redis,
+    cluster,
     job,
-    start_worker,
     submit_echo,
     wait_job,
 )
@@ -38,18 +37,19 @@ ENV = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with api_on_own_redis(ENV, tmp_path) as started:
+def own(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(tmp_path, ENV) as started:
+        started.start_api()
         yield started
 
 
-def test_a_backlog_drains_in_priority_order_and_leaves_nothing_unacknowledged(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_a_backlog_drains_in_priority_order_and_leaves_nothing_unacknowledged(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     # Queued before any worker runs, lowest priority first: the worker must still start every
     # priority-0 job before any priority-9 one, batch or not.
     last = [submit_echo(client, message=f"last {n}", priority=9) for n in range(12)]
     first = [submit_echo(client, message=f"first {n}", priority=0) for n in range(12)]
-    services.append(worker := start_worker("batcher", env, tmp_path, queues="default"))
+    worker = own.start_worker("batcher", queues="default")
 
     done = {job_id: wait_job(client, job_id, {"succeeded", "failed"}) for job_id in first + last}
     assert {d["status"] for d in done.values()} == {"succeeded"}
@@ -63,23 +63,22 @@ def test_a_backlog_drains_in_priority_order_and_leaves_nothing_unacknowledged(cl
     assert "Traceback" not in worker.log.read_text()
 
 
-def test_jobs_a_killed_worker_had_reserved_run_after_the_visibility_timeout(cluster, tmp_path: Path) -> None:
-    env, client, direct, services = cluster
+def test_jobs_a_killed_worker_had_reserved_run_after_the_visibility_timeout(own: Cluster) -> None:
+    client, direct = own.client, own.redis
     # Queued before the worker starts: BRPOP takes the first (priority 0), one batch the rest.
     running = submit_echo(client, message="running", sleep_ms=6000, priority=0)  # within the time limits
     reserved = [submit_echo(client, message=f"reserved {n}", priority=9) for n in range(3)]
-    holder = start_worker("holder", env, tmp_path, queues="default")
-    services.append(holder)
+    holder = own.start_worker("holder", queues="default")
     wait_job(client, running, {"started"})
     wait_for(lambda: direct.hlen(UNACKED_KEY) == 4, 10, "the worker to reserve the three other jobs")
     assert {job(client, job_id)["status"] for job_id in reserved} == {"queued"}
 
     os.killpg(holder.process.pid, signal.SIGKILL)  # no soft shutdown: nothing is handed back
     holder.process.wait(10)
-    services.append(start_worker("rescuer", env, tmp_path, queues="default"))
+    own.start_worker("rescuer", queues="default")
 
     # The unacked entries the batch wrote are kombu's own: the restore reads them back.
-    timeout = float(env["OFFLOAD_VISIBILITY_TIMEOUT_SECONDS"]) + 20
+    timeout = float(own.env["OFFLOAD_VISIBILITY_TIMEOUT_SECONDS"]) + 20
     for job_id in reserved:
         assert wait_job(client, job_id, {"succeeded", "failed"}, timeout=timeout)["status"] == "succeeded"
     # The interrupted one runs again, from the start.

@@ -19,9 +19,9 @@ import httpx
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from offload_api.compute import percentile
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import free_port
-from tests.support import API_KEY, WEBHOOK_SECRETS
+from tests.support import API_KEY, ECHO_PATH, WEBHOOK_SECRETS
 
 FLOWER_AUTH = ("admin", "flower-test-password")
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -58,7 +58,7 @@ PRE_STOP_SECONDS = 1
 GRACE_PERIOD_SECONDS = 15
 
 
-def _worker_env(queues: str, concurrency: int) -> dict[str, str]:
+def worker_env(queues: str, concurrency: int) -> dict[str, str]:
     """templates/workers/worker-deployment.yaml's env."""
     return {
         "OFFLOAD_WORKER_QUEUES": queues,
@@ -98,11 +98,17 @@ def _remove(container: DockerContainer) -> None:
         container.get_wrapped_container().remove(force=True, v=True)
 
 
-def _published(container: DockerContainer, port: int) -> int:
-    """Publishes a container port on 127.0.0.1 only (docker-py's ports mapping takes the address)."""
-    host_port = free_port()
-    container.ports[f"{port}/tcp"] = ("127.0.0.1", host_port)  # type: ignore[assignment]
-    return host_port
+def publish_on_loopback(container: DockerContainer, port: int) -> None:
+    """Publishes a container port on 127.0.0.1 only, on a port the engine picks (docker-py's
+    ports mapping takes the address; with_bind_ports does not); see host_port()."""
+    container.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
+
+
+def host_port(container: DockerContainer, port: int) -> int:
+    """The host port the engine published a started container's port on."""
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    return int(wrapped.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
 
 
 @dataclass
@@ -161,9 +167,9 @@ class Topology:
     def start_api(self, env: dict[str, str] | None = None) -> None:
         """The API; env adds to or overrides the chart's configuration."""
         api = self._container(self.images["api"], "api", {**CONFIG, **API_ENV, **(env or {})})
-        port = _published(api, 8000)
+        publish_on_loopback(api, 8000)
         self.api = self._enter(api)
-        self.api_url = f"http://127.0.0.1:{port}"
+        self.api_url = f"http://127.0.0.1:{host_port(api, 8000)}"
 
     def start_worker(
         self, role: str = "worker", queues: str = "default,low", concurrency: int = 2, env: dict[str, str] | None = None
@@ -172,7 +178,7 @@ class Topology:
         waited for: see wait_ready(). env adds to or overrides the chart's configuration."""
         image = self.images["notifier" if role == "notifier" else "worker"]
         queues = "high" if role == "notifier" else queues
-        env = {**CONFIG, **_worker_env(queues, concurrency), **(env or {})}
+        env = {**CONFIG, **worker_env(queues, concurrency), **(env or {})}
         worker = self._container(image, role, env)
         self._enter(worker)
         name = str(worker._name)
@@ -191,9 +197,9 @@ class Topology:
             },
             entrypoint=["python", "-m", "celery", "flower", "--port=5555"],
         )
-        port = _published(flower, 5555)
+        publish_on_loopback(flower, 5555)
         self._enter(flower)
-        self.flower_url = f"http://127.0.0.1:{port}"
+        self.flower_url = f"http://127.0.0.1:{host_port(flower, 5555)}"
 
     # ---- readiness --------------------------------------------------------------------------
 
@@ -269,7 +275,7 @@ class Topology:
         """Publishes through the API with a bounded thread pool; returns the job ids in order."""
 
         def one(body: dict[str, Any]) -> str:
-            response = self.client.post("/v1/jobs/echo", json={"message": "system", **body})
+            response = self.client.post(ECHO_PATH, json={"message": "system", **body})
             assert response.status_code == 202, response.text
             job_id: str = response.json()["id"]
             return job_id
@@ -338,16 +344,11 @@ def start_delay(record: dict[str, Any]) -> float:
     return (started - created).total_seconds()
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
         "p50_ms": round(statistics.median(values) * 1000, 1),
-        "p99_ms": round(percentile(values, 99) * 1000, 1),
+        "p99_ms": round(percentile(sorted(values), 99) * 1000, 1),
         "max_ms": round(max(values) * 1000, 1),
     }
 

@@ -211,7 +211,8 @@ def test_targeted_bad_input_is_answered_4xx(api: Topology, record_property: Repo
 
 def test_a_slow_client_does_not_pin_the_server(api: Topology, record_property: Report) -> None:
     """A client trickles a valid body one byte every 0.5 s (about 15 s). Meanwhile other
-    requests are answered fast (each under 1 s). The slow request is then answered normally:
+    requests are answered, each in a fraction of the trickle (how fast is reported: a latency
+    figure belongs to bench/, not to a bound on a shared machine). The slow request is then answered normally:
     uvicorn has no body-read timeout, but the trickle holds only its own connection (an asyncio
     task, not a worker), so it is reported, not cut off."""
     url = api.api_url
@@ -256,7 +257,9 @@ def test_a_slow_client_does_not_pin_the_server(api: Topology, record_property: R
         "other_max_ms": round(max(latencies) * 1000, 1),
     }
     report(record_property, "slow_client", figures)
-    assert len(latencies) >= 20
-    assert max(latencies) < 1.0
+    # Pinned by the trickle, a request would wait for its end (about 15 s): a third of that is a
+    # bound that holds with a wide margin under load.
+    assert len(latencies) >= 5
+    assert max(latencies) < 5.0
     assert outcome.get("status") in {202} or str(outcome.get("status", "")).startswith("cut off")
     assert outcome["seconds"] < 40

@@ -211,3 +211,21 @@ def test_the_policy_reads_the_setting() -> None:
 )
 def test_public_means_globally_routable_unicast(address: str, public: bool) -> None:
     assert (non_public(ipaddress.ip_address(address)) is None) is public
+
+
+def test_the_highest_tcp_port_is_a_port() -> None:
+    NOBODY.check_url("http://93.184.215.14:65535/hook")
+    OutboundPolicy(["10.0.0.0/8"]).check_url("http://10.1.2.3:65535/hook")
+    with pytest.raises(UnsafeURL, match="port 65536 is not a TCP port"):
+        NOBODY.check_url("http://93.184.215.14:65536/hook")
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/8", "10.1.2.3"])
+@pytest.mark.parametrize("spelling", ["::ffff:10.1.2.3", "::ffff:a01:203"])
+def test_an_allow_listed_ipv4_address_admits_its_ipv4_mapped_ipv6_forms(entry: str, spelling: str) -> None:
+    policy = OutboundPolicy([entry])
+    assert policy.address_is_allowed(ipaddress.ip_address(spelling))
+    policy.check_url(f"http://[{spelling}]:8080/hook")
+    # Only that address: another private one in its mapped form stays refused.
+    with pytest.raises(UnsafeURL, match="private address"):
+        policy.check_url("http://[::ffff:192.168.0.1]/hook")

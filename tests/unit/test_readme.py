@@ -33,3 +33,10 @@ def test_documented_defaults_match_the_code() -> None:
         if default in (None, ""):
             continue  # documented in words ("(none)", the node-name pattern)
         assert f"`{default}`" in text, f"OFFLOAD_{name}: README says {text}, code says {default}"
+
+
+def test_the_test_folders_table_lists_every_test_folder() -> None:
+    listed = set(re.findall(r"^\| `tests/([a-z_]+)` \|", README.read_text(), flags=re.MULTILINE))
+    tests = README.parent / "tests"
+    on_disk = {folder.name for folder in tests.iterdir() if folder.is_dir() and any(folder.glob("test_*.py"))}
+    assert listed == on_disk

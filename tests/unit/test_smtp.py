@@ -11,7 +11,10 @@ import pytest
 from offload_core.engines.smtp import build_message, message_id_for
 from offload_core.settings import Settings
 
-SETTINGS = Settings(EMAIL_FROM="Offload <offload@mail.example>")
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(EMAIL_FROM="Offload <offload@mail.example>")
 
 
 def _on_the_wire(message: EmailMessage) -> EmailMessage:
@@ -27,10 +30,10 @@ def _text(part: MIMEPart) -> str:
     return content.replace("\r\n", "\n")  # the wire's line endings
 
 
-def test_a_text_message_carries_every_header_and_its_body() -> None:
+def test_a_text_message_carries_every_header_and_its_body(settings: Settings) -> None:
     sent_at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     message = build_message(
-        SETTINGS,
+        settings,
         message_id="job123",
         to=["ann@example.com", "bob@example.org"],
         subject="Your report",
@@ -49,9 +52,9 @@ def test_a_text_message_carries_every_header_and_its_body() -> None:
     assert _text(received) == "Hello,\nthe report is ready.\n"
 
 
-def test_html_makes_the_message_multipart_alternative_text_first() -> None:
+def test_html_makes_the_message_multipart_alternative_text_first(settings: Settings) -> None:
     message = build_message(
-        SETTINGS, message_id="job1", to=["ann@example.com"], subject="Hi", text="plain", html="<p>rich</p>"
+        settings, message_id="job1", to=["ann@example.com"], subject="Hi", text="plain", html="<p>rich</p>"
     )
     received = _on_the_wire(message)
     assert received.get_content_type() == "multipart/alternative"
@@ -61,9 +64,9 @@ def test_html_makes_the_message_multipart_alternative_text_first() -> None:
     assert received["Reply-To"] is None
 
 
-def test_non_ascii_and_long_lines_are_encoded_to_seven_bits_and_come_back_intact() -> None:
+def test_non_ascii_and_long_lines_are_encoded_to_seven_bits_and_come_back_intact(settings: Settings) -> None:
     text = "Grüße aus Köln — " + "x" * 2000  # one line longer than SMTP's 998-octet limit
-    message = build_message(SETTINGS, message_id="job1", to=["ann@example.com"], subject="Grüße", text=text)
+    message = build_message(settings, message_id="job1", to=["ann@example.com"], subject="Grüße", text=text)
     wire = message.as_bytes()
     assert wire.isascii()
     assert max(len(line) for line in wire.split(b"\r\n")) <= 998
@@ -72,10 +75,10 @@ def test_non_ascii_and_long_lines_are_encoded_to_seven_bits_and_come_back_intact
     assert _text(received) == text + "\n"
 
 
-def test_a_subject_with_a_line_break_cannot_inject_a_header() -> None:
+def test_a_subject_with_a_line_break_cannot_inject_a_header(settings: Settings) -> None:
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         build_message(
-            SETTINGS, message_id="job1", to=["ann@example.com"], subject="Hi\r\nBcc: eve@example.com", text="x"
+            settings, message_id="job1", to=["ann@example.com"], subject="Hi\r\nBcc: eve@example.com", text="x"
         )
 
 

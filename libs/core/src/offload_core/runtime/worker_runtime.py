@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
+from celery.apps.worker import Worker as CeleryWorker
 from celery.signals import (
     setup_logging,
     worker_process_init,
@@ -202,6 +203,15 @@ def _remove_ready_file(**_: Any) -> None:
     probe_files(get_settings())[1].unlink(missing_ok=True)
 
 
+class OffloadWorker(CeleryWorker):
+    """Celery's worker, not ready from the first moment of a soft shutdown: on SIGTERM (remapped
+    to SIGQUIT) Celery sends worker_shutting_down only after the soft shutdown's wait."""
+
+    def wait_for_soft_shutdown(self) -> bool:
+        _remove_ready_file()
+        return bool(super().wait_for_soft_shutdown())
+
+
 def _trace_task_runs(service: str, queues: list[str]) -> None:
     setup_tracing(service, queues)
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
@@ -238,6 +248,7 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
     use_worker_transport()
     # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.
     app.conf.worker_consumer = f"{ReconnectingConsumer.__module__}:{ReconnectingConsumer.__qualname__}"
+    app.Worker = app.subclass_with_self(OffloadWorker)  # type: ignore[misc]  # what `celery worker` starts
     # The banner is for people; a JSON log stream gets one line per event instead.
     quiet = ["--quiet"] if wants_json(settings) else []
     app.worker_main(

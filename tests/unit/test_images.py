@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from datetime import UTC, datetime
 
 import pytest
@@ -34,6 +32,7 @@ from offload_core.store.images import (
 )
 from offload_core.store.jobs import Job, JobStatus, Progress
 from offload_worker.images import open_image, process
+from tests.support import png_declaring
 
 MAX_PIXELS = 40_000_000
 
@@ -46,21 +45,6 @@ def encoded(image: Image.Image, image_format: str, **options: object) -> bytes:
 
 def noise(width: int, height: int, mode: str = "RGB") -> Image.Image:
     return Image.frombytes(mode, (width, height), os.urandom(width * height * len(mode)))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A real, complete single-colour PNG of any size, written row by row so making it takes no
-    memory: a few hundred KB that decode to width x height pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte + one grey byte a pixel
-    parts = [compressor.compress(row) for _ in range(height)]
-    parts.append(compressor.flush())
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("degrees", [0, 1, 15, 30, 45, 89.5, 90, 123.4, 180, 270, 300, -45, 359.9, 360])
