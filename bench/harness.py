@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +33,7 @@ import httpx
 import redis
 
 from offload_api.compute import percentile as interpolated_percentile
-from offload_dev.polling import wait_for
+from offload_dev.processes import Service, answers, spawn, start_api, start_redis, start_worker, wait_up
 from offload_dev.redis_server import RedisServer, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -248,32 +248,8 @@ def write_result(
 # --- processes ------------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM to the main process (a warm shutdown for workers), then SIGKILL to its group."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        # Pool processes or children the main process left behind.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
+# The processes are offload_dev.processes' (the same harness the tests and `make run` use).
+Proc = Service
 
 
 _LIVE: list[Stack] = []
@@ -348,7 +324,7 @@ class Stack:
     # --- Redis ---
 
     def start_redis(self) -> str:
-        self.redis_server = RedisServer(free_port(), self.dir / "redis").start()
+        self.redis_server = start_redis(self.dir / "redis")
         return self.redis_server.url
 
     @property
@@ -375,17 +351,7 @@ class Stack:
         }
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        log = self.dir / f"{name}.log"
-        popen = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=clean_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop the group
-        )
-        proc = Proc(name, popen, log)
+        proc = spawn(name, argv, clean_env(env), self.dir, cwd=REPO_ROOT)
         self.procs.append(proc)
         return proc
 
@@ -394,23 +360,10 @@ class Stack:
         if proc in self.procs:
             self.procs.remove(proc)
 
-    def _wait_http(self, proc: Proc, url: str, timeout: float = 60) -> None:
-        def up() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
-            try:
-                return httpx.get(url, timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout, f"{proc.name} to answer {url}", interval=0.1)
-
     def start_api(self, name: str = "api") -> Proc:
         """`python -m offload_api`: one uvicorn process, as the image runs it."""
-        port = free_port()
-        proc = self.spawn(name, [sys.executable, "-m", "offload_api"], self.offload_env(OFFLOAD_API_PORT=str(port)))
-        proc.extra["url"] = f"http://127.0.0.1:{port}"
-        self._wait_http(proc, f"{proc.extra['url']}/livez")
+        proc = start_api(self.offload_env(), self.dir, name=name, base_env=clean_env({}))
+        self.procs.append(proc)
         return proc
 
     def start_bare_api(self, name: str = "bare-api") -> Proc:
@@ -418,25 +371,16 @@ class Stack:
         port = free_port()
         env = {"BENCH_PORT": str(port), "BENCH_LOG_LEVEL": self.log_level, "BENCH_REDIS_URL": self.redis_url}
         proc = self.spawn(name, [sys.executable, "-m", "bench.bare_api"], env)
-        proc.extra["url"] = f"http://127.0.0.1:{port}"
-        self._wait_http(proc, f"{proc.extra['url']}/livez")
-        return proc
+        proc.extra["url"] = url = f"http://127.0.0.1:{port}"
+        return wait_up(proc, lambda: answers(f"{url}/livez"), 60, f"{name} to answer /livez")
 
     def start_worker(
         self, name: str, *, module: str = "offload_worker", queues: str | None = None, concurrency: int = 2
     ) -> Proc:
         """`python -m offload_worker` (or offload_notifier); ready once it writes its ready file."""
-        state_dir = self.dir / f"{name}-state"
-        env = self.offload_env(
-            OFFLOAD_WORKER_NAME=f"{name}@bench",
-            OFFLOAD_WORKER_STATE_DIR=str(state_dir),
-            OFFLOAD_WORKER_CONCURRENCY=str(concurrency),
-            OFFLOAD_WORKER_METRICS_PORT=str(free_port()),
-        )
-        if queues is not None:
-            env["OFFLOAD_WORKER_QUEUES"] = queues
-        proc = self.spawn(name, [sys.executable, "-m", module], env)
-        self._wait_ready(proc, state_dir / "ready")
+        env = self.offload_env(OFFLOAD_WORKER_CONCURRENCY=str(concurrency))
+        proc = start_worker(name, env, self.dir, module=module, queues=queues, host="bench", base_env=clean_env({}))
+        self.procs.append(proc)
         return proc
 
     def start_stock_worker(self, name: str = "stock-worker", concurrency: int = 2) -> Proc:
@@ -449,16 +393,7 @@ class Stack:
         ]  # fmt: skip
         env = {"BENCH_REDIS_URL": self.redis_url, "BENCH_READY_FILE": str(ready)}
         proc = self.spawn(name, argv, env)
-        self._wait_ready(proc, ready)
-        return proc
-
-    def _wait_ready(self, proc: Proc, ready: Path, timeout: float = 60) -> None:
-        def is_ready() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
-            return ready.exists()
-
-        wait_for(is_ready, timeout, f"{proc.name} to become ready", interval=0.05)
+        return wait_up(proc, ready.exists, 60, f"{name} to become ready")
 
 
 # --- publishing jobs the way the API does ------------------------------------------------------

@@ -5,11 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
-import os
-import signal
 import struct
-import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,7 +34,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
 from offload_dev.polling import wait_for
-from offload_dev.redis_server import RedisServer, free_port
+from offload_dev.processes import Service, start_api, start_redis, start_worker
+from offload_dev.redis_server import RedisServer
 from tests.receivers import ScriptedSmtpHandler, WebhookReceiver
 
 API_KEY = "test-key-0123456789abcdef"
@@ -78,142 +75,6 @@ TEST_SETTINGS = {
     "OFFLOAD_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
     "OFFLOAD_WEBHOOK_TIMEOUT_SECONDS": "3",
 }
-
-
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def terminate(self) -> None:
-        """SIGTERM to the main process only, as Kubernetes does with an exec-form entrypoint."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: the worker and its pool processes die at once."""
-        if self.alive():
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        self.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        else:
-            # Reap pool processes the main one may have left behind.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _spawn(name: str, module: str, env: dict[str, str], log_dir: Path) -> Service:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", module],
-        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Service(name, process, log)
-
-
-# A port free when it was chosen may be taken before the child binds it (another test run on the
-# machine); the child then exits saying so, and it is started again on another port.
-PORT_ATTEMPTS = 5
-PORT_TAKEN = ("address already in use", "cannot serve metrics on")
-
-
-class _PortTaken(Exception):
-    pass
-
-
-def _started(service: Service, check: Callable[[], bool], timeout: float, what: str) -> Service:
-    """Waits until ``check()``; _PortTaken when the process exited because its port was taken."""
-
-    def up() -> bool:
-        if not service.alive():
-            tail = service.log_tail()
-            if any(reason in tail.lower() for reason in PORT_TAKEN):
-                raise _PortTaken(tail)
-            raise AssertionError(f"{service.name} exited early:\n{tail}")
-        return check()
-
-    wait_for(up, timeout, what)
-    return service
-
-
-def start_redis(data_dir: Path, *, persistent: bool = False, password: str | None = None) -> RedisServer:
-    """A redis-server of the test's own on a free port (another one if that port was taken meanwhile)."""
-    for attempt in range(PORT_ATTEMPTS):
-        server = RedisServer(free_port(), data_dir, persistent=persistent, password=password)
-        try:
-            return server.start()
-        except RuntimeError:
-            server.stop()
-            log = (data_dir / "redis.log").read_text(errors="replace").splitlines()[-5:]
-            if attempt == PORT_ATTEMPTS - 1 or not any("address already in use" in line.lower() for line in log):
-                raise
-    raise AssertionError("unreachable")
-
-
-def start_worker(
-    name: str, env: dict[str, str], log_dir: Path, *, module: str = "offload_worker", queues: str | None = None
-) -> Service:
-    state_dir = log_dir / f"{name}-state"
-    for attempt in range(PORT_ATTEMPTS):
-        metrics_port = int(env.get("OFFLOAD_WORKER_METRICS_PORT") or free_port())  # never the shared default
-        worker_env = {
-            **env,
-            "OFFLOAD_WORKER_NAME": f"{name}@test",
-            "OFFLOAD_WORKER_STATE_DIR": str(state_dir),
-            "OFFLOAD_WORKER_METRICS_PORT": str(metrics_port),
-        }
-        if queues is not None:
-            worker_env["OFFLOAD_WORKER_QUEUES"] = queues
-        service = _spawn(name, module, worker_env, log_dir)
-        service.extra["state_dir"] = state_dir
-        service.extra["hostname"] = f"{name}@test"
-        service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
-        ready = state_dir / "ready"
-        try:
-            return _started(service, ready.exists, 60, f"{name} to write its ready file")
-        except _PortTaken:
-            if attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def start_api(env: dict[str, str], log_dir: Path, *, name: str = "api") -> Service:
-    for attempt in range(PORT_ATTEMPTS):
-        port = free_port()
-        service = _spawn(name, "offload_api", {**env, "OFFLOAD_API_PORT": str(port)}, log_dir)
-        service.extra["url"] = url = f"http://127.0.0.1:{port}"
-
-        def answers(url: str = url) -> bool:
-            try:
-                return httpx.get(f"{url}/livez", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            return _started(service, answers, 30, f"{name} to answer /livez")
-        except _PortTaken:
-            if attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 @dataclass

@@ -13,7 +13,8 @@ import httpx
 import redis
 
 from offload_dev.polling import wait_for
-from tests.support import TEST_SETTINGS, Service, cluster
+from offload_dev.processes import Service
+from tests.support import TEST_SETTINGS, cluster
 
 
 @dataclass

@@ -13,7 +13,7 @@ from offload_api.idempotency import IdempotencyKey
 from offload_core.store.dead_letters import DeadLetters, dead_letter_key, index_key
 from offload_core.store.jobs import JobStatus, JobStore
 from offload_dev.polling import wait_for
-from tests.support import start_redis
+from offload_dev.processes import start_redis
 
 MAX = 3
 

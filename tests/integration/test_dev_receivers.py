@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import smtplib
 import subprocess
 import sys
@@ -21,49 +20,39 @@ from standardwebhooks.webhooks import Webhook
 from offload_core.engines.webhooks import deliver, event_body
 from offload_core.settings import Settings
 from offload_dev.polling import wait_for
+from offload_dev.processes import PORT_ATTEMPTS, PortTaken, Service, spawn, wait_up
 from offload_dev.redis_server import free_port
 from offload_dev.run_local import delivery_env, new_webhook_secret
-from tests.support import PORT_ATTEMPTS
 
 
 @contextmanager
 def receiver(module: str, log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """Run `python -m module --port N *args` until the block ends, then stop it as honcho does.
-    A port found free may be taken before the receiver binds it: then it runs on another one."""
-    environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    A port found free may be taken before the receiver binds it: then it runs on another one.
+    Its output goes to ``log``."""
     for attempt in range(PORT_ATTEMPTS):
         port = free_port()
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module, "--port", str(port), *args],
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv = [sys.executable, "-m", module, "--port", str(port), *args]
+        service = spawn(log.stem, argv, {**os.environ, **(env or {})}, log.parent)
+        start = service.log.stat().st_size if service.log.exists() else 0
 
-        def listening(process: subprocess.Popen[bytes] = process) -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"{module} exited early:\n{log.read_text()}")
-            return "listening on" in log.read_text()
+        def listening(service: Service = service, start: int = start) -> bool:
+            return "listening on" in service.log.read_text()[start:]
 
         try:
-            wait_for(listening, 15, f"{module} to listen")
+            wait_up(service, listening, 15, f"{module} to listen")
             break
-        except AssertionError:
-            # The log may hold earlier output: this attempt's exit must be one more refused bind.
-            refused_binds = log.read_text().lower().count("address already in use")
-            if attempt == PORT_ATTEMPTS - 1 or refused_binds <= attempt:
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
                 raise
     try:
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)
+        service.terminate()
         try:
-            returncode = process.wait(10)
+            returncode = service.process.wait(10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+            service.kill()
             raise
     assert returncode == 0, f"{module} did not stop cleanly on SIGTERM:\n{log.read_text()}"
 

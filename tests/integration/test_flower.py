@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from offload_dev.polling import wait_for
+from offload_dev.processes import PORT_ATTEMPTS
 from offload_dev.redis_server import free_port
-from tests.support import PORT_ATTEMPTS, Stack, submit_echo, wait_job
+from tests.support import Stack, submit_echo, wait_job
 
 AUTH = ("offload", "flower-test-password")
 

@@ -16,7 +16,8 @@ import redis
 
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
-from tests.support import API_KEY, ECHO_PATH, TEST_SETTINGS, Service, Stack, api_client, cluster, job
+from offload_dev.processes import Service
+from tests.support import API_KEY, ECHO_PATH, TEST_SETTINGS, Stack, api_client, cluster, job
 
 OTHER_API_KEY = "other-client-key-0123456789"
 

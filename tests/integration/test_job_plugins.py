@@ -23,9 +23,10 @@ from offload_core.store.dead_letters import DeadLetters
 from offload_core.store.jobs import FINISHED, SUBMIT, Job, JobStatus, JobStore, submit_call
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 from offload_dev.polling import wait_for
+from offload_dev.processes import Service, start_api, start_worker
 from offload_dev.redis_server import RedisServer, free_port
 from tests.sdk_user.hook_jobs import ENDS_KEY
-from tests.support import TEST_SETTINGS, Service, api_client, start_api, start_worker
+from tests.support import TEST_SETTINGS, api_client
 
 PLUGIN = "tests.sdk_user.hook_jobs"
 HOOKED = "tests.hooked"

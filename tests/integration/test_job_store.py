@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from offload_core.store.jobs import CancelOutcome, JobStatus, JobStore, StartOutcome, job_key
-from tests.support import start_redis
+from offload_dev.processes import start_redis
 
 
 @pytest.fixture(scope="module")

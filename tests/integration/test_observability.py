@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from offload_api.metrics import QueueCollector
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
+from offload_dev.processes import Service, start_redis
 from tests.receivers import ScriptedSmtpHandler, WebhookReceiver, smtp_server
 from tests.support import (
     API_KEY,
@@ -32,12 +33,10 @@ from tests.support import (
     ReceivedLog,
     ReceivedPoint,
     ReceivedSpan,
-    Service,
     Stack,
     cluster,
     sample,
     scrape,
-    start_redis,
     submit_echo,
     wait_job,
 )

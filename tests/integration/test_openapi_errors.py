@@ -14,8 +14,9 @@ import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
+from offload_dev.processes import Service
 from offload_dev.redis_server import RedisServer
-from tests.support import API_KEY, Service, cluster
+from tests.support import API_KEY, cluster
 
 MAX_BODY = 1048576  # OFFLOAD_API_MAX_BODY_BYTES' default
 Api = tuple[RedisServer, Service, httpx.Client]

@@ -22,17 +22,8 @@ from offload_core.settings import Settings
 from offload_core.store.dead_letters import DeadLetters
 from offload_core.store.jobs import WAITING_KEY, JobStore
 from offload_dev.polling import wait_for
-from tests.support import (
-    TEST_SETTINGS,
-    Cluster,
-    Service,
-    cluster,
-    sample,
-    scrape,
-    start_redis,
-    submit_echo,
-    wait_job,
-)
+from offload_dev.processes import Service, start_redis
+from tests.support import TEST_SETTINGS, Cluster, cluster, sample, scrape, submit_echo, wait_job
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from offload_core.contract.topology import Queue, priority_lists
 from offload_core.runtime.celery_app import create_celery_app
 from offload_core.runtime.task_message import queue_list, task_message
 from offload_core.settings import Settings
+from offload_dev.processes import start_redis
 from offload_dev.redis_server import free_port
-from tests.support import start_redis
 
 # Fields that differ between any two messages, or that we fill on purpose in our own way.
 VOLATILE_HEADERS = {"origin", "kwargsrepr"}

@@ -14,8 +14,9 @@ import redis
 
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
+from offload_dev.processes import Service
 from offload_dev.redis_server import RedisServer
-from tests.support import Service, cluster, submit_echo, wait_job
+from tests.support import cluster, submit_echo, wait_job
 
 
 @pytest.fixture

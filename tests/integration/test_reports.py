@@ -28,8 +28,9 @@ import pytest
 import redis
 
 from offload_dev.polling import wait_for
+from offload_dev.processes import Service
 from tests.integration.standalone_api import standalone_api
-from tests.support import TEST_SETTINGS, Service, Stack, cluster, wait_job
+from tests.support import TEST_SETTINGS, Stack, cluster, wait_job
 
 # --- the generated source ----------------------------------------------------------------
 

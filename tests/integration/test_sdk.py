@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import TEST_SETTINGS, Service, wait_job
+from offload_dev.processes import Service
+from tests.support import TEST_SETTINGS, wait_job
 from tests.support import cluster as own_cluster
 
 FINISHED = {"succeeded", "failed", "cancelled"}

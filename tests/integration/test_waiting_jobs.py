@@ -17,7 +17,7 @@ from offload_core.store.jobs import (
     StartOutcome,
     kwargs_key,
 )
-from tests.support import start_redis
+from offload_dev.processes import start_redis
 
 KWARGS = {"message": "ping", "sleep_ms": 5}
 

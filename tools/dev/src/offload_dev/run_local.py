@@ -29,6 +29,7 @@ from honcho.environ import parse_procfile
 from offload_core.contract.topology import BUILTIN_QUEUES, DEFAULT_WORKER_SETS, WorkerSet, queue_name_problem
 from offload_core.logs import Redactor
 from offload_dev.plugins import install_plugins, plugin_queues
+from offload_dev.processes import worker_env
 from offload_dev.redis_server import RedisServer, free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -106,12 +107,12 @@ def worker_processes(worker_sets: list[WorkerSet], state: Path) -> dict[str, tup
     for index, worker_set in enumerate(worker_sets):
         processes[f"worker-{worker_set.name}"] = (
             f"python -m offload_{worker_set.image}",
-            {
-                "OFFLOAD_WORKER_QUEUES": ",".join(worker_set.queues),
-                "OFFLOAD_WORKER_NAME": f"{worker_set.name}@%h",
-                "OFFLOAD_WORKER_STATE_DIR": str(state / f"worker-{worker_set.name}"),
-                "OFFLOAD_WORKER_METRICS_PORT": str(_port(9808 + index)),
-            },
+            worker_env(
+                f"{worker_set.name}@%h",
+                state / f"worker-{worker_set.name}",
+                _port(9808 + index),
+                ",".join(worker_set.queues),
+            ),
         )
     return processes
 
@@ -181,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     user, _, password = flower_auth.partition(":")
     worker_metrics = "\n".join(
-        f"             http://127.0.0.1:{worker_env['OFFLOAD_WORKER_METRICS_PORT']}/metrics  ({name}: "
-        f"{worker_env['OFFLOAD_WORKER_QUEUES']})"
-        for name, (_, worker_env) in workers.items()
+        f"             http://127.0.0.1:{its_env['OFFLOAD_WORKER_METRICS_PORT']}/metrics  ({name}: "
+        f"{its_env['OFFLOAD_WORKER_QUEUES']})"
+        for name, (_, its_env) in workers.items()
     )
     cli = _command_path("offload")
     print(
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     procfile = parse_procfile((ROOT / "Procfile").read_text())
     for name, command in procfile.processes.items():
         manager.add_process(name, command, env={**os.environ, **env}, cwd=str(ROOT))
-    for name, (command, worker_env) in workers.items():
-        manager.add_process(name, command, env={**os.environ, **env, **worker_env}, cwd=str(ROOT))
+    for name, (command, its_env) in workers.items():
+        manager.add_process(name, command, env={**os.environ, **env, **its_env}, cwd=str(ROOT))
     try:
         manager.loop()
     finally:
