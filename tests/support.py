@@ -182,6 +182,21 @@ def api_on_own_redis(env: dict[str, str], log_dir: Path) -> Iterator[Cluster]:
         server.stop()
 
 
+def child_pids(parent_pid: int) -> list[int]:
+    """The processes whose parent is ``parent_pid`` (a worker's pool processes), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid:  # after "pid (comm) state"
+            found.append(int(entry.name))
+    return found
+
+
 def api_client(api: Service, key: str | None = API_KEY) -> httpx.Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.Client(base_url=api.extra["url"], headers=headers, timeout=15)

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -103,11 +103,27 @@ class JobTask(Task[Any, Any]):
         span.set_attributes({telemetry.JOB_ID: job_id, telemetry.TASK: self.name, telemetry.QUEUE: queue})
         span.set_attribute(telemetry.ATTEMPT, attempt)
         start = self.store.start(job_id, task=self.name, queue=queue, worker=self.request.hostname or "")
+        if start is StartOutcome.POISONED:
+            self._fail_poisoned(job_id, queue, kwargs)
+            span.set_attribute(telemetry.OUTCOME, "failed: runs lost")
+            # Acknowledged without a result: a chain does not go on past a failed step.
+            raise Ignore()
         if start is not StartOutcome.RUN:
             span.set_attribute(telemetry.OUTCOME, f"skipped: {start.value}")
             logger.info("job %s not run: %s", job_id, start.value)
             return None
         return self._attempt(job_id, queue, attempt, span, args, kwargs)
+
+    def _fail_poisoned(self, job_id: str, queue: str, kwargs: Any) -> None:
+        lost = self.store.max_lost_runs
+        error = (
+            f"its run was lost {lost} times without an outcome (the worker process was killed, ran out of "
+            "memory or crashed, or the worker shut down first); not delivered again (OFFLOAD_TASK_MAX_LOST_RUNS)"
+        )
+        logger.error("job %s (%s) failed: %s", job_id, self.name, error)
+        payload = self.dead_letter_payload(job_id, dict(kwargs))
+        failed_on = self.store.fail(job_id, error, task=self.name, queue=queue, payload=payload)
+        metrics.JOBS_FAILED.labels(self.name, failed_on).inc()
 
     def _attempt(self, job_id: str, queue: str, attempt: int, span: Span, args: Any, kwargs: Any) -> Any:
         metrics.JOBS_STARTED.labels(self.name, queue).inc()

@@ -50,6 +50,7 @@ class StartOutcome(StrEnum):
     RUN = "run"  # the caller owns this attempt
     SKIP_CANCELLED = "cancelled"  # cancelled while queued: must never run
     SKIP_FINISHED = "finished"  # a redelivery of a job that already ended
+    POISONED = "poisoned"  # its runs were lost too often: the caller fails it instead
 
 
 class CancelOutcome(StrEnum):
@@ -177,15 +178,20 @@ def submit_call(
 
 
 # KEYS[1] job key, KEYS[2] its kwargs key, KEYS[3] WAITING_KEY; ARGV now, ttl, task, queue, key prefix,
-# worker, job id. Creates the record if a message arrived without one (sent by another client, or its
-# record expired). A worker holds the message now: if it dies, kombu restores it from its unacked
-# hash, so the job leaves the waiting set and its kept arguments go.
+# worker, job id, most lost runs. Creates the record if a message arrived without one (sent by another
+# client, or its record expired). A worker holds the message now: if it dies, kombu restores it from
+# its unacked hash, so the job leaves the waiting set and its kept arguments go. A job still
+# 'started' was delivered again without its last run recording an outcome: that run was lost
+# (worker process killed or crashed); past the most lost runs it is 'poisoned' and must not run.
 _START = """
 redis.call('ZREM', KEYS[3], ARGV[7])
 redis.call('DEL', KEYS[2])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'cancelled' then return 'cancelled' end
 if status == 'succeeded' or status == 'failed' then return 'finished' end
+if status == 'started' and redis.call('HINCRBY', KEYS[1], 'lost_runs', 1) >= tonumber(ARGV[8]) then
+  return 'poisoned'
+end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   -- asked to stop during an earlier attempt: do not start another one
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'updated_at', ARGV[1])
@@ -317,8 +323,10 @@ class JobStore:
         *,
         dead_letter_ttl_seconds: int = 14 * 24 * 3600,
         dead_letter_max: int = 10_000,
+        max_lost_runs: int = 5,
     ) -> None:
         self.client = client
+        self.max_lost_runs = max_lost_runs
         self.ttl = ttl_seconds
         self.dead_letter_ttl = dead_letter_ttl_seconds
         self.dead_letter_max = dead_letter_max
@@ -336,6 +344,7 @@ class JobStore:
             settings.JOB_TTL_SECONDS,
             dead_letter_ttl_seconds=settings.DEAD_LETTER_TTL_SECONDS,
             dead_letter_max=settings.DEAD_LETTER_MAX,
+            max_lost_runs=settings.TASK_MAX_LOST_RUNS,
         )
 
     # --- API side -------------------------------------------------------------------
@@ -391,7 +400,10 @@ class JobStore:
     def start(self, job_id: str, *, task: str, queue: str, worker: str) -> StartOutcome:
         keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY]
         return StartOutcome(
-            self._start(keys=keys, args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker, job_id])
+            self._start(
+                keys=keys,
+                args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker, job_id, self.max_lost_runs],
+            )
         )
 
     def progress(self, job_id: str, percent: int, message: str = "") -> bool:

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     TASK_MAX_RETRIES: int = Field(5, ge=0, le=100)
     RETRY_BACKOFF_SECONDS: float = Field(1.0, gt=0)
     RETRY_BACKOFF_MAX_SECONDS: float = Field(60.0, gt=0)
+    # A job whose run ends this many times without an outcome (its worker process was killed,
+    # ran out of memory or crashed, or its worker shut down before it finished) is not
+    # delivered again: it fails and is dead-lettered with that reason, so a job that kills its
+    # worker cannot take the pool down forever.
+    TASK_MAX_LOST_RUNS: int = Field(5, ge=1, le=100)
 
     # A message taken by a worker that dies without acknowledging it is handed to another
     # worker once it is older than the visibility timeout. It must exceed the longest task
