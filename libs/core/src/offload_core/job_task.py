@@ -147,7 +147,9 @@ class JobTask(Task[Any, Any]):
             if self.request.retries >= self.max_retries:
                 raise  # on_failure records the final error
             countdown = self.retry_delay(exc)
-            self.store.mark_retrying(job_id, describe_error(exc), countdown)
+            self.store.mark_retrying(
+                job_id, describe_error(exc), countdown, kwargs=kwargs, retries=self.request.retries + 1
+            )
             outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
         finally:

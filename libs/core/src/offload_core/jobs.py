@@ -26,9 +26,9 @@ from offload_core.settings import Settings
 from offload_core.task_message import queue_list, task_message
 
 KEY_PREFIX = "offload:job:"
-# Jobs whose message the API published and no worker has started yet, scored by the time the
-# message was published; with each one's arguments (KWARGS_SUFFIX), so the orphan sweep
-# (offload_core.orphans) can publish a job again if Redis lost its message.
+# Jobs whose message was published and no worker has started yet, scored by the time the message
+# was published (a retry: by the time it is due); with each one's arguments (KWARGS_SUFFIX), so
+# the orphan sweep (offload_core.orphans) can publish a job again if Redis lost its message.
 WAITING_KEY = "offload:jobs:waiting"
 KWARGS_SUFFIX = ":kwargs"
 HashValue = str | int | float  # what a hash field may be set to
@@ -44,6 +44,8 @@ class JobStatus(StrEnum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Waiting for a worker to take its message: the first one, or the one a retry published.
+AWAITING_DELIVERY = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})
 
 
 class StartOutcome(StrEnum):
@@ -91,7 +93,7 @@ def kwargs_key(job_id: str) -> str:
     return KEY_PREFIX + job_id + KWARGS_SUFFIX
 
 
-_WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step")
+_WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step", "retries")
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,11 @@ class WaitingJob:
     created_at: float
     next_step: str | None  # the chain step published when this one succeeds
     kwargs: dict[str, Any] | None  # None once a worker started it (or it was never kept)
+    retries: int = 0  # the retries before the attempt it waits for (Celery's `retries` header)
 
 
 class RecoveryOutcome(StrEnum):
-    REPUBLISH = "republish"  # still waiting: publish it again (its wait restarts now)
+    REPUBLISH = "republish"  # still waiting (queued or retrying): publish it again (its wait restarts now)
     EXHAUSTED = "exhausted"  # lost too often: fail it instead
     GONE = "gone"  # started, cancelled or forgotten meanwhile: nothing to do
 
@@ -187,6 +190,13 @@ _START = """
 redis.call('ZREM', KEYS[3], ARGV[7])
 redis.call('DEL', KEYS[2])
 local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'cancelled' or status == 'succeeded' then
+  -- Skipped, but Celery goes on with a chain: the next step is published now and waits.
+  local next_step = redis.call('HGET', KEYS[1], 'next_step')
+  if next_step and redis.call('HGET', ARGV[5] .. next_step, 'status') == 'queued' then
+    redis.call('ZADD', KEYS[3], 'NX', ARGV[1], next_step)
+  end
+end
 if status == 'cancelled' then return 'cancelled' end
 if status == 'succeeded' or status == 'failed' then return 'finished' end
 if status == 'started' and redis.call('HINCRBY', KEYS[1], 'lost_runs', 1) >= tonumber(ARGV[8]) then
@@ -246,10 +256,11 @@ end
 return 1
 """
 
-# KEYS[1] job key, KEYS[2] WAITING_KEY; ARGV now, job id, most recoveries. Claims a republish
-# of a job whose message is lost: only while it is still queued and waiting, and at most so often.
+# KEYS[1] job key, KEYS[2] WAITING_KEY; ARGV now, job id, most recoveries. Claims a republish of a
+# job whose message is lost: only while it is still queued (or retrying) and waiting, at most so often.
 _CLAIM_RECOVERY = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+local status = redis.call('HGET', KEYS[1], 'status')
+if (status ~= 'queued' and status ~= 'retrying') or not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   return 'gone'
 end
 if redis.call('HINCRBY', KEYS[1], 'recoveries', 1) > tonumber(ARGV[3]) then
@@ -454,6 +465,7 @@ class JobStore:
                 created_at=float(values["created_at"] or 0),
                 next_step=values["next_step"],
                 kwargs=kombu_json.loads(kwargs) if kwargs is not None else None,
+                retries=int(values["retries"] or 0),
             )
         return found
 
@@ -517,11 +529,23 @@ class JobStore:
     def mark_cancelled(self, job_id: str) -> None:
         self._finish(job_id, JobStatus.CANCELLED, error="cancelled while running")
 
-    def mark_retrying(self, job_id: str, error: str, retry_in_seconds: float) -> None:
-        mapping: dict[str, HashValue] = {
+    def mark_retrying(
+        self, job_id: str, error: str, retry_in_seconds: float, *, kwargs: Mapping[str, Any], retries: int
+    ) -> None:
+        """Record the retry about to be published. Until a worker starts it, the job waits again
+        with its arguments, due in ``retry_in_seconds``: the orphan sweep publishes it again (as
+        retry number ``retries``) if Redis loses that message."""
+        now = time.time()
+        mapping: dict[Any, HashValue] = {
             "status": JobStatus.RETRYING,
             "error": error,
             "progress_message": f"retrying in {retry_in_seconds:.1f}s",
-            "updated_at": time.time(),
+            "updated_at": now,
+            "retries": retries,
         }
-        self._write(job_key(job_id), mapping)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(job_key(job_id), mapping=mapping)
+        pipe.expire(job_key(job_id), self.ttl)
+        pipe.set(kwargs_key(job_id), kombu_json.dumps(dict(kwargs)), ex=self.ttl)
+        pipe.zadd(WAITING_KEY, {job_id: now + retry_in_seconds})
+        pipe.execute()
