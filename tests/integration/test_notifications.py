@@ -141,7 +141,7 @@ def test_each_target_is_retried_on_its_own_and_a_dead_one_fails_alone(stack: Sta
     # The dead letter holds the undelivered target only: a replay cannot re-send the others.
     letter = stack.client.get(f"/v1/dead-letters/{job_id}").json()
     assert letter["task"] == "offload.notify"
-    assert letter["payload"]["targets"] == [webhook(stack.webhooks, gone)]
+    assert letter["payload"]["targets"] == [{**webhook(stack.webhooks, gone), "message_id": f"msg_{job_id}_2"}]
     assert letter["payload"]["message"] == MESSAGE
 
 
@@ -245,3 +245,29 @@ def test_the_event_body_is_the_same_json_on_every_attempt(stack: Stack) -> None:
     bodies = {r.body for r in requests}
     assert len(bodies) == 1
     assert json.loads(bodies.pop())["data"]["id"] == job_id
+
+
+def test_a_replay_delivers_with_the_original_message_ids(stack: Stack) -> None:
+    fine, down = _path(), _path()
+    stack.webhooks.script(down, ScriptedReply(410))  # fails for good once, then answers 200
+    address = f"replay-{uuid.uuid4().hex[:8]}@example.com"
+    stack.smtp.script(address, "550 mailbox unavailable")
+    job_id = submit(
+        stack.client,
+        webhook(stack.webhooks, fine),
+        webhook(stack.webhooks, down),
+        {"channel": "email", "address": address},
+    )
+    assert finished(stack.client, job_id)["status"] == "failed"
+    [first] = stack.webhooks.received(down)
+
+    # The delivered target is left out, so the failed ones move to other indexes: their ids do not.
+    replayed = stack.client.post(f"/v1/dead-letters/{job_id}/replay")
+    assert replayed.status_code == 202, replayed.text
+    replay_id = replayed.json()["id"]
+    assert finished(stack.client, replay_id)["status"] == "succeeded"
+    [_, again] = stack.webhooks.received(down)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] == f"msg_{job_id}_1"
+    [mail] = stack.smtp.messages_to(address)
+    assert mail.message["Message-ID"].startswith(f"<{job_id}.2")
+    assert len(stack.webhooks.received(fine)) == 1
