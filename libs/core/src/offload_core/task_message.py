@@ -18,7 +18,10 @@ from typing import Any
 
 from kombu.utils import json as kombu_json
 
+from offload_core.celery_versions import require_supported_versions
 from offload_core.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS
+
+require_supported_versions()  # the message below is Celery 5.7's protocol 2 in kombu 5.7's envelope
 
 # The third element of a protocol 2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

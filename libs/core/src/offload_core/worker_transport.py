@@ -39,6 +39,10 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from offload_core.celery_versions import require_supported_versions
+
+require_supported_versions()  # the subclasses below reach into kombu 5.7's Redis transport
+
 logger = logging.getLogger(__name__)
 
 # kombu's Redis classes are untyped where these subclasses reach in.
