@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from offload_core.api_keys import parse_api_key
 from offload_core.celery_app import create_celery_app, job_signature, send_jobs
 from offload_core.jobs import WAITING_KEY, JobStore
 from offload_core.orphans import UNACKED_KEY
@@ -21,6 +22,7 @@ from offload_core.settings import Settings
 from offload_core.topology import priority_lists
 from offload_dev.polling import wait_for
 from tests.support import (
+    API_KEY,
     TEST_SETTINGS,
     Cluster,
     Service,
@@ -189,6 +191,7 @@ def test_a_chain_step_published_after_a_skipped_step_is_recovered(cluster, tmp_p
             priority=5,
             published_now=index == 0,
             next_step=ids[index + 1] if index + 1 < len(ids) else None,
+            owner=parse_api_key(API_KEY).principal.id,  # as the API would: the test's key sees them
         )
     app = create_celery_app(settings, main="offload-test")
     send_jobs(

@@ -20,6 +20,8 @@ from pydantic import BaseModel
 
 KEY_PREFIX = "offload:dead-letter:"
 INDEX_PREFIX = "offload:dead-letters:index:"
+# One index per owner (the id of the API key that submitted the failed job), for its own listing.
+OWNER_INDEX_PREFIX = "offload:dead-letters:by-owner:"
 # Every index key ever written, so trims and deletes reach them all without a SCAN.
 INDEXES_KEY = "offload:dead-letters:indexes"
 ANY = "*"
@@ -33,6 +35,10 @@ def index_key(queue: str | None = None, task: str | None = None) -> str:
     return f"{INDEX_PREFIX}{queue or ANY}:{task or ANY}"
 
 
+def owner_index_key(owner: str) -> str:
+    return OWNER_INDEX_PREFIX + owner
+
+
 def oldest_kept_score(ttl_seconds: float, now: float | None = None) -> int:
     """The lowest score still within the TTL (scores are failure times in milliseconds)."""
     return int(((time.time() if now is None else now) - ttl_seconds) * 1000)
@@ -40,13 +46,13 @@ def oldest_kept_score(ttl_seconds: float, now: float | None = None) -> int:
 
 # KEYS[1] job key, KEYS[2] dead-letter key, KEYS[3] the index of all, KEYS[4] INDEXES_KEY.
 # ARGV now, job ttl, error, job id, task, queue, payload (JSON), dead-letter ttl, dead-letter
-# max, INDEX_PREFIX, KEY_PREFIX. Task and queue fall back to the job's record when empty (the
+# max, INDEX_PREFIX, KEY_PREFIX, OWNER_INDEX_PREFIX. Task and queue fall back to the job's record when empty (the
 # worker's main process, after a hard time limit, has no request). Returns the queue.
 FAIL_AND_RECORD = """
 local now = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'updated_at', ARGV[1], 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local job = redis.call('HMGET', KEYS[1], 'task', 'queue', 'attempts', 'replay_of')
+local job = redis.call('HMGET', KEYS[1], 'task', 'queue', 'attempts', 'replay_of', 'owner')
 local task = ARGV[5] ~= '' and ARGV[5] or (job[1] or '')
 local queue = ARGV[6] ~= '' and ARGV[6] or (job[2] or '')
 local fields = {'id', ARGV[4], 'task', task, 'queue', queue, 'payload', ARGV[7], 'error', ARGV[3],
@@ -55,14 +61,19 @@ if job[4] then
   table.insert(fields, 'replay_of')
   table.insert(fields, job[4])
 end
+if job[5] then
+  table.insert(fields, 'owner')
+  table.insert(fields, job[5])
+end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 local score = math.floor(now * 1000)
 local newest = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if newest[2] and score <= tonumber(newest[2]) then score = tonumber(newest[2]) + 1 end
 score = string.format('%.0f', score)
-for _, index in ipairs({KEYS[3], ARGV[10] .. queue .. ':*', ARGV[10] .. '*:' .. task,
-                        ARGV[10] .. queue .. ':' .. task}) do
+local indexes = {KEYS[3], ARGV[10] .. queue .. ':*', ARGV[10] .. '*:' .. task, ARGV[10] .. queue .. ':' .. task}
+if job[5] then table.insert(indexes, ARGV[12] .. job[5]) end
+for _, index in ipairs(indexes) do
   redis.call('ZADD', index, score, ARGV[4])
   redis.call('SADD', KEYS[4], index)
 end
@@ -108,6 +119,7 @@ class DeadLetter(BaseModel):
     failed_at: datetime
     replay_of: str | None = None  # the dead letter this job was itself a replay of
     replayed_as: str | None = None  # the latest job that replayed this one
+    owner: str | None = None  # the id of the API key that submitted the failed job
 
 
 class DeadLetterPage(BaseModel):
@@ -126,6 +138,7 @@ def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:
         failed_at=datetime.fromtimestamp(float(fields.get("failed_at", 0)), UTC),
         replay_of=fields.get("replay_of"),
         replayed_as=fields.get("replayed_as"),
+        owner=fields.get("owner"),
     )
 
 
@@ -143,14 +156,23 @@ class DeadLetters:
         return decode_dead_letter(fields) if fields else None
 
     def page(
-        self, *, queue: str | None = None, task: str | None = None, limit: int = 50, cursor: int | None = None
+        self,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+        owner: str | None = None,
     ) -> DeadLetterPage:
-        """Newest first; `cursor` is the `next_cursor` of the page before."""
+        """Newest first; `cursor` is the `next_cursor` of the page before. With ``owner``, only that
+        owner's: read from its own index, the queue and task filters applied to what was read, so
+        a page may hold fewer than ``limit`` and still have a next one."""
         newest = "+inf" if cursor is None else f"({cursor}"
+        index = owner_index_key(owner) if owner is not None else index_key(queue, task)
         entries = cast(
             list[tuple[str, float]],
             self.client.zrevrangebyscore(
-                index_key(queue, task), newest, oldest_kept_score(self.ttl), start=0, num=limit, withscores=True
+                index, newest, oldest_kept_score(self.ttl), start=0, num=limit, withscores=True
             ),
         )
         pipe = self.client.pipeline(transaction=False)
@@ -159,6 +181,8 @@ class DeadLetters:
         records = pipe.execute() if entries else []
         # A record can vanish between the two reads (trimmed, deleted, expired): skip it.
         letters = [decode_dead_letter(fields) for fields in records if fields]
+        if owner is not None:
+            letters = [d for d in letters if queue in (None, d.queue) and task in (None, d.task)]
         next_cursor = int(entries[-1][1]) if len(entries) == limit else None
         return DeadLetterPage(dead_letters=letters, next_cursor=next_cursor)
 

@@ -78,6 +78,7 @@ class Job(BaseModel):
     attempts: int = 0
     worker: str | None = None  # the Celery node that ran (or runs) the latest attempt
     replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
+    owner: str | None = None  # the id of the API key that submitted it (offload_core.api_keys)
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -124,6 +125,7 @@ def queued_record(
     replay_of: str | None = None,
     priority: int | None = None,
     next_step: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, HashValue]:
     """The record of a job that was just accepted and waits for a worker."""
     record: dict[str, HashValue] = {
@@ -142,6 +144,8 @@ def queued_record(
         record["priority"] = priority
     if next_step:
         record["next_step"] = next_step
+    if owner:
+        record["owner"] = owner
     return record
 
 
@@ -170,11 +174,12 @@ def submit_call(
     now: float,
     ttl_seconds: int,
     replay_of: str | None = None,
+    owner: str | None = None,
 ) -> tuple[list[str], list[HashValue]]:
     """SUBMIT's keys and arguments for one job. Its arguments and priority are kept in Redis, so
     the job can be published again if Redis loses its message (offload_core.orphans)."""
     message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
-    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
+    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority, owner=owner)
     keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY, queue_list(queue, priority)]
     args: list[HashValue] = [now, ttl_seconds, job_id, kombu_json.dumps(dict(kwargs)), message]
     return keys, [*args, *itertools.chain.from_iterable(record.items())]
@@ -298,6 +303,7 @@ def decode_job(fields: dict[str, str]) -> Job:
         attempts=int(fields.get("attempts", 0)),
         worker=fields.get("worker"),
         replay_of=fields.get("replay_of"),
+        owner=fields.get("owner"),
         cancel_requested=fields.get("cancel_requested") == "1",
         created_at=created,
         started_at=_ts(fields.get("started_at")),
@@ -371,6 +377,7 @@ class JobStore:
         priority: int | None = None,
         published_now: bool = True,
         next_step: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """Write a queued job's record. With ``kwargs``, what publishing it again takes is kept
         until a worker starts it; ``published_now`` puts it in the waiting set at once (False
@@ -379,7 +386,7 @@ class JobStore:
         now = time.time()
         key = job_key(job_id)
         record: dict[Any, HashValue] = queued_record(
-            job_id, task, queue, now, replay_of=replay_of, priority=priority, next_step=next_step
+            job_id, task, queue, now, replay_of=replay_of, priority=priority, next_step=next_step, owner=owner
         )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=record)
@@ -519,6 +526,7 @@ class JobStore:
                 self.dead_letter_max,
                 dead_letters.INDEX_PREFIX,
                 dead_letters.KEY_PREFIX,
+                dead_letters.OWNER_INDEX_PREFIX,
             ],
         )
         pipe.zrem(WAITING_KEY, job_id)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from offload_core.api_keys import parse_api_key
 from offload_core.topology import Queue
 
 
@@ -48,7 +49,8 @@ def webhook_secret_problem(secret: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
+    # Inputs stay out of error messages: they hold keys and passwords.
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # "development" allows running without API keys (make run generates one anyway);
     # "production" refuses to start without them.
@@ -65,7 +67,9 @@ class Settings(BaseSettings):
     REDIS_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=300)
 
-    # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list.
+    # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list. Each is
+    # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`
+    # (offload_core.api_keys); a key sees its own records, the `admin` scope all.
     API_KEYS: Annotated[list[SecretStr], NoDecode] = []
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
@@ -269,9 +273,11 @@ class Settings(BaseSettings):
                 f"time limit + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({report_hard + self.RETRY_BACKOFF_MAX_SECONDS:g}), "
                 "or Redis hands running reports to a second worker"
             )
-        for key in self.API_KEYS:
-            if len(key.get_secret_value()) < 16:
-                raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
+        for position, key in enumerate(self.API_KEYS, start=1):
+            try:
+                parse_api_key(key.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"OFFLOAD_API_KEYS entry {position}: {exc}") from None
         for secret in self.WEBHOOK_SECRETS:
             if (problem := webhook_secret_problem(secret.get_secret_value())) is not None:
                 raise ValueError(f"OFFLOAD_WEBHOOK_SECRETS: {problem}")

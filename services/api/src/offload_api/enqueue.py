@@ -28,6 +28,7 @@ from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
+from offload_core.api_keys import Principal
 from offload_core.celery_app import job_signature, send_jobs
 from offload_core.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.logs import REQUEST_JOB, job_fields
@@ -70,7 +71,9 @@ class JobPublisher:
         self._submit = ScriptBatcher(client, SUBMIT)
         self.origin = f"offload-api-{os.getpid()}@{socket.gethostname()}"  # Celery's `origin` header
 
-    async def publish(self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None) -> None:
+    async def publish(
+        self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None, owner: str
+    ) -> None:
         job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
         job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: task, telemetry.QUEUE: str(queue)}
         trace.get_current_span().set_attributes(job_attributes)  # the request's span
@@ -95,6 +98,7 @@ class JobPublisher:
                 now=now,
                 ttl_seconds=self.ttl,
                 replay_of=replay_of,
+                owner=owner,
             )
             await self._submit(keys, args)
         ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
@@ -117,14 +121,16 @@ async def enqueue(
     task: TaskName,
     kwargs: dict[str, object],
     *,
+    owner: Principal,
     queue: Queue | None = None,
     priority: int | None = None,
     idempotency: IdempotencyKey | None = None,
     replay_of: str | None = None,
     prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
-    """Accept a job and publish it. ``prepare(job_id)`` (blocking; run in a thread) writes
-    whatever the job needs besides its record, before its message can be taken."""
+    """Accept a job and publish it, owned by the principal that asked (only it, and admins, see
+    it). ``prepare(job_id)`` (blocking; run in a thread) writes whatever the job needs besides
+    its record, before its message can be taken."""
     route = ROUTES[task]
     queue = queue or route.queue
     if queue not in route.allowed_queues:
@@ -148,7 +154,7 @@ async def enqueue(
     try:
         if prepare is not None:
             await run_in_threadpool(prepare, job_id)
-        await publisher.publish(accepted, kwargs, replay_of=replay_of)
+        await publisher.publish(accepted, kwargs, replay_of=replay_of, owner=owner.id)
     except Exception:
         # Nothing was accepted: free the key for the client's retry. If Redis itself is down
         # the release fails too, and the claim expires with its TTL.
@@ -184,6 +190,7 @@ def enqueue_chain(
     store: JobStore,
     steps: Sequence[ChainStep],
     *,
+    owner: Principal,
     idempotency: IdempotencyKey | None = None,
     prepare: Callable[[list[JobAccepted]], None] | None = None,
 ) -> list[JobAccepted]:
@@ -214,7 +221,7 @@ def enqueue_chain(
         if earlier is not None:
             return [JobAccepted.model_validate(a) for a in json.loads(earlier)]
     with _released_unless_published(idempotency, store):
-        _publish_chain(celery, store, accepted, steps, prepare)
+        _publish_chain(celery, store, accepted, steps, prepare, owner.id)
     return accepted
 
 
@@ -224,6 +231,7 @@ def _publish_chain(
     accepted: list[JobAccepted],
     steps: Sequence[ChainStep],
     prepare: Callable[[list[JobAccepted]], None] | None,
+    owner: str,
 ) -> None:
     first = accepted[0]
     job_attributes = {telemetry.JOB_ID: first.id, telemetry.TASK: str(first.task), telemetry.QUEUE: str(first.queue)}
@@ -242,6 +250,7 @@ def _publish_chain(
                 priority=job.priority,
                 published_now=index == 0,
                 next_step=accepted[index + 1].id if index + 1 < len(accepted) else None,
+                owner=owner,
             )
         if prepare is not None:
             prepare(accepted)

@@ -3,7 +3,7 @@ first job back instead of a second one.
 
 The key is claimed in Redis before anything is published, atomically, with the job id and a
 fingerprint of the request (route, task, payload, queue, priority), so concurrent repeats
-produce one job. Keys are scoped per API key and expire after OFFLOAD_IDEMPOTENCY_TTL_SECONDS.
+produce one job. Keys are scoped per API key id and expire after OFFLOAD_IDEMPOTENCY_TTL_SECONDS.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Header, HTTPException, Request, Response
 
 from offload_api.errors import InvalidField
+from offload_core.api_keys import ANONYMOUS_PRINCIPAL
 from offload_core.settings import get_settings
 
 HEADER = "Idempotency-Key"
@@ -125,10 +126,8 @@ async def idempotency_key(
         return None
     if not _VALID_KEY.fullmatch(key):
         raise InvalidField(f"header.{HEADER}", "must be 1 to 255 printable ASCII characters, e.g. a UUID")
-    # Scoped per client by a hash of the API key it presented, never the key itself.
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    presented = token.strip() if scheme.lower() == "bearer" else ""
-    client = hashlib.sha256(presented.encode()).hexdigest()[:32] if presented else "anonymous"
+    # Scoped per principal (the API key's id, which a rotation keeps), never the key itself.
+    client = getattr(request.state, "principal", ANONYMOUS_PRINCIPAL).id
     digest = hashlib.sha256(key.encode()).hexdigest()
     return IdempotencyKey(
         key=key,

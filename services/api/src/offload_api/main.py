@@ -12,9 +12,9 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
 from offload_api.audit import AuditLog, ResponseCapture, audit_trail
+from offload_api.auth import ApiKeyAuth, current_principal
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
-from offload_api.deps import require_api_key
 from offload_api.enqueue import JobPublisher
 from offload_api.errors import install_error_handlers, install_openapi_error_responses
 from offload_api.limits import BodySizeLimit, HeaderSizeLimit
@@ -24,6 +24,7 @@ from offload_api.routes import dead_letters, emails, health, jobs, notifications
 from offload_api.routes import images as image_routes
 from offload_api.routes import reports as report_routes
 from offload_api.trace_context import TraceContext
+from offload_core.api_keys import parse_api_key
 from offload_core.celery_app import create_celery_app
 from offload_core.dead_letters import DeadLetters
 from offload_core.jobs import JobStore, async_redis_client
@@ -86,6 +87,10 @@ def create_app() -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
     )
+    # Outside the body limit and every route: a request without a valid key is answered 401
+    # from its headers, before anything reads its body.
+    keys = [parse_api_key(key.get_secret_value()) for key in settings.API_KEYS]
+    app.add_middleware(ApiKeyAuth, keys=keys, open_without_keys=settings.ENVIRONMENT == "development")
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.
@@ -100,7 +105,7 @@ def create_app() -> FastAPI:
         app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    v1 = [Depends(require_api_key), Depends(audit_trail)]
+    v1 = [Depends(current_principal), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)
     app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)

@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from offload_api.auth import PrincipalDep
 from offload_api.deps import DeadLettersDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
+from offload_core.api_keys import may_see
 from offload_core.dead_letters import DeadLetter, DeadLetterPage
 from offload_core.topology import ROUTES, Queue, TaskName
 
@@ -24,18 +26,21 @@ _UNKNOWN = "No dead letter {}: it never existed, was deleted, or was dropped (OF
 @router.get("")
 def list_dead_letters(
     dead_letters: DeadLettersDep,
+    principal: PrincipalDep,
     queue: Annotated[Queue | None, Query(description="Only this queue's dead letters.")] = None,
     task: Annotated[str | None, Query(max_length=200, description="Only this task's, e.g. offload.echo.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many, newest first.")] = 50,
     cursor: Annotated[int | None, Query(ge=0, le=2**53, description="`next_cursor` of the previous page.")] = None,
 ) -> DeadLetterPage:
-    return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor)
+    # The key's own dead letters; all of them for a key with the `admin` scope.
+    owner = None if principal.is_admin else principal.id
+    return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor, owner=owner)
 
 
 @router.get("/{dead_letter_id}", responses={404: {"description": "No such dead letter."}})
-def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> DeadLetter:
+def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep, principal: PrincipalDep) -> DeadLetter:
     letter = dead_letters.get(dead_letter_id)
-    if letter is None:
+    if letter is None or not may_see(principal, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     return letter
 
@@ -51,11 +56,12 @@ async def replay_dead_letter(
     publisher: PublisherDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> JobAccepted:
     """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
     letter's `replayed_as` link the two."""
     letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
-    if letter is None:
+    if letter is None or not may_see(principal, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     if letter.task not in ROUTES:
         raise HTTPException(
@@ -65,14 +71,17 @@ async def replay_dead_letter(
     route = ROUTES[task]
     # The queue it failed on, unless the topology no longer allows it there.
     queue = Queue(letter.queue) if letter.queue in route.allowed_queues else route.queue
-    accepted = await enqueue(publisher, task, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id)
+    accepted = await enqueue(
+        publisher, task, letter.payload, owner=principal, queue=queue, idempotency=idempotency, replay_of=letter.id
+    )
     await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
     response.headers["Location"] = accepted.status_url
     return accepted
 
 
 @router.delete("/{dead_letter_id}", status_code=204, responses={404: {"description": "No such dead letter."}})
-def delete_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> Response:
-    if not dead_letters.delete(dead_letter_id):
+def delete_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep, principal: PrincipalDep) -> Response:
+    letter = dead_letters.get(dead_letter_id)
+    if letter is None or not may_see(principal, letter.owner) or not dead_letters.delete(dead_letter_id):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import JSONResponse
 
+from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
@@ -19,13 +20,14 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_echo(
-    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
+    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response, principal: PrincipalDep
 ) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts."""
     accepted = await enqueue(
         publisher,
         TaskName.ECHO,
         body.task_kwargs(),
+        owner=principal,
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,
@@ -35,8 +37,8 @@ async def submit_echo(
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such job (or it expired)."}})
-def get_job(job_id: JobId, store: StoreDep) -> Job:
-    job = store.get(job_id)
+def get_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> Job:
+    job = find_job(store, principal, job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
     return job
@@ -51,7 +53,9 @@ def get_job(job_id: JobId, store: StoreDep) -> Job:
         409: {"description": "The job has already finished."},
     },
 )
-def cancel_job(job_id: JobId, store: StoreDep) -> JSONResponse:
+def cancel_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> JSONResponse:
+    if find_job(store, principal, job_id) is None:
+        raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
     outcome = store.cancel(job_id)
     job = store.get(job_id)
     if outcome is CancelOutcome.MISSING or job is None:

@@ -14,11 +14,13 @@ import redis
 from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
+from offload_core.api_keys import Principal
 from offload_core.jobs import FINISHED, Job, JobStatus, JobStore
 from offload_core.outbound import OutboundPolicy, UnsafeURL
 from offload_core.reports import ReportSubmission, load_result
@@ -58,9 +60,9 @@ def _report(job: Job) -> Report:
     return Report(**job.model_dump(), events_url=links["events_url"], download_url=links["download_url"])
 
 
-def _find(store: JobStore, job_id: str) -> Job:
-    job = store.get(job_id)
-    if job is None or job.task != TaskName.REPORT:
+def _find(store: JobStore, principal: Principal, job_id: str) -> Job:
+    job = find_job(store, principal, job_id, task=TaskName.REPORT)
+    if job is None:
         raise HTTPException(404, f"No report {job_id}: it never existed or its record expired.")
     return job
 
@@ -72,6 +74,7 @@ async def submit_report(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> ReportAccepted:
     """Aggregate a CSV (with a header row) or JSON Lines source fetched over HTTP(S): rows that
     pass every filter are grouped by 0 to 5 columns, with count, sum, avg, min and max per group.
@@ -84,7 +87,7 @@ async def submit_report(
     except UnsafeURL as exc:
         raise InvalidField("body.source_url", str(exc)) from exc
     accepted = await enqueue(
-        publisher, TaskName.REPORT, body.task_kwargs(), priority=body.priority, idempotency=idempotency
+        publisher, TaskName.REPORT, body.task_kwargs(), owner=principal, priority=body.priority, idempotency=idempotency
     )
     links = _links(accepted.id)
     response.headers["Location"] = links["status_url"]
@@ -92,11 +95,11 @@ async def submit_report(
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such report (or it expired)."}})
-def get_report(job_id: JobId, store: StoreDep) -> Report:
+def get_report(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> Report:
     """Status and progress (`percent` from the bytes read when the source's size is known, and a
     message such as "412,000 rows"); once succeeded, `result` summarises the run: rows read,
     matched and malformed (with the first problems), groups, bytes read, result size and expiry."""
-    return _report(_find(store, job_id))
+    return _report(_find(store, principal, job_id))
 
 
 @router.get(
@@ -110,12 +113,14 @@ def get_report(job_id: JobId, store: StoreDep) -> Report:
         404: {"description": "No such report (or it expired)."},
     },
 )
-def report_events(job_id: JobId, store: StoreDep, settings: SettingsDep) -> EventSourceResponse:
+def report_events(
+    job_id: JobId, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> EventSourceResponse:
     """Server-Sent Events until the report ends: a `progress` event (`{"status", "percent",
     "message"}`) whenever one of them changes, then one `end` event with the whole report (as
     `GET /v1/reports/{id}`), then the stream closes. A stream lasts at most
     OFFLOAD_REPORT_EVENTS_MAX_SECONDS and ends with a `timeout` event; reconnect to continue."""
-    job = _find(store, job_id)
+    job = _find(store, principal, job_id)
     stream = _events(store, job, settings.REPORT_EVENTS_POLL_SECONDS, settings.REPORT_EVENTS_MAX_SECONDS)
     return EventSourceResponse(stream, send_timeout=SEND_TIMEOUT_SECONDS)
 
@@ -178,8 +183,8 @@ async def _events(
         409: {"description": "The report has not succeeded (yet); the answer says its status."},
     },
 )
-def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
-    job = _find(store, job_id)
+def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+    job = _find(store, principal, job_id)
     if job.status is not JobStatus.SUCCEEDED:
         if job.status in FINISHED:
             raise HTTPException(409, f"Report {job_id} {job.status.value} ({job.error}); it has no result.")
