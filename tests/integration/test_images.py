@@ -337,7 +337,7 @@ def test_a_repeated_process_request_with_its_key_makes_one_pipeline(stack: Stack
     assert ended(stack.client, body["id"])["pipeline"]["id"] == first.json()["pipeline_id"]
     other = {"operations": [{"op": "rotate", "degrees": 90}]}
     reused = stack.client.post(f"/v1/images/{body['id']}/process", json=other, headers={"Idempotency-Key": key})
-    assert reused.status_code == 409
+    assert reused.status_code == 422
 
 
 def test_a_repeated_upload_with_its_key_stores_one_image(stack: Stack) -> None:

@@ -42,7 +42,10 @@ tracer = trace.get_tracer(__name__)
 # What every submitting route may answer besides its 202, for the OpenAPI schema.
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "A repeat of an earlier request with the same Idempotency-Key: its job, not enqueued again."},
-    409: {"description": "The Idempotency-Key was already used for a different request."},
+    409: {
+        "description": "The first request with this Idempotency-Key is still in progress; repeat after Retry-After.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}},
+    },
 }
 
 
@@ -155,6 +158,8 @@ async def enqueue(
         if prepare is not None:
             await run_in_threadpool(prepare, job_id)
         await publisher.publish(accepted, kwargs, replay_of=replay_of, owner=owner.id)
+        if idempotency is not None:
+            await idempotency.finish_async(publisher.client)
     except Exception:
         # Nothing was accepted: free the key for the client's retry. If Redis itself is down
         # the release fails too, and the claim expires with its TTL.
@@ -222,6 +227,8 @@ def enqueue_chain(
             return [JobAccepted.model_validate(a) for a in json.loads(earlier)]
     with _released_unless_published(idempotency, store):
         _publish_chain(celery, store, accepted, steps, prepare, owner.id)
+        if idempotency is not None:
+            idempotency.finish(store.client)
     return accepted
 
 

@@ -129,6 +129,8 @@ async def submit_compute(
             await run_in_threadpool(
                 partial(store.create, job_id, task=COMPUTE_TASK, queue=IN_PROCESS_QUEUE, owner=principal.id)
             )
+            if idempotency is not None:
+                await run_in_threadpool(idempotency.finish, store.client)
         except redis.RedisError:
             if idempotency is not None:
                 with contextlib.suppress(redis.RedisError):

@@ -240,6 +240,8 @@ def upload_image(
             return _view(first, store)
     try:
         record = images.create(image_id, data, info, user_tags, owner=principal.id)
+        if idempotency is not None:
+            idempotency.finish(store.client)
     except redis.RedisError:
         if idempotency is not None:
             with contextlib.suppress(redis.RedisError):
@@ -329,7 +331,10 @@ def get_result(image_id: ImageId, images: ImagesDep, store: StoreDep, principal:
     responses={
         **SUBMIT_RESPONSES,
         404: {"description": "No such image (or it expired)."},
-        409: {"description": "The image's previous pipeline has not ended, or the Idempotency-Key was reused."},
+        409: {
+            "description": "The image's previous pipeline has not ended, or the first request with this "
+            "Idempotency-Key is still in progress."
+        },
     },
 )
 def process_image(
