@@ -271,3 +271,28 @@ def test_a_replay_delivers_with_the_original_message_ids(stack: Stack) -> None:
     [mail] = stack.smtp.messages_to(address)
     assert mail.message["Message-ID"].startswith(f"<{job_id}.2")
     assert len(stack.webhooks.received(fine)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"x": json.loads("[" * 900 + "]" * 900)}, "nested deeper than 20 levels"),
+        ({"blob": "x" * 70_000}, "larger than 65536 bytes"),
+    ],
+    ids=["deep", "large"],
+)
+def test_free_form_data_too_deep_or_too_large_is_422_naming_it(stack: Stack, data: Any, problem: str) -> None:
+    body = {"message": {**MESSAGE, "data": data}, "targets": [webhook(stack.webhooks, _path())]}
+    response = stack.client.post("/v1/notifications", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "body.message.data"
+    assert problem in error["message"]
+
+
+def test_nested_data_within_the_bounds_is_accepted(stack: Stack) -> None:
+    nested: Any = {"level": 19}
+    for level in range(18, 0, -1):
+        nested = {"level": level, "inner": nested}
+    job_id = submit(stack.client, webhook(stack.webhooks, _path()), message={**MESSAGE, "data": nested})
+    assert finished(stack.client, job_id)["status"] == "succeeded"
