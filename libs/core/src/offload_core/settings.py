@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     # Memory grows with the number of groups, never with the rows.
     REPORT_MAX_GROUPS: int = Field(100_000, ge=1)
     REPORT_MAX_RESULT_BYTES: int = Field(10 * 1024 * 1024, ge=1024)
+    # A row whose group_by values take more bytes than this is malformed (skipped and counted):
+    # every group's key is held until the end.
+    REPORT_MAX_GROUP_KEY_BYTES: int = Field(1024, ge=16, le=1024 * 1024)
     # Malformed rows are counted and skipped; above this share (judged once this many rows were
     # read, and at the end) the job fails.
     REPORT_MAX_MALFORMED_SHARE: float = Field(0.01, ge=0, le=1)
