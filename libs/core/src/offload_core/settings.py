@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     API_PORT: int = Field(8000, ge=1, le=65535)
     # Larger request bodies are refused with 413 before they are read.
     API_MAX_BODY_BYTES: int = Field(1024 * 1024, ge=1024)
+    # Open connections (or requests in progress) one API process takes; more are answered 503.
+    API_MAX_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
 
     # In-process work of the API (the README's "Choose the right tool"). The audit trail keeps
     # about this many entries (a capped Redis stream; the oldest go first).

@@ -71,12 +71,13 @@ class BodySizeLimit:
 # small enough that a request cannot pin much memory in the app.
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_COUNT = 100
+# The parser's own cap on a request head (request line and headers), enforced while it reads.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
 
 class HeaderSizeLimit:
-    """Refuses requests with too many or too large headers (431). uvicorn's httptools parser
-    (used whenever it is installed) has no header limit of its own and ignores
-    h11_max_incomplete_event_size, so this applies one to every request the app sees."""
+    """Refuses requests with too many or too large headers (431), below the parser's own cap
+    (MAX_REQUEST_HEAD_BYTES, which h11 enforces while it reads; see offload_api.__main__)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES, max_count: int = MAX_HEADER_COUNT) -> None:
         self.app = app
