@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from tests.chart.render import RELEASE, Manifest, Rendered, default_values, render, selects
@@ -145,3 +146,59 @@ def test_no_ingress_routes_a_metrics_port() -> None:
     # Worker pods, which serve only metrics, have no Service an Ingress could route to.
     for service in rendered.kind("Service"):
         assert service["spec"]["selector"].get("app.kubernetes.io/component") != "worker"
+
+
+def egress_rules(rendered: Rendered, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        rule
+        for policy in policies_for(rendered, labels)
+        if "Egress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("egress", [])
+    ]
+
+
+def reachable(rules: list[dict[str, Any]], address: str) -> bool:
+    """Whether an ipBlock of the rules admits this address (any port)."""
+    ip = ipaddress.ip_address(address)
+    for rule in rules:
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            inside = bool(block) and ip in ipaddress.ip_network(block["cidr"])
+            if inside and not any(ip in ipaddress.ip_network(cidr) for cidr in block.get("except", [])):
+                return True
+    return False
+
+
+def test_pods_that_make_outbound_requests_reach_dns_redis_and_the_public_internet_only() -> None:
+    rendered = render()
+    for component in ("api", "worker"):
+        for labels in pod_labels(rendered, component):
+            rules = egress_rules(rendered, labels)
+            assert rules, f"no egress policy selects the {component} pods"
+            dns = [rule for rule in rules if "to" not in rule]
+            assert dns
+            assert {(p["port"], p["protocol"]) for p in dns[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
+            redis_peers = [peer for rule in rules for peer in rule.get("to", []) if "podSelector" in peer]
+            (redis_labels,) = pod_labels(rendered, "redis")
+            assert any(selects(peer["podSelector"], redis_labels) for peer in redis_peers)
+            for public in ("93.184.216.34", "2606:2800:220:1::"):
+                assert reachable(rules, public), public
+            for private in ("10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "127.0.0.1", "100.64.0.1"):
+                assert not reachable(rules, private), private
+            for private in ("fd00:ec2::254", "fe80::1", "::1"):
+                assert not reachable(rules, private), private
+    # Flower and Redis make no outbound requests to users' addresses: no egress policy for them.
+    for component in ("flower", "redis"):
+        for labels in pod_labels(rendered, component):
+            assert not egress_rules(rendered, labels)
+
+
+def test_configured_peers_are_reachable_and_egress_can_be_turned_off() -> None:
+    relay = {"ipBlock": {"cidr": "10.0.5.25/32"}}
+    rendered = render({"networkPolicy": {"egress": {"extraTo": [relay]}}})
+    (labels, *_) = pod_labels(rendered, "worker")
+    rules = egress_rules(rendered, labels)
+    assert reachable(rules, "10.0.5.25")
+    assert not reachable(rules, "10.0.5.26")
+    off = render({"networkPolicy": {"egress": {"enabled": False}}})
+    assert not [p for p in off.kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
