@@ -410,7 +410,8 @@ class Stack:
     def start_api(self, name: str = "api") -> Proc:
         """`python -m offload_api`: one uvicorn process, as the image runs it."""
         port = free_port()
-        proc = self.spawn(name, [sys.executable, "-m", "offload_api"], self.offload_env(OFFLOAD_API_PORT=str(port)))
+        env = self.offload_env(OFFLOAD_API_PORT=str(port), OFFLOAD_API_METRICS_PORT=str(free_port()))
+        proc = self.spawn(name, [sys.executable, "-m", "offload_api"], env)
         proc.extra["url"] = f"http://127.0.0.1:{port}"
         self._wait_http(proc, f"{proc.extra['url']}/livez")
         return proc

@@ -146,9 +146,15 @@ def start_worker(
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> Service:
-    port = free_port()
-    service = _spawn("api", "offload_api", {**env, "OFFLOAD_API_PORT": str(port)}, log_dir)
+    port, metrics_port = free_port(), free_port()
+    service = _spawn(
+        "api",
+        "offload_api",
+        {**env, "OFFLOAD_API_PORT": str(port), "OFFLOAD_API_METRICS_PORT": str(metrics_port)},
+        log_dir,
+    )
     service.extra["url"] = f"http://127.0.0.1:{port}"
+    service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
 
     def is_up() -> bool:
         if not service.alive():

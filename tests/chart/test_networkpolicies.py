@@ -114,7 +114,8 @@ def test_metrics_ports_open_only_to_the_configured_scrapers() -> None:
         assert allowed_peers(policies, "metrics") == scrapers
         assert allowed_peers(policies) == scrapers  # nothing else reaches a worker
     (api,) = pod_labels(rendered, "api")
-    assert allowed_peers(policies_for(rendered, api), "http") == scrapers
+    assert allowed_peers(policies_for(rendered, api), "metrics") == scrapers
+    assert not [peer for peer in allowed_peers(policies_for(rendered, api), "http") if peer in scrapers]
     (redis,) = pod_labels(rendered, "redis")
     assert not [peer for peer in allowed_peers(policies_for(rendered, redis)) if peer in scrapers]
     (flower,) = pod_labels(rendered, "flower")
@@ -143,6 +144,24 @@ def test_no_ingress_routes_a_metrics_port() -> None:
                     if p["name"] == wanted.get("name") or p["port"] == wanted.get("number")
                 ]
                 assert port["targetPort"] != "metrics", ingress["metadata"]["name"]
+    # The API's Ingress routes `/` to the Service's http port, which reaches the container's http
+    # port; /metrics is served on the container's `metrics` port, which only the ServiceMonitor uses.
+    (api_ingress,) = [i for i in rendered.kind("Ingress") if i["metadata"]["name"] == f"{RELEASE}-api"]
+    routed = [
+        (path["path"], path["pathType"], path["backend"]["service"]["name"], path["backend"]["service"]["port"])
+        for rule in api_ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert routed == [("/", "Prefix", f"{RELEASE}-api", {"name": "http"})]
+    api_service = services[f"{RELEASE}-api"]
+    (http,) = [p for p in api_service["spec"]["ports"] if p["name"] == "http"]
+    api = rendered.named("Deployment", f"{RELEASE}-api")
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert http["targetPort"] == "http"
+    assert str(ports["http"]) == env["OFFLOAD_API_PORT"]
+    assert str(ports["metrics"]) == env["OFFLOAD_API_METRICS_PORT"] != env["OFFLOAD_API_PORT"]
     # Worker pods, which serve only metrics, have no Service an Ingress could route to.
     for service in rendered.kind("Service"):
         assert service["spec"]["selector"].get("app.kubernetes.io/component") != "worker"

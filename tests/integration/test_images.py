@@ -349,4 +349,4 @@ def test_a_repeated_upload_with_its_key_stores_one_image(stack: Stack) -> None:
     assert (first.status_code, repeat.status_code) == (201, 200)
     assert repeat.json()["id"] == first.json()["id"]
     other = {"file": ("a.png", encoded(noise(30, 30), "PNG"), "image/png")}
-    assert stack.client.post("/v1/images", files=other, headers=key).status_code == 409
+    assert stack.client.post("/v1/images", files=other, headers=key).status_code == 422

@@ -169,3 +169,14 @@ def test_oversized_request_headers_are_refused_with_431(api: Api) -> None:
     assert service.alive()
     assert client.get("/livez").status_code == 200
     assert httpx.get(f"{url}/v1/queues", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=15).status_code == 200
+
+
+def test_metrics_are_served_on_their_own_port_not_the_apis(api: Api) -> None:
+    _, service, client = api
+    # Whatever routes the API's port (an Ingress with `/` as a Prefix) cannot reach /metrics.
+    assert client.get("/metrics").status_code == 404
+    assert httpx.get(f"{service.extra['url']}/metrics", timeout=15).status_code == 404
+    scraped = httpx.get(service.extra["metrics_url"], timeout=15)
+    assert scraped.status_code == 200
+    assert "offload_queue_depth" in scraped.text
+    assert "offload_http_requests_total" in scraped.text

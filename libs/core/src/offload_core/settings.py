@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     API_PORT: int = Field(8000, ge=1, le=65535)
     # Larger request bodies are refused with 413 before they are read.
     API_MAX_BODY_BYTES: int = Field(1024 * 1024, ge=1024)
+    # The API's Prometheus metrics are served on this port, apart from API_PORT, so that nothing
+    # routing the API (an Ingress) exposes them; on API_METRICS_HOST, API_HOST when unset.
+    API_METRICS_PORT: int = Field(9807, ge=1, le=65535)
+    API_METRICS_HOST: str | None = None
     # Open connections (or requests in progress) one API process takes; more are answered 503.
     API_MAX_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
 

@@ -33,7 +33,7 @@ from offload_core.telemetry import API_SERVICE, setup_tracing
 
 logger = logging.getLogger(__name__)
 
-UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+UNTRACED_PATHS = frozenset({"/livez", "/readyz"})
 
 
 @asynccontextmanager
@@ -56,6 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dead_letter_ttl=settings.DEAD_LETTER_TTL_SECONDS,
     )
     metrics.REGISTRY.register(queue_metrics)
+    metrics_server = metrics.serve_metrics(settings)
     app.state.tasks = TaskTracker(settings.API_TRACKED_TASKS_MAX)
     app.state.compute = ComputeQueue.from_settings(settings, app.state.store.client)
     app.state.compute.start()
@@ -67,6 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(app.state.tasks.drain(timeout), app.state.compute.stop(timeout))
         await app.state.audit_log.close(timeout)
         await event_loop_redis.aclose()
+        metrics_server.shutdown()
+        metrics_server.server_close()
         metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()
@@ -104,7 +107,6 @@ def create_app() -> FastAPI:
     else:
         app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
-    app.include_router(metrics.router)
     v1 = [Depends(current_principal), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     app.include_router(queues.router, prefix="/v1", dependencies=v1)

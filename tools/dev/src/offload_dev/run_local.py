@@ -83,6 +83,7 @@ def main() -> int:
     flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"offload:{_credential('flower-password')}"
     api_port, flower_port = _port(8000), _port(5555)
     # The worker and the notifier run side by side here, so each needs its own metrics port.
+    api_metrics_port = _port(9807)
     worker_metrics_port = _port(9808)
     notifier_metrics_port = _port(9809)
     # Fixed ports when free (1025 is the usual local SMTP sink's), so the README's commands work as written.
@@ -99,6 +100,7 @@ def main() -> int:
         "OFFLOAD_REDIS_URL": redis_url,
         "OFFLOAD_API_KEYS": os.environ.get("OFFLOAD_API_KEYS") or api_key,
         "OFFLOAD_API_PORT": str(api_port),
+        "OFFLOAD_API_METRICS_PORT": str(api_metrics_port),
         "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": str(SOFT_SHUTDOWN_SECONDS),
         "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
         "WORKER_METRICS_PORT": str(worker_metrics_port),
@@ -119,7 +121,7 @@ def main() -> int:
   API        http://127.0.0.1:{api_port}          docs: http://127.0.0.1:{api_port}/docs
   API key    {api_key}
   Flower     http://127.0.0.1:{flower_port}          user {user}, password {password}
-  Metrics    http://127.0.0.1:{api_port}/metrics  (API and queue depths)
+  Metrics    http://127.0.0.1:{api_metrics_port}/metrics  (API and queue depths)
              http://127.0.0.1:{worker_metrics_port}/metrics  (worker)
              http://127.0.0.1:{notifier_metrics_port}/metrics  (notifier)
   Redis      {Redactor([])(redis_url)}
