@@ -78,15 +78,10 @@ async def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def visible_or_404(principal: Principal, owner: str | None, not_found: str) -> None:
-    """404, never 403, for a record of someone else: whether it exists is theirs to know."""
-    if not may_see(principal, owner):
-        raise HTTPException(404, not_found)
-
-
 def find_job(store: JobStore, principal: Principal, job_id: str, *, task: str | None = None) -> Job | None:
-    """The job if it exists, is of ``task`` (when given) and the principal may see it; else None
-    (the route answers 404 in its own words)."""
+    """The job if it exists, is of ``task`` (when given) and the principal may see it; else None,
+    and the route answers 404 in its own words: never 403 for someone else's record, whose
+    existence is theirs to know."""
     job = store.get(job_id)
     if job is None or (task is not None and job.task != task) or not may_see(principal, job.owner):
         return None
