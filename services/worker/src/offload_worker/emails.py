@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from pydantic import ValidationError
@@ -16,9 +17,22 @@ from offload_core.topology import TaskName
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, base=JobTask, name=TaskName.SEND_EMAIL.value)
+class EmailTask(JobTask):
+    def dead_letter_payload(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # A replay is a new job but the same message: it keeps the first job's Message-ID, so a
+        # receiver that got the first one (its answer lost) can drop the repeat.
+        return {**kwargs, "message_id": kwargs.get("message_id") or task_id}
+
+
+@shared_task(bind=True, base=EmailTask, name=TaskName.SEND_EMAIL.value)
 def send_email(
-    self: JobTask, to: list[str], subject: str, text: str, html: str | None = None, reply_to: str | None = None
+    self: EmailTask,
+    to: list[str],
+    subject: str,
+    text: str,
+    html: str | None = None,
+    reply_to: str | None = None,
+    message_id: str | None = None,
 ) -> dict[str, object]:
     """Returns ``{"message_id", "accepted", "refused", "reply"}`` (see smtp.SendReport)."""
     try:
@@ -31,7 +45,8 @@ def send_email(
     recipients = [str(address) for address in request.to]
     message = smtp.build_message(
         settings,
-        message_id=self.job_id,  # the same on every attempt, so a receiver can spot a duplicate
+        # The same on every attempt and replay, so a receiver can spot a duplicate.
+        message_id=message_id or self.job_id,
         to=recipients,
         subject=request.subject,
         text=request.text,
