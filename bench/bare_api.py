@@ -68,6 +68,7 @@ def main() -> None:
         log_level=os.environ.get("BENCH_LOG_LEVEL", "INFO").lower(),
         proxy_headers=True,
         timeout_keep_alive=5,
+        http="h11",
         h11_max_incomplete_event_size=64 * 1024,
     )
 

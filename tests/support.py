@@ -33,12 +33,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
+from offload_core.contract.api_keys import parse_api_key
 from offload_dev.polling import wait_for
 from offload_dev.processes import Service, start_api, start_redis, start_worker
 from offload_dev.redis_server import RedisServer
 from tests.receivers import ScriptedSmtpHandler, WebhookReceiver
 
 API_KEY = "test-key-0123456789abcdef"
+# The id the API gives API_KEY: records a test writes itself carry it, so the test's key sees them.
+TEST_OWNER = parse_api_key(API_KEY).principal.id
 # Standard Webhooks secrets: "whsec_" + base64 of 32 bytes; the second is the "new" one of a rotation.
 WEBHOOK_SECRETS = (
     "whsec_" + base64.b64encode(b"offload-test-webhook-secret-0001").decode(),
@@ -143,6 +146,21 @@ def cluster(
             service.stop()
         direct.close()
         server.stop()
+
+
+def child_pids(parent_pid: int) -> list[int]:
+    """The processes whose parent is ``parent_pid`` (a worker's pool processes), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent_pid:  # after "pid (comm) state"
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass

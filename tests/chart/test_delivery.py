@@ -175,11 +175,18 @@ def test_a_login_with_its_secret_and_a_relay_without_tls_render() -> None:
     assert container_env(deployment)["OFFLOAD_SMTP_SECURITY"]["value"] == "none"
 
 
-def test_no_network_policy_restricts_egress(rendered: Rendered) -> None:
-    """Workers reach SMTP (587/465) and webhook receivers (443) with no egress rule to keep in step."""
-    for policy in rendered.kind("NetworkPolicy"):
-        assert "Egress" not in policy["spec"]["policyTypes"], policy["metadata"]["name"]
-        assert "egress" not in policy["spec"], policy["metadata"]["name"]
+def test_egress_lets_workers_reach_smtp_and_webhooks_on_any_public_port(rendered: Rendered) -> None:
+    """Workers reach SMTP (25/587/465) and webhook receivers (any port) on public addresses: the
+    egress policies limit where, never which port (tests/chart/test_networkpolicies.py)."""
+    public = [
+        rule
+        for policy in rendered.kind("NetworkPolicy")
+        if "Egress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"]["egress"]
+        if any(peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peer in rule.get("to", []))
+    ]
+    assert public
+    assert all("ports" not in rule for rule in public)
 
 
 def test_the_system_harness_mirrors_the_charts_delivery_environment(rendered_defaults: Rendered) -> None:

@@ -296,10 +296,18 @@ def test_long_release_names_are_truncated_to_63_characters() -> None:
 def test_redis_keeps_every_message(rendered_defaults: Rendered) -> None:
     (statefulset,) = rendered_defaults.kind("StatefulSet")
     (container,) = pod_spec(statefulset)["containers"]
-    arguments = container["args"]
+    (script,) = container["args"]
+    assert container["command"] == ["sh", "-c"]
+    start, config, end = script.strip().split("\n")
+    arguments = start.split()
+    assert arguments[:3] == ["exec", "redis-server", "-"]
     assert arguments[arguments.index("--appendonly") + 1] == "yes"
     assert arguments[arguments.index("--maxmemory-policy") + 1] == "noeviction"
-    assert arguments[arguments.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    # The password comes from the environment into Redis's standard input, not its arguments.
+    assert (arguments[-1], config, end) == ("<<EOF", 'requirepass "$REDIS_PASSWORD"', "EOF")
+    assert "requirepass" not in start
+    assert "$(REDIS_PASSWORD)" not in script
+    assert "REDIS_PASSWORD" in env_of(container)
     assert container["image"] == "redis:7.2"
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]

@@ -112,9 +112,11 @@ def test_every_worker_serves_metrics_on_a_named_port(port: int) -> None:
         assert env["OFFLOAD_WORKER_METRICS_HOST"]["value"] == "0.0.0.0"
 
 
-def test_api_metrics_are_on_its_http_port(rendered_defaults: Rendered) -> None:
+def test_api_metrics_are_on_a_port_of_their_own(rendered_defaults: Rendered) -> None:
     api = rendered_defaults.named("Deployment", "offload-api")
-    assert container_ports(api) == {"http": 8000}
+    assert container_ports(api) == {"http": 8000, "metrics": 9807}
+    env = {item["name"]: item.get("value") for item in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["OFFLOAD_API_PORT"], env["OFFLOAD_API_METRICS_PORT"]) == ("8000", "9807")
 
 
 # --- prometheus-operator objects --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from tests.chart.render import RELEASE, Manifest, Rendered, default_values, render, selects
@@ -113,7 +114,8 @@ def test_metrics_ports_open_only_to_the_configured_scrapers() -> None:
         assert allowed_peers(policies, "metrics") == scrapers
         assert allowed_peers(policies) == scrapers  # nothing else reaches a worker
     (api,) = pod_labels(rendered, "api")
-    assert allowed_peers(policies_for(rendered, api), "http") == scrapers
+    assert allowed_peers(policies_for(rendered, api), "metrics") == scrapers
+    assert not [peer for peer in allowed_peers(policies_for(rendered, api), "http") if peer in scrapers]
     (redis,) = pod_labels(rendered, "redis")
     assert not [peer for peer in allowed_peers(policies_for(rendered, redis)) if peer in scrapers]
     (flower,) = pod_labels(rendered, "flower")
@@ -142,6 +144,80 @@ def test_no_ingress_routes_a_metrics_port() -> None:
                     if p["name"] == wanted.get("name") or p["port"] == wanted.get("number")
                 ]
                 assert port["targetPort"] != "metrics", ingress["metadata"]["name"]
+    # The API's Ingress routes `/` to the Service's http port, which reaches the container's http
+    # port; /metrics is served on the container's `metrics` port, which only the ServiceMonitor uses.
+    (api_ingress,) = [i for i in rendered.kind("Ingress") if i["metadata"]["name"] == f"{RELEASE}-api"]
+    routed = [
+        (path["path"], path["pathType"], path["backend"]["service"]["name"], path["backend"]["service"]["port"])
+        for rule in api_ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert routed == [("/", "Prefix", f"{RELEASE}-api", {"name": "http"})]
+    api_service = services[f"{RELEASE}-api"]
+    (http,) = [p for p in api_service["spec"]["ports"] if p["name"] == "http"]
+    api = rendered.named("Deployment", f"{RELEASE}-api")
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert http["targetPort"] == "http"
+    assert str(ports["http"]) == env["OFFLOAD_API_PORT"]
+    assert str(ports["metrics"]) == env["OFFLOAD_API_METRICS_PORT"] != env["OFFLOAD_API_PORT"]
     # Worker pods, which serve only metrics, have no Service an Ingress could route to.
     for service in rendered.kind("Service"):
         assert service["spec"]["selector"].get("app.kubernetes.io/component") != "worker"
+
+
+def egress_rules(rendered: Rendered, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        rule
+        for policy in policies_for(rendered, labels)
+        if "Egress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("egress", [])
+    ]
+
+
+def reachable(rules: list[dict[str, Any]], address: str) -> bool:
+    """Whether an ipBlock of the rules admits this address (any port)."""
+    ip = ipaddress.ip_address(address)
+    for rule in rules:
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            inside = bool(block) and ip in ipaddress.ip_network(block["cidr"])
+            if inside and not any(ip in ipaddress.ip_network(cidr) for cidr in block.get("except", [])):
+                return True
+    return False
+
+
+def test_pods_that_make_outbound_requests_reach_dns_redis_and_the_public_internet_only() -> None:
+    rendered = render()
+    for component in ("api", "worker"):
+        for labels in pod_labels(rendered, component):
+            rules = egress_rules(rendered, labels)
+            assert rules, f"no egress policy selects the {component} pods"
+            dns = [rule for rule in rules if "to" not in rule]
+            assert dns
+            assert {(p["port"], p["protocol"]) for p in dns[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
+            redis_peers = [peer for rule in rules for peer in rule.get("to", []) if "podSelector" in peer]
+            (redis_labels,) = pod_labels(rendered, "redis")
+            assert any(selects(peer["podSelector"], redis_labels) for peer in redis_peers)
+            for public in ("93.184.216.34", "2606:2800:220:1::"):
+                assert reachable(rules, public), public
+            for private in ("10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "127.0.0.1", "100.64.0.1"):
+                assert not reachable(rules, private), private
+            for private in ("fd00:ec2::254", "fe80::1", "::1"):
+                assert not reachable(rules, private), private
+    # Flower and Redis make no outbound requests to users' addresses: no egress policy for them.
+    for component in ("flower", "redis"):
+        for labels in pod_labels(rendered, component):
+            assert not egress_rules(rendered, labels)
+
+
+def test_configured_peers_are_reachable_and_egress_can_be_turned_off() -> None:
+    relay = {"ipBlock": {"cidr": "10.0.5.25/32"}}
+    rendered = render({"networkPolicy": {"egress": {"extraTo": [relay]}}})
+    (labels, *_) = pod_labels(rendered, "worker")
+    rules = egress_rules(rendered, labels)
+    assert reachable(rules, "10.0.5.25")
+    assert not reachable(rules, "10.0.5.26")
+    off = render({"networkPolicy": {"egress": {"enabled": False}}})
+    assert not [p for p in off.kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]

@@ -68,7 +68,7 @@ def test_a_repeated_idempotency_key_returns_the_first_job(offload: Offload) -> N
 
     assert again.id == first.id
     assert again.replayed is True
-    with pytest.raises(Conflict):  # the same key for another request
+    with pytest.raises(ValidationFailed):  # the same key for another request: 422, as the IETF draft says
         offload.submit("offload.echo", {"message": "other"}, idempotency_key="client-test-once")
 
 
@@ -231,7 +231,6 @@ def test_compute_audit_and_health(offload: Offload) -> None:
     assert any(entry.job_id == accepted.id for entry in entries)
     assert offload.live()
     assert offload.ready()
-    assert "offload_" in offload.metrics()
 
 
 def test_every_operation_of_the_api_has_a_client_method(offload: Offload, stack: Stack) -> None:

@@ -111,6 +111,7 @@ def test_an_idempotency_key_released_after_a_failed_publish_can_be_claimed_again
     key.release(client)
     retry = IdempotencyKey(key="k", redis_key=key.redis_key, route=key.route, ttl_seconds=60, response=Response())
     assert retry.claim(client, "fingerprint", '{"id": "second"}') is None
+    retry.finish(client)  # its job was published: repeats get its answer from now on
     repeat = IdempotencyKey(key="k", redis_key=key.redis_key, route=key.route, ttl_seconds=60, response=Response())
     assert repeat.claim(client, "fingerprint", '{"id": "third"}') == '{"id": "second"}'
     assert repeat.response.status_code == 200

@@ -135,6 +135,13 @@ def test_a_5xx_reply_fails_the_job_at_once_with_the_reply(stack: Stack) -> None:
     assert letter.json()["error"] == failed["error"]
     assert letter.json()["task"] == "offload.send_email"
     assert letter.json()["payload"]["to"] == [ann]
+    assert letter.json()["payload"]["message_id"] == job_id
+
+    # Replayed (the server accepts now), the message keeps the first job's Message-ID.
+    replay = stack.client.post(f"/v1/dead-letters/{job_id}/replay")
+    assert replay.status_code == 202, replay.text
+    assert wait_job(stack.client, replay.json()["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    assert _one_mail(stack, ann).message["Message-ID"].startswith(f"<{job_id}@")
 
 
 @pytest.mark.parametrize(

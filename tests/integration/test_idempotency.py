@@ -8,15 +8,18 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from fastapi import HTTPException, Response
 
+from offload_api.idempotency import IN_PROGRESS_LEASE_SECONDS, IdempotencyKey
 from offload_core.contract.topology import priority_lists
 from offload_dev.polling import wait_for
-from offload_dev.processes import Service
+from offload_dev.processes import Service, start_redis
 from tests.support import API_KEY, ECHO_PATH, TEST_SETTINGS, Stack, api_client, cluster, job
 
 OTHER_API_KEY = "other-client-key-0123456789"
@@ -70,26 +73,63 @@ def test_a_repeat_returns_the_first_job_and_publishes_nothing(unconsumed: Uncons
     assert job(unconsumed.client, first.json()["id"])["status"] == "queued"
 
 
-def test_the_same_key_with_another_body_is_409(unconsumed: Unconsumed) -> None:
+def test_the_same_key_with_another_body_is_422(unconsumed: Unconsumed) -> None:
     key = str(uuid.uuid4())
     assert _submit(unconsumed.client, key).status_code == 202
     before = _depth(unconsumed.client)
     response = _submit(unconsumed.client, key, message="something else")
-    assert response.status_code == 409
-    assert response.json()["code"] == "conflict"
+    assert response.status_code == 422  # as the IETF Idempotency-Key draft asks
     assert "already used for a different request" in response.json()["detail"]
-    assert _submit(unconsumed.client, key, queue="low").status_code == 409
+    assert _submit(unconsumed.client, key, queue="low").status_code == 422
     assert _depth(unconsumed.client) == before
 
 
-def test_concurrent_repeats_make_one_job(unconsumed: Unconsumed) -> None:
+def test_concurrent_repeats_make_one_job_and_never_answer_an_id_that_does_not_exist(unconsumed: Unconsumed) -> None:
     key = str(uuid.uuid4())
     before = _depth(unconsumed.client, "low")
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: _submit(unconsumed.client, key, queue="low"), range(8)))
-    assert sorted(r.status_code for r in responses) == [200] * 7 + [202], [r.text for r in responses]
-    assert len({r.json()["id"] for r in responses}) == 1
+
+    def submit_and_look(_: int) -> tuple[httpx.Response, int | None]:
+        response = _submit(unconsumed.client, key, queue="low")
+        if response.status_code not in (200, 202):
+            return response, None
+        # Whatever a client is told was accepted must exist the moment it is told.
+        return response, unconsumed.client.get(f"/v1/jobs/{response.json()['id']}").status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(submit_and_look, range(10)))
+    statuses = sorted(response.status_code for response, _ in outcomes)
+    assert statuses.count(202) == 1, [r.text for r, _ in outcomes]
+    assert set(statuses) <= {200, 202, 409}, statuses
+    assert all(looked == 200 for response, looked in outcomes if response.status_code in (200, 202))
+    for response, _ in outcomes:
+        if response.status_code == 409:
+            assert response.headers["retry-after"] == "1"
+            assert "still in progress" in response.json()["detail"]
+    assert len({r.json()["id"] for r, _ in outcomes if r.status_code in (200, 202)}) == 1
     assert _depth(unconsumed.client, "low") == before + 1
+
+
+def test_a_repeat_while_the_first_is_in_flight_is_409_until_it_finishes(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+
+        def key() -> IdempotencyKey:
+            return IdempotencyKey("k", "offload:idempotency:test:k", "/v1/jobs/echo", 600, Response())
+
+        first = key()
+        assert first.claim(client, "fingerprint", '{"id": "job-1"}') is None  # claimed, job not accepted yet
+        with pytest.raises(HTTPException) as in_flight:
+            key().claim(client, "fingerprint", '{"id": "job-2"}')
+        assert (in_flight.value.status_code, in_flight.value.headers) == (409, {"Retry-After": "1"})
+        assert 0 < client.ttl("offload:idempotency:test:k") <= IN_PROGRESS_LEASE_SECONDS
+        first.finish(client)  # the first job exists now
+        repeat = key()
+        assert repeat.claim(client, "fingerprint", '{"id": "job-3"}') == '{"id": "job-1"}'
+        assert repeat.response.status_code == 200
+        assert client.ttl("offload:idempotency:test:k") > IN_PROGRESS_LEASE_SECONDS
+    finally:
+        server.stop()
 
 
 def test_keys_are_scoped_per_api_key(unconsumed: Unconsumed) -> None:

@@ -391,7 +391,7 @@ def test_a_repeated_process_request_with_its_key_makes_one_pipeline(stack: Stack
     assert ended(stack.client, body["id"])["pipeline"]["id"] == first.json()["pipeline_id"]
     other = {"operations": [{"op": "rotate", "degrees": 90}]}
     reused = stack.client.post(f"/v1/images/{body['id']}/process", json=other, headers={"Idempotency-Key": key})
-    assert reused.status_code == 409
+    assert reused.status_code == 422
 
 
 def test_a_repeated_upload_with_its_key_stores_one_image(stack: Stack) -> None:
@@ -403,4 +403,4 @@ def test_a_repeated_upload_with_its_key_stores_one_image(stack: Stack) -> None:
     assert (first.status_code, repeat.status_code) == (201, 200)
     assert repeat.json()["id"] == first.json()["id"]
     other = {"file": ("a.png", encoded(noise(30, 30), "PNG"), "image/png")}
-    assert stack.client.post("/v1/images", files=other, headers=key).status_code == 409
+    assert stack.client.post("/v1/images", files=other, headers=key).status_code == 422

@@ -26,7 +26,7 @@ from offload_dev.polling import wait_for
 from offload_dev.processes import Service, start_api, start_worker
 from offload_dev.redis_server import RedisServer, free_port
 from tests.sdk_user.hook_jobs import ENDS_KEY
-from tests.support import TEST_SETTINGS, api_client
+from tests.support import TEST_OWNER, TEST_SETTINGS, api_client
 
 PLUGIN = "tests.sdk_user.hook_jobs"
 HOOKED = "tests.hooked"
@@ -51,6 +51,7 @@ class Plugged:
             origin="tests",
             now=now,
             ttl_seconds=600,
+            owner=TEST_OWNER,
         )
         self.store.client.eval(SUBMIT, len(keys), *keys, *args)
         return job_id
@@ -117,7 +118,7 @@ def test_a_plugin_jobs_dead_letter_is_replayed_with_the_payload_it_chose(plugged
 
 
 def test_a_dead_letter_of_a_type_no_longer_registered_cannot_be_replayed(plugged: Plugged) -> None:
-    plugged.store.create("gone-1", task="acme.uninstalled", queue="default")
+    plugged.store.create("gone-1", task="acme.uninstalled", queue="default", owner=TEST_OWNER)
     plugged.store.fail("gone-1", "ValueError: x", task="acme.uninstalled", queue="default", payload={"n": 1})
     response = plugged.api.post("/v1/dead-letters/gone-1/replay")
     assert response.status_code == 409, response.text

@@ -56,7 +56,7 @@ def test_a_cancel_while_running_is_a_request_that_also_stops_later_retries(store
     _start(store, "d")
     assert store.cancel("d") is CancelOutcome.REQUESTED
     assert store.cancel_requested("d")
-    store.mark_retrying("d", "boom", 1.0)
+    store.mark_retrying("d", "boom", 1.0, kwargs={}, retries=1)
     assert _start(store, "d") is StartOutcome.SKIP_CANCELLED
     assert store.get("d").status is JobStatus.CANCELLED  # type: ignore[union-attr]
 

@@ -122,7 +122,7 @@ def test_each_target_is_retried_on_its_own_and_a_dead_one_fails_alone(stack: Sta
     # The dead letter holds the undelivered target only: a replay cannot re-send the others.
     letter = stack.client.get(f"/v1/dead-letters/{job_id}").json()
     assert letter["task"] == "offload.notify"
-    assert letter["payload"]["targets"] == [webhook(stack.webhooks, gone)]
+    assert letter["payload"]["targets"] == [{**webhook(stack.webhooks, gone), "message_id": f"msg_{job_id}_2"}]
     assert letter["payload"]["message"] == MESSAGE
 
 
@@ -245,3 +245,54 @@ def test_the_webhook_continues_the_callers_trace_even_when_nothing_is_exported(s
     assert (version, received_trace_id) == ("00", trace_id)
     assert len(parent_id) == 16
     assert parent_id != caller.split("-")[2]  # a span of the notifier's, not the caller's
+
+
+def test_a_replay_delivers_with_the_original_message_ids(stack: Stack) -> None:
+    fine, down = _path(), _path()
+    stack.webhooks.script(down, ScriptedReply(410))  # fails for good once, then answers 200
+    address = f"replay-{uuid.uuid4().hex[:8]}@example.com"
+    stack.smtp.script(address, "550 mailbox unavailable")
+    job_id = submit(
+        stack.client,
+        webhook(stack.webhooks, fine),
+        webhook(stack.webhooks, down),
+        {"channel": "email", "address": address},
+    )
+    assert finished_notification(stack.client, job_id)["status"] == "failed"
+    [first] = stack.webhooks.received(down)
+
+    # The delivered target is left out, so the failed ones move to other indexes: their ids do not.
+    replayed = stack.client.post(f"/v1/dead-letters/{job_id}/replay")
+    assert replayed.status_code == 202, replayed.text
+    replay_id = replayed.json()["id"]
+    assert finished_notification(stack.client, replay_id)["status"] == "succeeded"
+    [_, again] = stack.webhooks.received(down)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] == f"msg_{job_id}_1"
+    [mail] = stack.smtp.messages_to(address)
+    assert mail.message["Message-ID"].startswith(f"<{job_id}.2")
+    assert len(stack.webhooks.received(fine)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"x": json.loads("[" * 900 + "]" * 900)}, "nested deeper than 20 levels"),
+        ({"blob": "x" * 70_000}, "larger than 65536 bytes"),
+    ],
+    ids=["deep", "large"],
+)
+def test_free_form_data_too_deep_or_too_large_is_422_naming_it(stack: Stack, data: Any, problem: str) -> None:
+    body = {"message": {**MESSAGE, "data": data}, "targets": [webhook(stack.webhooks, _path())]}
+    response = stack.client.post("/v1/notifications", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "body.message.data"
+    assert problem in error["message"]
+
+
+def test_nested_data_within_the_bounds_is_accepted(stack: Stack) -> None:
+    nested: Any = {"level": 19}
+    for level in range(18, 0, -1):
+        nested = {"level": level, "inner": nested}
+    job_id = submit(stack.client, webhook(stack.webhooks, _path()), message={**MESSAGE, "data": nested})
+    assert finished_notification(stack.client, job_id)["status"] == "succeeded"

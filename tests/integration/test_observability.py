@@ -160,7 +160,7 @@ def test_a_job_and_its_retry_run_in_the_trace_of_the_request_that_submitted_it(o
 
 def _all_metrics(observed: ObservedStack) -> dict[str, dict[Any, float]]:
     return {
-        "api": scrape(f"{observed.api.extra['url']}/metrics"),
+        "api": scrape(observed.api.extra["metrics_url"]),
         "worker": scrape(observed.worker.extra["metrics_url"]),
         "notifier": scrape(observed.notifier.extra["metrics_url"]),
     }
@@ -231,7 +231,7 @@ def test_counters_move_by_exactly_the_jobs_that_ran(observed: ObservedStack) -> 
     )
 
     def queue_gauges() -> dict[Any, float] | None:
-        now = scrape(f"{observed.api.extra['url']}/metrics")
+        now = scrape(observed.api.extra["metrics_url"])
         depth_moved = sample(now, "offload_queue_depth", queue="low") - sample(
             before["api"], "offload_queue_depth", queue="low"
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,16 @@ import httpx
 import pytest
 import redis
 
+from offload_core.contract.api_keys import parse_api_key
 from offload_core.contract.topology import priority_lists
-from offload_core.runtime.celery_app import create_celery_app
+from offload_core.runtime.celery_app import create_celery_app, job_signature, send_jobs
 from offload_core.runtime.orphans import UNACKED_KEY, OrphanSweep
 from offload_core.settings import Settings
 from offload_core.store.dead_letters import DeadLetters
 from offload_core.store.jobs import WAITING_KEY, JobStore
 from offload_dev.polling import wait_for
 from offload_dev.processes import Service, start_redis
-from tests.support import TEST_SETTINGS, Cluster, cluster, sample, scrape, submit_echo, wait_job
+from tests.support import API_KEY, TEST_SETTINGS, Cluster, cluster, sample, scrape, submit_echo, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +220,76 @@ def test_the_fourth_loss_fails_the_job_and_makes_a_dead_letter(sweeper: OrphanSw
     assert letter is not None
     assert (letter.task, letter.queue, letter.payload) == ("offload.echo", "default", {"message": "cursed"})
     assert sweeper.client.zscore(WAITING_KEY, "cursed") is None
+
+
+def _drop_held(direct: redis.Redis, job_id: str) -> None:
+    """Remove the job's messages from kombu's unacked hash and index: what a Redis that lost them leaves."""
+    for tag, raw in direct.hgetall(UNACKED_KEY).items():
+        if json.loads(raw)[0]["headers"]["id"] == job_id:
+            direct.hdel(UNACKED_KEY, tag)
+            direct.zrem(f"{UNACKED_KEY}_index", tag)
+
+
+def test_a_retry_whose_message_was_lost_is_published_again(own: Cluster) -> None:
+    client, direct = own.client, own.redis
+    # A retry due in 5 s, held meanwhile by the worker that published it (Redis has no delayed delivery).
+    env = {"OFFLOAD_RETRY_BACKOFF_SECONDS": "10", "OFFLOAD_RETRY_BACKOFF_MAX_SECONDS": "5"}
+    first = own.start_worker("first", queues="default", env=env)
+    flaky = submit_echo(client, message="flaky", fail_times=1)
+    wait_job(client, flaky, {"retrying"})
+    wait_for(lambda: _held(direct, flaky) == 1, 10, "the worker to hold the retry until it is due")
+    first.kill()  # the worker and the retry it held are gone...
+    _drop_held(direct, flaky)  # ...and so is its message, as after a Redis restart that lost it
+    assert _listed(direct, "default", flaky) == []
+
+    sweeper = own.start_worker("sweeper", queues="default", env=env)
+    done = wait_job(client, flaky, {"succeeded", "failed"}, timeout=5 + GRACE + 4 * SWEEP_INTERVAL + 20)
+    # Published again as the retry it was: the second attempt, which succeeds.
+    assert (done["status"], done["worker"]) == ("succeeded", "sweeper@test"), done
+    assert done["result"] == {"message": "flaky", "attempts": 2, "worker": "sweeper@test"}
+    assert _recovered(sweeper, "default") == 1
+    assert (
+        f"job {flaky} (offload.echo on default) was queued but its broker message was lost" in sweeper.log.read_text()
+    )
+
+
+def test_a_chain_step_published_after_a_skipped_step_is_recovered(own: Cluster) -> None:
+    client, direct = own.client, own.redis
+    settings = Settings(REDIS_URL=own.env["OFFLOAD_REDIS_URL"])
+    store = JobStore(direct, ttl_seconds=600)
+    steps = [("skipped", "default"), ("after", "low")]
+    ids = [uuid.uuid4().hex for _ in steps]
+    for index, ((message, queue), job_id) in enumerate(zip(steps, ids, strict=True)):
+        store.create(
+            job_id,
+            task="offload.echo",
+            queue=queue,
+            kwargs={"message": message},
+            priority=5,
+            published_now=index == 0,
+            next_step=ids[index + 1] if index + 1 < len(ids) else None,
+            owner=parse_api_key(API_KEY).principal.id,  # as the API would: the test's key sees them
+        )
+    app = create_celery_app(settings, main="offload-test")
+    send_jobs(
+        [
+            job_signature(
+                app, "offload.echo", job_id=job_id, kwargs={"message": message}, queue=queue, priority=5, headers={}
+            )
+            for (message, queue), job_id in zip(steps, ids, strict=True)
+        ]
+    )
+    assert client.delete(f"/v1/jobs/{ids[0]}").json()["status"] == "cancelled"  # while queued
+    # The worker skips the cancelled step; Celery publishes the next one, which no worker takes yet.
+    skipper = own.start_worker("default-only", queues="default")
+    wait_for(lambda: len(_listed(direct, "low", ids[1])) == 1, 20, "the next step to be published")
+    wait_for(lambda: direct.zscore(WAITING_KEY, ids[1]) is not None, 5, "the next step to wait")
+    [(name, raw)] = _listed(direct, "low", ids[1])
+    assert direct.lrem(name, 1, raw) == 1  # and Redis loses it
+
+    worker = own.start_worker("low", queues="low")
+    done = wait_job(client, ids[1], {"succeeded", "failed"}, timeout=GRACE + 4 * SWEEP_INTERVAL + 20)
+    assert (done["status"], done["result"]["message"]) == ("succeeded", "after"), done
+    assert job_status(client, ids[0]) == "cancelled"
+    # Either worker's sweep may have published it again; together they did once.
+    assert _recovered(skipper, "low") + _recovered(worker, "low") == 1

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -18,7 +19,7 @@ from offload_core.store.jobs import SUBMIT, submit_call
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 from offload_dev.polling import wait_for
 from tests.integration.own_queue_jobs import OWN_QUEUE
-from tests.support import TEST_SETTINGS, cluster, wait_job
+from tests.support import TEST_OWNER, TEST_SETTINGS, cluster, wait_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OWN_QUEUE_ENV = {
@@ -43,6 +44,7 @@ def publish(client: redis.Redis, task: str, queue: str, message: str) -> str:
         origin="offload-tests",
         now=now,
         ttl_seconds=600,
+        owner=TEST_OWNER,
     )
     client.register_script(SUBMIT)(keys=keys, args=args)
     return job_id
@@ -51,7 +53,7 @@ def publish(client: redis.Redis, task: str, queue: str, message: str) -> str:
 @pytest.mark.parametrize("module", ["offload_worker", "offload_notifier"])
 def test_a_worker_consumes_a_queue_of_the_deployments_own(module: str, tmp_path: Path) -> None:
     with cluster(tmp_path, OWN_QUEUE_ENV) as own:
-        own.start_api()
+        api_service = own.start_api()
         api, direct = own.client, own.redis
         worker = own.start_worker(module.removeprefix("offload_"), module=module, queues=OWN_QUEUE)
         job_id = publish(direct, "acme.echo", OWN_QUEUE, "to the own queue")
@@ -67,7 +69,7 @@ def test_a_worker_consumes_a_queue_of_the_deployments_own(module: str, tmp_path:
 
         state = wait_for(own_queue_state, 10, f"GET /v1/queues to count the consumer of {OWN_QUEUE}")
         assert state["depth"] == 0
-        metrics = api.get("/metrics").text
+        metrics = httpx.get(api_service.extra["metrics_url"], timeout=15).text
         assert f'offload_queue_depth{{queue="{OWN_QUEUE}"}} 0.0' in metrics
         if module == "offload_notifier":  # allowed, but said: nothing of this notifier's takes `high`
             wait_for(lambda: "this notifier does not consume high" in worker.log_tail(200), 10, "the warning")

@@ -84,6 +84,8 @@ API_ENV = {
     "OFFLOAD_API_HOST": "0.0.0.0",
     "OFFLOAD_API_PORT": "8000",
     "OFFLOAD_API_MAX_BODY_BYTES": "1048576",
+    "OFFLOAD_API_METRICS_PORT": "9807",
+    "OFFLOAD_API_MAX_CONNECTIONS": "1000",
     "OFFLOAD_API_KEYS": API_KEY,
     # offload.outboundEnv: the API checks webhook URLs against the allow-list at submit.
     "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "",

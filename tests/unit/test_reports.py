@@ -265,9 +265,43 @@ def test_group_limit() -> None:
 
 def test_result_size_limit() -> None:
     data = ("n\n" + "".join(f"{'x' * 90}{i}\n" for i in range(100))).encode()
-    engine = run(request(group_by=["n"]), data, max_result_bytes=2048)
     with pytest.raises(ReportError, match=r"larger than 2,048 bytes.*OFFLOAD_REPORT_MAX_RESULT_BYTES"):
+        run(request(group_by=["n"]), data, max_result_bytes=2048)
+    # Groups whose keys fit the limit but whose rendered result does not still fail at the end.
+    engine = run(
+        request(group_by=["n"], metrics=[{"op": "count", "name": f"c{i}"} for i in range(10)]),
+        data,
+        max_result_bytes=10_500,
+    )
+    with pytest.raises(ReportError, match=r"larger than 10,500 bytes"):
         engine.render()
+
+
+def test_the_result_budget_is_checked_as_groups_grow_not_at_the_end() -> None:
+    chunks_read = 0
+
+    def source() -> Iterator[bytes]:
+        nonlocal chunks_read
+        yield b"n\n"
+        for i in range(10_000):  # 10,000 groups of 500 bytes: about 5 MB of keys
+            chunks_read += 1
+            yield f"{'x' * 500}{i}\n".encode()
+
+    engine = ReportEngine(request(group_by=["n"]), ReportLimits(max_result_bytes=64 * 1024))
+    with pytest.raises(ReportError, match=r"larger than 65,536 bytes"):
+        engine.consume(source())
+    assert chunks_read < 200  # stopped once the keys alone exceeded the result limit
+    assert engine.groups < 200
+
+
+def test_a_group_key_over_the_byte_cap_is_a_malformed_row() -> None:
+    data = ("city,n\n" + "Paris,1\n" + f"{'é' * 300},2\n" + "Lyon,3\n").encode()
+    engine = run(request(group_by=["city"]), data, max_group_key_bytes=512, max_malformed_share=1.0)
+    assert engine.groups == 2
+    assert engine.rows_malformed == 1
+    assert "more than 512 bytes (OFFLOAD_REPORT_MAX_GROUP_KEY_BYTES)" in engine.malformed_examples[0].problem
+    # 300 characters, 600 bytes in UTF-8: judged by bytes, not characters.
+    assert run(request(group_by=["city"]), data, max_group_key_bytes=600).rows_malformed == 0
 
 
 def test_a_source_without_line_breaks_is_refused_not_buffered() -> None:

@@ -27,7 +27,6 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/livez"): "live",
     ("GET", "/readyz"): "ready",
-    ("GET", "/metrics"): "metrics",
     ("POST", "/v1/jobs/{job_type}"): "submit",
     ("POST", "/v1/jobs/echo"): "submit",  # the older spelling of POST /v1/jobs/offload.echo
     ("GET", "/v1/jobs"): "list_jobs",
@@ -317,10 +316,6 @@ def live() -> Call[bool]:
 
 def ready() -> Call[bool]:
     return Call("GET", "/readyz", lambda response: response.is_success, accept=frozenset({503}))
-
-
-def metrics() -> Call[str]:
-    return Call("GET", "/metrics", lambda response: response.text)
 
 
 def without_none(**values: Any) -> dict[str, Any]:

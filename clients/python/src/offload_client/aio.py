@@ -310,10 +310,6 @@ class AsyncOffload:
     async def ready(self) -> bool:
         return await self._send(calls.ready())
 
-    async def metrics(self) -> str:
-        """The API's Prometheus metrics, as text."""
-        return await self._send(calls.metrics())
-
     # -- transport -------------------------------------------------------------------------------
 
     async def _send(self, call: calls.Call[T]) -> T:

@@ -303,10 +303,6 @@ class Offload:
     def ready(self) -> bool:
         return self._send(calls.ready())
 
-    def metrics(self) -> str:
-        """The API's Prometheus metrics, as text."""
-        return self._send(calls.metrics())
-
     # -- transport -------------------------------------------------------------------------------
 
     def _send(self, call: calls.Call[T]) -> T:

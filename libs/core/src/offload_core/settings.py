@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from offload_core.contract.api_keys import parse_api_key
 from offload_core.contract.topology import BUILTIN_QUEUES, queue_name_problem
 from offload_core.contract.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
 
@@ -50,7 +51,8 @@ def webhook_secret_problem(secret: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
+    # Inputs stay out of error messages: they hold keys and passwords.
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # "development" allows running without API keys (make run generates one anyway);
     # "production" refuses to start without them.
@@ -67,12 +69,20 @@ class Settings(BaseSettings):
     REDIS_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=300)
 
-    # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list.
+    # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list. Each is
+    # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`
+    # (offload_core.contract.api_keys); a key sees its own records, the `admin` scope all.
     API_KEYS: Annotated[list[SecretStr], NoDecode] = []
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
     # Larger request bodies are refused with 413 before they are read.
     API_MAX_BODY_BYTES: int = Field(1024 * 1024, ge=1024)
+    # The API's Prometheus metrics are served on this port, apart from API_PORT, so that nothing
+    # routing the API (an Ingress) exposes them; on API_METRICS_HOST, API_HOST when unset.
+    API_METRICS_PORT: int = Field(9807, ge=1, le=65535)
+    API_METRICS_HOST: str | None = None
+    # Open connections (or requests in progress) one API process takes; more are answered 503.
+    API_MAX_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
 
     # In-process work of the API (the README's "Choose the right tool"). The audit trail keeps
     # about this many entries (a capped Redis stream; the oldest go first).
@@ -107,6 +117,11 @@ class Settings(BaseSettings):
     TASK_MAX_RETRIES: int = Field(5, ge=0, le=100)
     RETRY_BACKOFF_SECONDS: float = Field(1.0, gt=0)
     RETRY_BACKOFF_MAX_SECONDS: float = Field(60.0, gt=0)
+    # A job whose run ends this many times without an outcome (its worker process was killed,
+    # ran out of memory or crashed, or its worker shut down before it finished) is not
+    # delivered again: it fails and is dead-lettered with that reason, so a job that kills its
+    # worker cannot take the pool down forever.
+    TASK_MAX_LOST_RUNS: int = Field(5, ge=1, le=100)
 
     # A message taken by a worker that dies without acknowledging it is handed to another
     # worker once it is older than the visibility timeout. It must exceed the longest task
@@ -213,6 +228,9 @@ class Settings(BaseSettings):
     # Memory grows with the number of groups, never with the rows.
     REPORT_MAX_GROUPS: int = Field(100_000, ge=1)
     REPORT_MAX_RESULT_BYTES: int = Field(10 * 1024 * 1024, ge=1024)
+    # A row whose group_by values take more bytes than this is malformed (skipped and counted):
+    # every group's key is held until the end.
+    REPORT_MAX_GROUP_KEY_BYTES: int = Field(1024, ge=16, le=1024 * 1024)
     # Malformed rows are counted and skipped; above this share (judged once this many rows were
     # read, and at the end) the job fails.
     REPORT_MAX_MALFORMED_SHARE: float = Field(0.01, ge=0, le=1)
@@ -291,9 +309,11 @@ class Settings(BaseSettings):
                 f"time limit + OFFLOAD_RETRY_BACKOFF_MAX_SECONDS ({report_hard + self.RETRY_BACKOFF_MAX_SECONDS:g}), "
                 "or Redis hands running reports to a second worker"
             )
-        for key in self.API_KEYS:
-            if len(key.get_secret_value()) < 16:
-                raise ValueError("every OFFLOAD_API_KEYS entry must be at least 16 characters long")
+        for position, key in enumerate(self.API_KEYS, start=1):
+            try:
+                parse_api_key(key.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"OFFLOAD_API_KEYS entry {position}: {exc}") from None
         for secret in self.WEBHOOK_SECRETS:
             if (problem := webhook_secret_problem(secret.get_secret_value())) is not None:
                 raise ValueError(f"OFFLOAD_WEBHOOK_SECRETS: {problem}")

@@ -4,6 +4,7 @@ import sys
 
 import uvicorn
 
+from offload_api.limits import MAX_REQUEST_HEAD_BYTES
 from offload_core.contract.registry import JobTypeError, load_job_types
 from offload_core.logs import configure_logging
 from offload_core.settings import get_settings
@@ -30,9 +31,15 @@ def main() -> None:
         timeout_keep_alive=5,
         # In-flight requests get this long after SIGTERM; below the pod's grace period.
         timeout_graceful_shutdown=20,
-        # h11's cap on a request head; the httptools parser (used when installed) has none, so
-        # offload_api.limits.HeaderSizeLimit refuses oversized headers whichever parser runs.
-        h11_max_incomplete_event_size=64 * 1024,
+        # h11, not httptools: h11 enforces its cap on the request head (request line and
+        # headers) while it parses, so an oversized header or URL is refused after 64 KiB
+        # instead of being buffered whole first (httptools has no limit: a 150 MiB header took
+        # the process from 97 to 404 MB). offload_api.limits.HeaderSizeLimit answers 431 to
+        # heads between its 32 KiB and this cap.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        # Beyond this many open connections (or requests in progress) new ones get 503.
+        limit_concurrency=settings.API_MAX_CONNECTIONS,
     )
 
 

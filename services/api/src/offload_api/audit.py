@@ -13,14 +13,13 @@ Two pieces cover every /v1 route, present and future, without the routes doing a
 - ``audit_trail``, a dependency of every /v1 router, adds the background task that reads what
   the middleware noted once the response is out, and queues the entry.
 
-Who is a ``key_id``: a short hash of the API key, never the key itself.
+Who is a ``key_id``: the id of the API key (offload_core.contract.api_keys), never the key itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -37,23 +36,17 @@ from pydantic import BaseModel, Field
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from offload_core.contract.api_keys import ANONYMOUS_PRINCIPAL
+
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "offload:audit"
 AUDITED_METHODS = frozenset({"POST", "DELETE"})
 AUDITED_PREFIX = "/v1/"
-ANONYMOUS = "anonymous"  # development without API keys
 # Job answers are small; a larger body is not read for an id (the entry is still written).
 MAX_CAPTURED_BODY = 64 * 1024
 MAX_PATH_CHARS = 512
 _STATE_ATTRIBUTE = "audit_response"
-
-
-def api_key_id(api_key: str | None) -> str:
-    """A short, stable name for an API key that does not reveal it."""
-    if not api_key:
-        return ANONYMOUS
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -125,7 +118,7 @@ async def audit_trail(request: Request, background: BackgroundTasks) -> None:
         return
     fields: dict[str, str | int | float] = {
         "at": time.time(),
-        "key_id": api_key_id(_bearer_token(request)),
+        "key_id": getattr(request.state, "principal", ANONYMOUS_PRINCIPAL).id,
         "method": request.method,
         "route": route_template(request),
         "path": request.url.path[:MAX_PATH_CHARS],
@@ -138,15 +131,10 @@ async def audit_trail(request: Request, background: BackgroundTasks) -> None:
     background.add_task(audit_log.record, fields, captured)
 
 
-def _bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
 class AuditEntry(BaseModel):
     id: str = Field(description="The entry's stream id; pass it as `cursor` to read older entries.")
     at: datetime = Field(description="When the request was handled.")
-    key_id: str = Field(description="A hash of the API key used (never the key), or `anonymous`.")
+    key_id: str = Field(description="The id of the API key used (never the key), or `anonymous`.")
     method: str
     route: str = Field(description="The route template, e.g. /v1/jobs/{job_id}.")
     path: str
@@ -266,7 +254,7 @@ def _decode(stream_id: str, fields: dict[str, str]) -> AuditEntry:
     return AuditEntry(
         id=stream_id,
         at=datetime.fromtimestamp(float(fields["at"]), UTC),
-        key_id=fields.get("key_id", ANONYMOUS),
+        key_id=fields.get("key_id", ANONYMOUS_PRINCIPAL.id),
         method=fields.get("method", ""),
         route=fields.get("route", ""),
         path=fields.get("path", ""),

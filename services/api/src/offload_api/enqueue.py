@@ -29,6 +29,7 @@ from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
 from offload_core.contract import builtin_jobs
+from offload_core.contract.api_keys import Principal
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.runtime.celery_app import job_signature, send_jobs
 from offload_core.sdk import JobType
@@ -42,7 +43,10 @@ tracer = trace.get_tracer(__name__)
 # What every submitting route may answer besides its 202, for the OpenAPI schema.
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "A repeat of an earlier request with the same Idempotency-Key: its job, not enqueued again."},
-    409: {"description": "The Idempotency-Key was already used for a different request."},
+    409: {
+        "description": "The first request with this Idempotency-Key is still in progress; repeat after Retry-After.",
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}},
+    },
 }
 
 
@@ -75,7 +79,9 @@ class JobPublisher:
         self._submit = ScriptBatcher(client, SUBMIT)
         self.origin = f"offload-api-{os.getpid()}@{socket.gethostname()}"  # Celery's `origin` header
 
-    async def publish(self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None) -> None:
+    async def publish(
+        self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None, owner: str
+    ) -> None:
         job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
         job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: task, telemetry.QUEUE: str(queue)}
         trace.get_current_span().set_attributes(job_attributes)  # the request's span
@@ -100,6 +106,7 @@ class JobPublisher:
                 now=now,
                 ttl_seconds=self.ttl,
                 replay_of=replay_of,
+                owner=owner,
             )
             await self._submit(keys, args)
         ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
@@ -122,6 +129,7 @@ async def enqueue(
     job_type: JobType[Any, Any],
     kwargs: dict[str, object],
     *,
+    owner: Principal,
     queue: str | None = None,
     priority: int | None = None,
     idempotency: IdempotencyKey | None = None,
@@ -129,8 +137,9 @@ async def enqueue(
     prepare: Callable[[str], None] | None = None,
 ) -> JobAccepted:
     """Accept a job of this type and publish it, on its default queue and priority unless the
-    request chose others. ``prepare(job_id)`` (blocking; run in a thread) writes whatever the
-    job needs besides its record, before its message can be taken."""
+    request chose others, owned by the principal that asked (only it, and admins, see it).
+    ``prepare(job_id)`` (blocking; run in a thread) writes whatever the job needs besides its
+    record, before its message can be taken."""
     queue = queue or job_type.queue
     if queue not in job_type.allowed_queues:
         allowed = ", ".join(sorted(job_type.allowed_queues))
@@ -153,7 +162,9 @@ async def enqueue(
     try:
         if prepare is not None:
             await run_in_threadpool(prepare, job_id)
-        await publisher.publish(accepted, kwargs, replay_of=replay_of)
+        await publisher.publish(accepted, kwargs, replay_of=replay_of, owner=owner.id)
+        if idempotency is not None:
+            await idempotency.finish_async(publisher.client)
     except Exception:
         # Nothing was accepted: free the key for the client's retry. If Redis itself is down
         # the release fails too, and the claim expires with its TTL.
@@ -189,6 +200,7 @@ def enqueue_chain(
     store: JobStore,
     steps: Sequence[ChainStep],
     *,
+    owner: Principal,
     idempotency: IdempotencyKey | None = None,
     prepare: Callable[[list[JobAccepted]], None] | None = None,
 ) -> list[JobAccepted]:
@@ -218,7 +230,9 @@ def enqueue_chain(
         if earlier is not None:
             return [JobAccepted.model_validate(a) for a in json.loads(earlier)]
     with _released_unless_published(idempotency, store):
-        _publish_chain(celery, store, accepted, steps, prepare)
+        _publish_chain(celery, store, accepted, steps, prepare, owner.id)
+        if idempotency is not None:
+            idempotency.finish(store.client)
     return accepted
 
 
@@ -228,6 +242,7 @@ def _publish_chain(
     accepted: list[JobAccepted],
     steps: Sequence[ChainStep],
     prepare: Callable[[list[JobAccepted]], None] | None,
+    owner: str,
 ) -> None:
     first = accepted[0]
     job_attributes = {telemetry.JOB_ID: first.id, telemetry.TASK: str(first.task), telemetry.QUEUE: str(first.queue)}
@@ -246,6 +261,7 @@ def _publish_chain(
                 priority=job.priority,
                 published_now=index == 0,
                 next_step=accepted[index + 1].id if index + 1 < len(accepted) else None,
+                owner=owner,
             )
         if prepare is not None:
             prepare(accepted)

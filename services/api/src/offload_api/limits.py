@@ -4,7 +4,7 @@ the headers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,19 +64,20 @@ class BodySizeLimit:
                 await self._reject(send, max_bytes)
 
     async def _reject(self, send: Send, max_bytes: int) -> None:
-        await _answer(send, 413, f"Request body exceeds {max_bytes} bytes.", "payload_too_large")
+        await answer_error(send, 413, f"Request body exceeds {max_bytes} bytes.", "payload_too_large")
 
 
 # Generous for any real client (browsers send ~1-2 KiB; uvicorn's own h11 limit is 16 KiB),
 # small enough that a request cannot pin much memory in the app.
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_COUNT = 100
+# The parser's own cap on a request head (request line and headers), enforced while it reads.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
 
 class HeaderSizeLimit:
-    """Refuses requests with too many or too large headers (431). uvicorn's httptools parser
-    (used whenever it is installed) has no header limit of its own and ignores
-    h11_max_incomplete_event_size, so this applies one to every request the app sees."""
+    """Refuses requests with too many or too large headers (431), below the parser's own cap
+    (MAX_REQUEST_HEAD_BYTES, which h11 enforces while it reads; see offload_api.__main__)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES, max_count: int = MAX_HEADER_COUNT) -> None:
         self.app = app
@@ -94,14 +95,23 @@ class HeaderSizeLimit:
                 f"Request headers too large: {len(headers)} headers, {size} bytes; at most "
                 f"{self.max_count} headers and {self.max_bytes} bytes in all. Send fewer or smaller headers."
             )
-            await _answer(send, 431, detail, "request_header_fields_too_large", close=True)
+            await answer_error(send, 431, detail, "request_header_fields_too_large", close=True)
             return
         await self.app(scope, receive, send)
 
 
-async def _answer(send: Send, status: int, detail: str, code: str, *, close: bool = False) -> None:
+async def answer_error(
+    send: Send,
+    status: int,
+    detail: str,
+    code: str,
+    *,
+    close: bool = False,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """An error answer from a middleware, in the API's JSON error shape."""
     body = json.dumps(error_body(detail, code)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

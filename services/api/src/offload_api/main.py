@@ -12,9 +12,9 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
 from offload_api.audit import AuditLog, ResponseCapture, audit_trail
+from offload_api.auth import ApiKeyAuth, current_principal
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
-from offload_api.deps import require_api_key
 from offload_api.enqueue import JobPublisher
 from offload_api.errors import install_error_handlers, install_openapi_error_responses
 from offload_api.limits import BodySizeLimit, HeaderSizeLimit
@@ -25,6 +25,7 @@ from offload_api.routes import images as image_routes
 from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
 from offload_api.trace_context import TraceContext
+from offload_core.contract.api_keys import parse_api_key
 from offload_core.contract.registry import load_job_types
 from offload_core.otlp_metrics import start_metrics_export
 from offload_core.runtime.celery_app import create_celery_app
@@ -35,7 +36,7 @@ from offload_core.telemetry import API_SERVICE, setup_tracing
 
 logger = logging.getLogger(__name__)
 
-UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+UNTRACED_PATHS = frozenset({"/livez", "/readyz"})
 
 
 @asynccontextmanager
@@ -60,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     metrics.REGISTRY.register(queue_metrics)
     metrics_pusher = start_metrics_export(metrics.REGISTRY, API_SERVICE)  # None without an OTLP endpoint
+    metrics_server = metrics.serve_metrics(settings)
     app.state.tasks = TaskTracker(settings.API_TRACKED_TASKS_MAX)
     app.state.compute = ComputeQueue.from_settings(settings, app.state.store.client)
     app.state.compute.start()
@@ -73,6 +75,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await event_loop_redis.aclose()
         if metrics_pusher is not None:
             await asyncio.to_thread(metrics_pusher.stop)  # the last values, then the exporter closes
+        metrics_server.shutdown()
+        metrics_server.server_close()
         metrics.REGISTRY.unregister(queue_metrics)
         app.state.celery.pool.force_close_all()
         app.state.store.client.close()
@@ -96,6 +100,10 @@ def create_app() -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
     )
+    # Outside the body limit and every route: a request without a valid key is answered 401
+    # from its headers, before anything reads its body.
+    keys = [parse_api_key(key.get_secret_value()) for key in settings.API_KEYS]
+    app.add_middleware(ApiKeyAuth, keys=keys, open_without_keys=settings.ENVIRONMENT == "development")
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.
@@ -109,8 +117,7 @@ def create_app() -> FastAPI:
     else:
         app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
-    app.include_router(metrics.router)
-    v1 = [Depends(require_api_key), Depends(audit_trail)]
+    v1 = [Depends(current_principal), Depends(audit_trail)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     submit_routes = APIRouter()
     job_type_routes.add_submit_routes(submit_routes, job_types)  # after /jobs/echo, which it would shadow

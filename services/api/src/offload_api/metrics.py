@@ -1,26 +1,26 @@
-"""The API's Prometheus metrics, served at /metrics: requests by route template and status,
-submitted jobs and how long publishing took, each queue's depth and dead letters, and whether
-Redis answers and how much of its maxmemory it uses, read from Redis at scrape time (cached, so
-frequent scrapes cost Redis two round trips every few seconds). No Redis exporter is needed for
-the Redis alerts.
+"""The API's Prometheus metrics, served at /metrics on a port of their own (never the public API
+port): requests by route template and status, submitted jobs and how long publishing took, each
+queue's depth and dead letters, and whether Redis answers and how much of its maxmemory it uses,
+read from Redis at scrape time (cached, so frequent scrapes cost Redis two round trips every few
+seconds). No Redis exporter is needed for the Redis alerts.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from wsgiref.simple_server import WSGIServer
 
 import redis
-from fastapi import APIRouter, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     disable_created_metrics,
-    generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -57,13 +57,22 @@ ENQUEUE_SECONDS = Histogram(
 # Paths that match no route share one label, so a scan of random URLs cannot add series.
 UNMATCHED_ROUTE = "unmatched"
 
-router = APIRouter(tags=["health"])
+logger = logging.getLogger(__name__)
 
 
-@router.get("/metrics", response_class=Response)
-def metrics() -> Response:
-    """Prometheus metrics of this API process and of every queue."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+def serve_metrics(settings: Settings) -> WSGIServer:
+    """Prometheus metrics of this API process and of every queue, on their own port
+    (OFFLOAD_API_METRICS_PORT): never on the API's port, which an Ingress may route."""
+    host = settings.API_METRICS_HOST or settings.API_HOST
+    try:
+        server, _ = start_http_server(settings.API_METRICS_PORT, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot serve metrics on {host}:{settings.API_METRICS_PORT} ({exc}); "
+            "set OFFLOAD_API_METRICS_PORT to a free port"
+        ) from exc
+    logger.info("metrics on http://%s:%d/metrics", host, settings.API_METRICS_PORT)
+    return server
 
 
 class RequestMetrics:

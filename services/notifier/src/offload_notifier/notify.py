@@ -35,6 +35,20 @@ logger = logging.getLogger(__name__)
 DUE_SLACK_SECONDS = 0.2
 
 
+# A target of a replayed notification carries the id its first delivery had (MESSAGE_ID_FIELD):
+# the webhook-id (and the email Message-ID) stay the same across replays, so receivers that drop
+# repeats by it still do. Replays set it.
+MESSAGE_ID_FIELD = "message_id"
+
+
+def message_id(job_id: str, index: int, target: dict[str, Any]) -> str:
+    """The id every delivery of this target carries, on every attempt and every replay."""
+    kept = target.get(MESSAGE_ID_FIELD)
+    if isinstance(kept, str) and kept:
+        return kept
+    return f"msg_{job_id}_{index}" if target.get("channel") == "webhook" else f"{job_id}.{index}"
+
+
 class TargetsFailed(PermanentJobError):
     """Some targets failed for good; the others were delivered."""
 
@@ -51,10 +65,16 @@ def _targets() -> NotificationTargets:
 
 def undelivered_targets(end: JobEnd, request: NotificationPayload) -> NotificationPayload:
     """The dead letter's payload: a replay must not send again what was delivered, so it gets
-    the undelivered targets only."""
+    the undelivered targets only; each keeps the id of its first delivery, whatever its index
+    becomes, so receivers that drop repeats by it still do."""
     delivered = {r.index for r in _targets().all(end.job_id) if r.status is TargetStatus.DELIVERED}
-    targets = [t for index, t in enumerate(request.targets) if index not in delivered]
-    return request.model_copy(update={"targets": targets})
+    payload = request.model_dump(mode="json")["targets"]
+    targets = [
+        {**target, MESSAGE_ID_FIELD: message_id(end.job_id, index, target)}
+        for index, target in enumerate(payload)
+        if index not in delivered
+    ]
+    return request.model_validate({**request.model_dump(mode="json"), "targets": targets})
 
 
 def _email_body(message: dict[str, Any]) -> str:
@@ -67,10 +87,18 @@ def _email_body(message: dict[str, Any]) -> str:
 class Delivery:
     """One attempt's deliveries of a notification, sharing an HTTP client and the body."""
 
-    def __init__(self, settings: Settings, job_id: str, message: dict[str, Any], created_at: datetime) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        job_id: str,
+        message: dict[str, Any],
+        created_at: datetime,
+        message_ids: Sequence[str],
+    ) -> None:
         self.settings = settings
         self.job_id = job_id
         self.message = message
+        self.message_ids = message_ids
         self.body = webhooks.event_body(job_id, message, created_at)
         self.secrets = [secret.get_secret_value() for secret in settings.WEBHOOK_SECRETS]
 
@@ -79,8 +107,8 @@ class Delivery:
             return webhooks.deliver(
                 client,
                 record.address,
-                # The same id for every attempt: receivers drop repeats by it.
-                message_id=f"msg_{self.job_id}_{record.index}",
+                # The same id for every attempt and replay: receivers drop repeats by it.
+                message_id=self.message_ids[record.index],
                 body=self.body,
                 secrets=self.secrets,
             )
@@ -90,8 +118,8 @@ class Delivery:
         severity = str(self.message.get("severity", "critical")).upper()
         email = smtp.build_message(
             self.settings,
-            # The same for every attempt, so a receiver can spot a repeat.
-            message_id=f"{self.job_id}.{record.index}",
+            # The same for every attempt and replay, so a receiver can spot a repeat.
+            message_id=self.message_ids[record.index],
             to=[record.address],
             subject=f"[{severity}] {self.message['title']}",
             text=_email_body(self.message),
@@ -153,7 +181,8 @@ def notify(ctx: JobContext, request: NotificationPayload) -> dict[str, Any]:
     ]
     if due:
         job = _store().get(job_id)
-        delivery = Delivery(settings, job_id, message, job.created_at if job else now)
+        message_ids = [message_id(job_id, index, target) for index, target in enumerate(payload["targets"])]
+        delivery = Delivery(settings, job_id, message, job.created_at if job else now, message_ids)
         policy = OutboundPolicy.from_settings(settings)
         client = policy.client(
             connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_SECONDS, read_timeout=settings.WEBHOOK_TIMEOUT_SECONDS

@@ -6,7 +6,7 @@ import logging
 
 from offload_core.contract.payloads import EmailPayload
 from offload_core.engines import smtp
-from offload_core.sdk import JobContext
+from offload_core.sdk import JobContext, JobEnd
 from offload_core.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,8 @@ def send_email(ctx: JobContext, request: EmailPayload) -> dict[str, object]:
     recipients = [str(address) for address in request.to]
     message = smtp.build_message(
         settings,
-        message_id=ctx.job_id,  # the same on every attempt, so a receiver can spot a duplicate
+        # The same on every attempt and replay, so a receiver can spot a duplicate.
+        message_id=request.message_id or ctx.job_id,
         to=recipients,
         subject=request.subject,
         text=request.text,
@@ -33,3 +34,9 @@ def send_email(ctx: JobContext, request: EmailPayload) -> dict[str, object]:
             "job %s: email sent to %d recipients, %d refused", ctx.job_id, len(report.accepted), len(report.refused)
         )
     return report.as_result()
+
+
+def keep_message_id(end: JobEnd, request: EmailPayload) -> EmailPayload:
+    """The dead letter's payload: a replay is a new job but the same message, so it keeps the
+    first job's Message-ID, and a receiver that got the first one (its answer lost) can drop it."""
+    return request.model_copy(update={"message_id": request.message_id or end.job_id})

@@ -39,6 +39,7 @@ class ReportLimits:
     max_rows: int = 20_000_000
     max_groups: int = 100_000
     max_result_bytes: int = 10 * 1024 * 1024
+    max_group_key_bytes: int = 1024
     max_malformed_share: float = 0.01
     malformed_min_rows: int = 1000
     max_line_chars: int = MAX_LINE_CHARS
@@ -49,6 +50,7 @@ class ReportLimits:
             max_rows=settings.REPORT_MAX_ROWS,
             max_groups=settings.REPORT_MAX_GROUPS,
             max_result_bytes=settings.REPORT_MAX_RESULT_BYTES,
+            max_group_key_bytes=settings.REPORT_MAX_GROUP_KEY_BYTES,
             max_malformed_share=settings.REPORT_MAX_MALFORMED_SHARE,
             malformed_min_rows=settings.REPORT_MALFORMED_MIN_ROWS,
         )
@@ -260,6 +262,10 @@ class ReportEngine:
         self._plan = _Plan.compile(self.request)
         # Per group: per metric [values counted, sum/min/max]. Memory is this dict alone.
         self._groups: dict[tuple[object, ...], list[Any]] = {}
+        # The least the result can take: every group's key and a separator per column. It grows
+        # with each new group, so a result bound to exceed the limit fails while its groups are
+        # gathered, not after they filled memory.
+        self._result_floor = 0
 
     @property
     def groups(self) -> int:
@@ -376,6 +382,9 @@ class ReportEngine:
                     f"the report has more than {self.limits.max_groups:,} groups, the limit "
                     "(OFFLOAD_REPORT_MAX_GROUPS); group by fewer or coarser columns, or add filters"
                 )
+            self._result_floor += self._key_bytes(key) + len(self._plan.metrics) + len(key)
+            if self._result_floor > self.limits.max_result_bytes:
+                self._too_large(self.limits.max_result_bytes)
             accumulators = self._groups[key] = plan.new_accumulators()
         self.rows_matched += 1
         for kind, at, slot in plan.updates:
@@ -396,6 +405,22 @@ class ReportEngine:
                 current = accumulators[slot + 1]
                 if current is None or number > current:
                     accumulators[slot + 1] = number
+
+    def _key_bytes(self, key: tuple[object, ...]) -> int:
+        """The UTF-8 size of a new group's values; a row whose values exceed the cap is malformed."""
+        limit = self.limits.max_group_key_bytes
+        size = 0
+        for part in key:
+            if isinstance(part, str):
+                # Characters first: a UTF-8 character takes 1 to 4 bytes.
+                size += len(part) if len(part) * 4 <= limit else len(part.encode())
+            elif part is not None:
+                size += len(str(part))
+            if size > limit:
+                raise _Malformed(
+                    f"its group_by values take more than {limit:,} bytes (OFFLOAD_REPORT_MAX_GROUP_KEY_BYTES)"
+                )
+        return size
 
     def _malformed(self, line: int, problem: str) -> None:
         self.rows_malformed += 1

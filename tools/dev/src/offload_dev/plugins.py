@@ -35,15 +35,20 @@ def install_plugins(projects: Sequence[Path], target: Path, *, uv: Path = UV) ->
 
 
 def plugin_queues(target: Path) -> list[str]:
-    """The queues the job types installed in target use, in the order first named."""
-    if str(target) not in sys.path:
-        sys.path.insert(0, str(target))
-        importlib.invalidate_caches()
+    """The queues the job types installed in target use, in the order first named. The caller's
+    import path is left as it was: only the services get target on theirs."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
     queues: list[str] = []
-    for dist in importlib.metadata.distributions(path=[str(target)]):
-        for entry_point in dist.entry_points.select(group=ENTRY_POINT_GROUP):
-            for job_type in job_types_in(entry_point.load()):
-                for queue in (job_type.queue, *sorted(job_type.allowed_queues)):
-                    if queue not in queues:
-                        queues.append(queue)
+    try:
+        for dist in importlib.metadata.distributions(path=[str(target)]):
+            for entry_point in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+                for job_type in job_types_in(entry_point.load()):
+                    for queue in (job_type.queue, *sorted(job_type.allowed_queues)):
+                        if queue not in queues:
+                            queues.append(queue)
+    finally:
+        sys.path[:] = saved
+        importlib.invalidate_caches()
     return queues

@@ -173,12 +173,19 @@ def start_api(
     timeout: float = 60,
 ) -> Service:
     """`python -m offload_api` (one uvicorn process, as the image runs it) with ``env`` over
-    ``base_env`` on a free port; up once it answers /livez. ``extra["url"]`` is its base URL."""
+    ``base_env`` on free ports; up once it answers /livez. ``extra``: url (its base URL) and
+    metrics_url (its metrics port's /metrics)."""
     for attempt in range(PORT_ATTEMPTS):
-        port = free_port()
-        full_env = {**_base(base_env), **env, "OFFLOAD_API_PORT": str(port)}
+        port, metrics_port = free_port(), free_port()
+        full_env = {
+            **_base(base_env),
+            **env,
+            "OFFLOAD_API_PORT": str(port),
+            "OFFLOAD_API_METRICS_PORT": str(metrics_port),
+        }
         service = spawn(name, [sys.executable, "-m", "offload_api"], full_env, log_dir)
         service.extra["url"] = url = f"http://127.0.0.1:{port}"
+        service.extra["metrics_url"] = f"http://127.0.0.1:{metrics_port}/metrics"
 
         def live(url: str = url) -> bool:
             return answers(f"{url}/livez")

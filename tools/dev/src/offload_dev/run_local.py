@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or f"offload:{_credential('flower-password')}"
     api_port, flower_port = _port(8000), _port(5555)
-    # The workers run side by side here, so each has its own metrics port.
+    # The API's metrics and each worker's are on ports of their own, side by side here.
+    api_metrics_port = _port(9807)
     workers = worker_processes(worker_sets, STATE)
     # Fixed ports when free (1025 is the usual local SMTP sink's), so the README's commands work as written.
     mail_port, webhooks_port = _port(1025), _port(8025)
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "OFFLOAD_API_KEYS": os.environ.get("OFFLOAD_API_KEYS") or api_key,
         "OFFLOAD_API_PORT": str(api_port),
         "OFFLOAD_QUEUES": ",".join(queues),
+        "OFFLOAD_API_METRICS_PORT": str(api_metrics_port),
         "OFFLOAD_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS": str(SOFT_SHUTDOWN_SECONDS),
         "OFFLOAD_WORKER_METRICS_HOST": "127.0.0.1",
         # The processes write into the process manager's pipe, not a terminal: say which format.
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
   API        http://127.0.0.1:{api_port}          docs: http://127.0.0.1:{api_port}/docs
   API key    {api_key}
   Flower     http://127.0.0.1:{flower_port}          user {user}, password {password}
-  Metrics    http://127.0.0.1:{api_port}/metrics  (API and queue depths)
+  Metrics    http://127.0.0.1:{api_metrics_port}/metrics  (API and queue depths)
 {worker_metrics}
   Redis      {Redactor([])(redis_url)}
 {plugins_line}  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")

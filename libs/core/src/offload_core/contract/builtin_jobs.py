@@ -40,6 +40,7 @@ send_email: JobType[EmailPayload, dict[str, Any]] = declare_job(
         "transient failures. The result lists the recipients the server accepted and refused, with its reply."
     ),
     handler="offload_worker.emails:send_email",
+    dead_letter_payload="offload_worker.emails:keep_message_id",
 )
 
 notify: JobType[NotificationPayload, dict[str, Any]] = declare_job(

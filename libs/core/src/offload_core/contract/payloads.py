@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
 from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
 
@@ -41,6 +42,12 @@ def _single_line(value: str) -> str:
 SingleLine = Annotated[str, AfterValidator(_single_line)]
 
 
+# The id a delivery carries (a webhook-id, the local part of a Message-ID): the job's own, or, on a
+# replay, the one its first delivery had, so receivers that drop repeats by it still do.
+DeliveryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+_KEPT_ID = "Set by a replay: the id (webhook-id or Message-ID) this target's first delivery had."
+
+
 class EmailPayload(BaseModel):
     """An email sent over SMTP by the worker; retried on transient failures."""
 
@@ -53,6 +60,11 @@ class EmailPayload(BaseModel):
         None, max_length=500_000, description="An HTML body; the message is then multipart/alternative."
     )
     reply_to: EmailStr | None = None
+    message_id: DeliveryId | None = Field(
+        None,
+        description="Set by a replay: the first job's id, whose Message-ID the email keeps (the job's own "
+        "id when omitted).",
+    )
 
 
 class EmailRequest(EmailPayload):
@@ -75,13 +87,42 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+# Free-form JSON a client sends (a notification's `data`) is carried to workers and receivers and
+# serialised several times on the way: bounded in depth (deep nesting exhausts the serialisers'
+# recursion) and in size, and checked before anything walks it recursively.
+MAX_JSON_DEPTH = 20
+MAX_JSON_BYTES = 64 * 1024
+
+
+def _bounded_json(value: object) -> object:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:  # iterative: the check itself must not recurse
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
+                stack.append((child, depth + 1))
+    if len(json.dumps(value, separators=(",", ":"), default=str).encode()) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes as JSON; send less, or a link to it")
+    return value
+
+
+BoundedJsonObject = Annotated[dict[str, Any], BeforeValidator(_bounded_json)]
+
+
 class NotificationMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: SingleLine = Field(min_length=1, max_length=200)
     body: str = Field(max_length=20_000)
     severity: Severity = Severity.CRITICAL
-    data: dict[str, Any] | None = Field(None, description="Any JSON object, passed on to webhook receivers.")
+    data: BoundedJsonObject | None = Field(
+        None,
+        description=f"Any JSON object, passed on to webhook receivers: at most {MAX_JSON_DEPTH} levels deep and "
+        f"{MAX_JSON_BYTES} bytes.",
+    )
 
 
 class WebhookTarget(BaseModel):
@@ -89,6 +130,7 @@ class WebhookTarget(BaseModel):
 
     channel: Literal["webhook"]
     url: HttpUrl = Field(description="http(s) URL that receives a signed POST; it must resolve to a public address.")
+    message_id: DeliveryId | None = Field(None, description=_KEPT_ID)
 
     @property
     def address(self) -> str:
@@ -100,6 +142,7 @@ class EmailTarget(BaseModel):
 
     channel: Literal["email"]
     address: EmailStr
+    message_id: DeliveryId | None = Field(None, description=_KEPT_ID)
 
 
 MAX_NOTIFICATION_TARGETS = 20

@@ -112,9 +112,12 @@ def job_signature(
     queue: str,
     priority: int | None,
     headers: Mapping[str, object],
+    retries: int = 0,
 ) -> Signature[Any]:
     """One job's message, sent by task name: the job's id is the task id, its arguments are its
-    own (never a previous chain step's result), and the job store, not Celery, keeps its result."""
+    own (never a previous chain step's result), and the job store, not Celery, keeps its result.
+    ``retries`` is the retries before this attempt (a retry published again keeps its count)."""
+    options: dict[str, Any] = {"retries": retries} if retries else {}
     return app.signature(
         task,
         kwargs=dict(kwargs or {}),
@@ -125,6 +128,7 @@ def job_signature(
         headers=dict(headers),
         ignore_result=True,
         immutable=True,
+        **options,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, cast
 
 import redis
 from celery import Celery, Task, current_task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -107,11 +107,30 @@ class JobTypeTask(Task[Any, Any]):
         span.set_attributes({telemetry.JOB_ID: job_id, telemetry.TASK: self.name, telemetry.QUEUE: queue})
         span.set_attribute(telemetry.ATTEMPT, attempt)
         start = self.store.start(job_id, task=self.name, queue=queue, worker=self.request.hostname or "")
+        if start is StartOutcome.POISONED:
+            self._fail_poisoned(job_id, queue, kwargs)
+            span.set_attribute(telemetry.OUTCOME, "failed: runs lost")
+            # Acknowledged without a result: a chain does not go on past a failed step.
+            raise Ignore()
         if start is not StartOutcome.RUN:
             span.set_attribute(telemetry.OUTCOME, f"skipped: {start.value}")
             logger.info("job %s not run: %s", job_id, start.value)
             return None
         return self._attempt(job_id, queue, attempt, span, args, kwargs)
+
+    def _fail_poisoned(self, job_id: str, queue: str, kwargs: Any) -> None:
+        lost = self.store.max_lost_runs
+        error = (
+            f"its run was lost {lost} times without an outcome (the worker process was killed, ran out of "
+            "memory or crashed, or the worker shut down first); not delivered again (OFFLOAD_TASK_MAX_LOST_RUNS)"
+        )
+        logger.error("job %s (%s) failed: %s", job_id, self.name, error)
+        end = JobEnd(job_id, self.name, queue, "failed", error)
+        payload = self._dead_letter_payload(end, dict(kwargs))
+        failed_on = self.store.fail(job_id, error, task=self.name, queue=queue, payload=payload)
+        metrics.JOBS_FAILED.labels(self.name, failed_on).inc()
+        if self.job_type.on_end is not None:
+            self._on_end(replace(end, queue=failed_on), dict(kwargs))
 
     def _attempt(self, job_id: str, queue: str, attempt: int, span: Span, args: Any, kwargs: Any) -> Any:
         metrics.JOBS_STARTED.labels(self.name, queue).inc()
@@ -135,7 +154,9 @@ class JobTypeTask(Task[Any, Any]):
             if self.request.retries >= self.max_retries:
                 raise  # on_failure records the final error
             countdown = self.retry_delay(exc)
-            self.store.mark_retrying(job_id, self.describe_error(exc), countdown)
+            self.store.mark_retrying(
+                job_id, self.describe_error(exc), countdown, kwargs=kwargs, retries=self.request.retries + 1
+            )
             outcome = RunOutcome.RETRIED
             raise self.retry(exc=exc, countdown=countdown, max_retries=self.max_retries) from exc
         finally:

@@ -5,12 +5,15 @@ separate write (kombu #305). If Redis goes down between the two, or after the po
 the reply reaches the worker, the message exists nowhere and its job would stay queued forever.
 The visibility-timeout restore cannot help: it only knows the messages that were recorded.
 
-So the job store keeps every job the API published in a waiting set, with its arguments, until a
-worker starts it (JobStore.create and the START script). One worker at a time sweeps that set:
-a job waiting longer than the grace whose message is on none of its queue's lists and in no
-worker's hands (kombu's unacked hash) is missing. Missing in two sweeps in a row (which rules out
-a message caught between a list and the hash while it was read), it is published again with its
-id, arguments and priority (a chain step with the steps after it), and stays queued.
+So the job store keeps every job whose message was published in a waiting set, with its
+arguments, until a worker starts it: a job the API accepted (JobStore.create), a retry a worker
+published (JobStore.mark_retrying, due at its countdown), a chain step published after the one
+before it succeeded or was skipped (the SUCCEED and START scripts). One worker at a time sweeps
+that set: a job waiting longer than the grace whose message is on none of its queue's lists and
+in no worker's hands (kombu's unacked hash) is missing. Missing in two sweeps in a row (which rules
+out a message caught between a list and the hash while it was read), it is published again with
+its id, arguments, priority and retry count (a chain step with the steps after it), and keeps its
+status.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from offload_core.runtime import worker_metrics as metrics
 from offload_core.runtime.celery_app import job_signature, send_jobs
 from offload_core.runtime.task_message import held_job_id, listed_job_id
 from offload_core.settings import Settings
-from offload_core.store.jobs import JobStatus, JobStore, RecoveryOutcome, WaitingJob
+from offload_core.store.jobs import AWAITING_DELIVERY, JobStatus, JobStore, RecoveryOutcome, WaitingJob
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
 logger = logging.getLogger(__name__)
@@ -73,9 +76,11 @@ class OrphanSweep:
         candidates = list(dict.fromkeys([*batch, *sorted(suspects)]))
         records = self.store.waiting_jobs(candidates)
         # Started, finished, cancelled or expired: the waiting set has nothing more to say of it.
-        stale = [job_id for job_id in candidates if job_id not in records or records[job_id].status != JobStatus.QUEUED]
+        stale = [
+            job_id for job_id in candidates if job_id not in records or records[job_id].status not in AWAITING_DELIVERY
+        ]
         self.store.forget_waiting(stale)
-        queued = {job_id: job for job_id, job in records.items() if job.status == JobStatus.QUEUED}
+        queued = {job_id: job for job_id, job in records.items() if job.status in AWAITING_DELIVERY}
         missing: list[str] = []
         if queued:
             present, unjudged = self._present_job_ids({job.queue for job in queued.values()})
@@ -235,6 +240,7 @@ class OrphanSweep:
                     queue=step.queue,
                     priority=step.priority,
                     headers=headers,
+                    retries=step.retries,
                 )
                 for step in steps
             ]

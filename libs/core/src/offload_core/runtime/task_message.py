@@ -23,11 +23,14 @@ from typing import Any
 from kombu.utils import json as kombu_json
 
 from offload_core.contract.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS
+from offload_core.runtime.celery_versions import require_supported_versions
 from offload_core.store.lua_scripts import lua
 
 # Takes a batch of messages off a queue's lists and records each in kombu's unacked hash as
 # kombu itself would (offload_core.runtime.worker_transport).
 TAKE = lua("take")
+
+require_supported_versions()  # the message below is Celery 5.7's protocol 2 in kombu 5.7's envelope
 
 # The third element of a protocol 2 body: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -39,7 +39,10 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from offload_core.runtime.celery_versions import require_supported_versions
 from offload_core.runtime.task_message import TAKE
+
+require_supported_versions()  # the subclasses below reach into kombu 5.7's Redis transport
 
 logger = logging.getLogger(__name__)
 

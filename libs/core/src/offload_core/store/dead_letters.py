@@ -22,6 +22,8 @@ from offload_core.store.lua_scripts import lua
 
 KEY_PREFIX = "offload:dead-letter:"
 INDEX_PREFIX = "offload:dead-letters:index:"
+# One index per owner (the id of the API key that submitted the failed job), for its own listing.
+OWNER_INDEX_PREFIX = "offload:dead-letters:by-owner:"
 # Every index key ever written, so trims and deletes reach them all without a SCAN.
 INDEXES_KEY = "offload:dead-letters:indexes"
 ANY = "*"
@@ -33,6 +35,10 @@ def dead_letter_key(dead_letter_id: str) -> str:
 
 def index_key(queue: str | None = None, task: str | None = None) -> str:
     return f"{INDEX_PREFIX}{queue or ANY}:{task or ANY}"
+
+
+def owner_index_key(owner: str) -> str:
+    return OWNER_INDEX_PREFIX + owner
 
 
 def oldest_kept_score(ttl_seconds: float, now: float | None = None) -> int:
@@ -55,6 +61,7 @@ class DeadLetter(BaseModel):
     failed_at: datetime
     replay_of: str | None = None  # the dead letter this job was itself a replay of
     replayed_as: str | None = None  # the latest job that replayed this one
+    owner: str | None = None  # the id of the API key that submitted the failed job
 
 
 class DeadLetterPage(BaseModel):
@@ -73,6 +80,7 @@ def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:
         failed_at=datetime.fromtimestamp(float(fields.get("failed_at", 0)), UTC),
         replay_of=fields.get("replay_of"),
         replayed_as=fields.get("replayed_as"),
+        owner=fields.get("owner"),
     )
 
 
@@ -90,14 +98,23 @@ class DeadLetters:
         return decode_dead_letter(fields) if fields else None
 
     def page(
-        self, *, queue: str | None = None, task: str | None = None, limit: int = 50, cursor: int | None = None
+        self,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+        owner: str | None = None,
     ) -> DeadLetterPage:
-        """Newest first; `cursor` is the `next_cursor` of the page before."""
+        """Newest first; `cursor` is the `next_cursor` of the page before. With ``owner``, only that
+        owner's: read from its own index, the queue and task filters applied to what was read, so
+        a page may hold fewer than ``limit`` and still have a next one."""
         newest = "+inf" if cursor is None else f"({cursor}"
+        index = owner_index_key(owner) if owner is not None else index_key(queue, task)
         entries = cast(
             list[tuple[str, float]],
             self.client.zrevrangebyscore(
-                index_key(queue, task), newest, oldest_kept_score(self.ttl), start=0, num=limit, withscores=True
+                index, newest, oldest_kept_score(self.ttl), start=0, num=limit, withscores=True
             ),
         )
         pipe = self.client.pipeline(transaction=False)
@@ -106,6 +123,8 @@ class DeadLetters:
         records = pipe.execute() if entries else []
         # A record can vanish between the two reads (trimmed, deleted, expired): skip it.
         letters = [decode_dead_letter(fields) for fields in records if fields]
+        if owner is not None:
+            letters = [d for d in letters if queue in (None, d.queue) and task in (None, d.task)]
         next_cursor = int(entries[-1][1]) if len(entries) == limit else None
         return DeadLetterPage(dead_letters=letters, next_cursor=next_cursor)
 

@@ -340,6 +340,7 @@ class ImageRecord(BaseModel):
     result: ImageInfo | None = None
     indexed_tags: list[str] = []  # what the search index holds for it (derived and user tags)
     indexed_at: datetime | None = None
+    owner: str | None = None  # the id of the API key that uploaded it (offload_core.contract.api_keys)
 
 
 class NotifyRequest(BaseModel):
@@ -531,8 +532,10 @@ class ImageStore:
     def _keys(self, image_id: str) -> list[str]:
         return [image_key(image_id), original_key(image_id), result_key(image_id)]
 
-    def create(self, image_id: str, data: bytes, info: ImageInfo, tags: list[str]) -> ImageRecord:
-        record = ImageRecord(id=image_id, original=info, tags=tags, created_at=datetime.now(UTC))
+    def create(
+        self, image_id: str, data: bytes, info: ImageInfo, tags: list[str], *, owner: str | None = None
+    ) -> ImageRecord:
+        record = ImageRecord(id=image_id, original=info, tags=tags, created_at=datetime.now(UTC), owner=owner)
         pipe = self.client.pipeline(transaction=True)
         pipe.set(original_key(image_id), data, ex=self.ttl)
         pipe.set(image_key(image_id), record.model_dump_json(), ex=self.ttl)
@@ -619,8 +622,11 @@ class ImageStore:
 
         return self._update(image_id, change)
 
-    def search(self, tags: Sequence[str], limit: int, cursor: int | None) -> SearchPage:
-        """Images under every one of ``tags`` (all images if none), newest index entry first."""
+    def search(
+        self, tags: Sequence[str], limit: int, cursor: int | None, *, visible: Callable[[str | None], bool]
+    ) -> SearchPage:
+        """Images under every one of ``tags`` (all images if none), newest index entry first, of
+        those whose owner is ``visible`` (a page may then hold fewer than ``limit``)."""
         newest = "+inf" if cursor is None else f"({cursor}"
         oldest = int(time.time() * 1_000_000) - self.ttl * 1_000_000
         if len(tags) <= 1:
@@ -644,6 +650,8 @@ class ImageStore:
             if not raw:
                 continue  # expired since it was indexed
             record = ImageRecord.model_validate_json(raw)
+            if not visible(record.owner):
+                continue
             hits.append(
                 SearchHit(
                     id=record.id,

@@ -15,7 +15,7 @@ from typing import cast
 import redis
 from pydantic import BaseModel, Field
 
-from offload_core.store.jobs import INDEX_KEY, Job, JobStatus, decode_job, job_key, type_index_key
+from offload_core.store.jobs import INDEX_KEY, Job, JobStatus, decode_job, job_key, owner_index_key, type_index_key
 
 # Index entries one page may examine, whatever its filters.
 SCAN_BUDGET = 2_000
@@ -41,10 +41,12 @@ class JobQuery:
     created_before: datetime | None = None
     limit: int = 50
     cursor: str | None = None
+    owner: str | None = None  # only this API key's jobs; all when None (an admin's listing)
 
     def matches(self, job: Job) -> bool:
         return (
-            (self.job_type is None or job.task == self.job_type)
+            (self.owner is None or job.owner == self.owner)
+            and (self.job_type is None or job.task == self.job_type)
             and (self.status is None or job.status is self.status)
             and (self.queue is None or job.queue == self.queue)
         )
@@ -59,7 +61,10 @@ def parse_cursor(cursor: str) -> tuple[float, str]:
 
 def list_jobs(client: redis.Redis, query: JobQuery, *, ttl_seconds: int) -> JobPage:
     """One page of jobs, newest first. Index entries whose record expired are dropped on the way."""
-    index = type_index_key(query.job_type) if query.job_type else INDEX_KEY
+    if query.owner is not None:
+        index = owner_index_key(query.owner)  # a key's own jobs, the other filters applied as read
+    else:
+        index = type_index_key(query.job_type) if query.job_type else INDEX_KEY
     newest = f"{query.created_before.timestamp()!r}" if query.created_before else "+inf"
     oldest = f"{query.created_after.timestamp()!r}" if query.created_after else "-inf"
     after: tuple[float, str] | None = None

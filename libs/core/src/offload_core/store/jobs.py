@@ -31,9 +31,9 @@ from offload_core.store.lua_scripts import lua
 from offload_core.telemetry import trace_redis_client
 
 KEY_PREFIX = "offload:job:"
-# Jobs whose message the API published and no worker has started yet, scored by the time the
-# message was published; with each one's arguments (KWARGS_SUFFIX), so the orphan sweep
-# (offload_core.runtime.orphans) can publish a job again if Redis lost its message.
+# Jobs whose message was published and no worker has started yet, scored by the time the message
+# was published (a retry: by the time it is due); with each one's arguments (KWARGS_SUFFIX), so
+# the orphan sweep (offload_core.runtime.orphans) can publish a job again if Redis lost its message.
 WAITING_KEY = "offload:jobs:waiting"
 KWARGS_SUFFIX = ":kwargs"
 # Every job by creation time (GET /v1/jobs), and the same per job type, so listing reads an
@@ -41,6 +41,8 @@ KWARGS_SUFFIX = ":kwargs"
 # them (it drops them) or they are older than any record can be (trimmed at each listing).
 INDEX_KEY = "offload:jobs:index"
 TYPE_INDEX_PREFIX = "offload:jobs:index:type:"
+# And per owner (the API key that submitted it; "-" for jobs without one), for a key's own listing.
+OWNER_INDEX_PREFIX = "offload:jobs:index:owner:"
 HashValue = str | int | float  # what a hash field may be set to
 
 
@@ -54,12 +56,15 @@ class JobStatus(StrEnum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Waiting for a worker to take its message: the first one, or the one a retry published.
+AWAITING_DELIVERY = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})
 
 
 class StartOutcome(StrEnum):
     RUN = "run"  # the caller owns this attempt
     SKIP_CANCELLED = "cancelled"  # cancelled while queued: must never run
     SKIP_FINISHED = "finished"  # a redelivery of a job that already ended
+    POISONED = "poisoned"  # its runs were lost too often: the caller fails it instead
 
 
 class CancelOutcome(StrEnum):
@@ -86,6 +91,7 @@ class Job(BaseModel):
     worker: str | None = None  # the Celery node that ran (or runs) the latest attempt
     priority: int | None = None  # inside its queue: 0 runs first, 9 last
     replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
+    owner: str | None = None  # the id of the API key that submitted it (offload_core.contract.api_keys)
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -105,7 +111,11 @@ def type_index_key(task: str) -> str:
     return TYPE_INDEX_PREFIX + task
 
 
-_WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step")
+def owner_index_key(owner: str | None) -> str:
+    return OWNER_INDEX_PREFIX + (owner or "-")
+
+
+_WAITING_FIELDS = ("status", "task", "queue", "priority", "created_at", "next_step", "retries")
 
 
 @dataclass(frozen=True)
@@ -118,10 +128,11 @@ class WaitingJob:
     created_at: float
     next_step: str | None  # the chain step published when this one succeeds
     kwargs: dict[str, Any] | None  # None once a worker started it (or it was never kept)
+    retries: int = 0  # the retries before the attempt it waits for (Celery's `retries` header)
 
 
 class RecoveryOutcome(StrEnum):
-    REPUBLISH = "republish"  # still waiting: publish it again (its wait restarts now)
+    REPUBLISH = "republish"  # still waiting (queued or retrying): publish it again (its wait restarts now)
     EXHAUSTED = "exhausted"  # lost too often: fail it instead
     GONE = "gone"  # started, cancelled or forgotten meanwhile: nothing to do
 
@@ -135,6 +146,7 @@ def queued_record(
     replay_of: str | None = None,
     priority: int | None = None,
     next_step: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, HashValue]:
     """The record of a job that was just accepted and waits for a worker."""
     record: dict[str, HashValue] = {
@@ -153,6 +165,8 @@ def queued_record(
         record["priority"] = priority
     if next_step:
         record["next_step"] = next_step
+    if owner:
+        record["owner"] = owner
     return record
 
 
@@ -171,11 +185,12 @@ def submit_call(
     now: float,
     ttl_seconds: int,
     replay_of: str | None = None,
+    owner: str | None = None,
 ) -> tuple[list[str], list[HashValue]]:
     """SUBMIT's keys and arguments for one job. Its arguments and priority are kept in Redis, so
     the job can be published again if Redis loses its message (offload_core.runtime.orphans)."""
     message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
-    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority)
+    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority, owner=owner)
     keys = [
         job_key(job_id),
         kwargs_key(job_id),
@@ -183,6 +198,7 @@ def submit_call(
         queue_list(queue, priority),
         INDEX_KEY,
         type_index_key(task),
+        owner_index_key(owner),
     ]
     args: list[HashValue] = [now, ttl_seconds, job_id, kombu_json.dumps(dict(kwargs)), message]
     return keys, [*args, *itertools.chain.from_iterable(record.items())]
@@ -217,6 +233,7 @@ def decode_job(fields: dict[str, str]) -> Job:
         priority=int(fields["priority"]) if fields.get("priority") else None,
         worker=fields.get("worker"),
         replay_of=fields.get("replay_of"),
+        owner=fields.get("owner"),
         cancel_requested=fields.get("cancel_requested") == "1",
         created_at=created,
         started_at=_ts(fields.get("started_at")),
@@ -253,8 +270,10 @@ class JobStore:
         *,
         dead_letter_ttl_seconds: int = 14 * 24 * 3600,
         dead_letter_max: int = 10_000,
+        max_lost_runs: int = 5,
     ) -> None:
         self.client = client
+        self.max_lost_runs = max_lost_runs
         self.ttl = ttl_seconds
         self.dead_letter_ttl = dead_letter_ttl_seconds
         self.dead_letter_max = dead_letter_max
@@ -274,6 +293,7 @@ class JobStore:
             settings.JOB_TTL_SECONDS,
             dead_letter_ttl_seconds=settings.DEAD_LETTER_TTL_SECONDS,
             dead_letter_max=settings.DEAD_LETTER_MAX,
+            max_lost_runs=settings.TASK_MAX_LOST_RUNS,
         )
 
     # --- API side -------------------------------------------------------------------
@@ -289,6 +309,7 @@ class JobStore:
         priority: int | None = None,
         published_now: bool = True,
         next_step: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """Write a queued job's record. With ``kwargs``, what publishing it again takes is kept
         until a worker starts it; ``published_now`` puts it in the waiting set at once (False
@@ -297,13 +318,14 @@ class JobStore:
         now = time.time()
         key = job_key(job_id)
         record: dict[Any, HashValue] = queued_record(
-            job_id, task, queue, now, replay_of=replay_of, priority=priority, next_step=next_step
+            job_id, task, queue, now, replay_of=replay_of, priority=priority, next_step=next_step, owner=owner
         )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=record)
         pipe.expire(key, self.ttl)
         pipe.zadd(INDEX_KEY, {job_id: now})
         pipe.zadd(type_index_key(task), {job_id: now})
+        pipe.zadd(owner_index_key(owner), {job_id: now})
         if kwargs is not None:
             # kombu's JSON, as in the message: the same types survive the round trip.
             pipe.set(kwargs_key(job_id), kombu_json.dumps(dict(kwargs)), ex=self.ttl)
@@ -332,7 +354,10 @@ class JobStore:
     def start(self, job_id: str, *, task: str, queue: str, worker: str) -> StartOutcome:
         keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY]
         return StartOutcome(
-            self._start(keys=keys, args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker, job_id])
+            self._start(
+                keys=keys,
+                args=[time.time(), self.ttl, task, queue, KEY_PREFIX, worker, job_id, self.max_lost_runs],
+            )
         )
 
     def progress(self, job_id: str, percent: int, message: str = "") -> bool:
@@ -383,6 +408,7 @@ class JobStore:
                 created_at=float(values["created_at"] or 0),
                 next_step=values["next_step"],
                 kwargs=kombu_json.loads(kwargs) if kwargs is not None else None,
+                retries=int(values["retries"] or 0),
             )
         return found
 
@@ -436,6 +462,7 @@ class JobStore:
                 self.dead_letter_max,
                 dead_letters.INDEX_PREFIX,
                 dead_letters.KEY_PREFIX,
+                dead_letters.OWNER_INDEX_PREFIX,
             ],
         )
         pipe.zrem(WAITING_KEY, job_id)
@@ -457,11 +484,23 @@ class JobStore:
     def mark_cancelled(self, job_id: str) -> None:
         self._finish(job_id, JobStatus.CANCELLED, error="cancelled while running")
 
-    def mark_retrying(self, job_id: str, error: str, retry_in_seconds: float) -> None:
-        mapping: dict[str, HashValue] = {
+    def mark_retrying(
+        self, job_id: str, error: str, retry_in_seconds: float, *, kwargs: Mapping[str, Any], retries: int
+    ) -> None:
+        """Record the retry about to be published. Until a worker starts it, the job waits again
+        with its arguments, due in ``retry_in_seconds``: the orphan sweep publishes it again (as
+        retry number ``retries``) if Redis loses that message."""
+        now = time.time()
+        mapping: dict[Any, HashValue] = {
             "status": JobStatus.RETRYING,
             "error": error,
             "progress_message": f"retrying in {retry_in_seconds:.1f}s",
-            "updated_at": time.time(),
+            "updated_at": now,
+            "retries": retries,
         }
-        self._write(job_key(job_id), mapping)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(job_key(job_id), mapping=mapping)
+        pipe.expire(job_key(job_id), self.ttl)
+        pipe.set(kwargs_key(job_id), kombu_json.dumps(dict(kwargs)), ex=self.ttl)
+        pipe.zadd(WAITING_KEY, {job_id: now + retry_in_seconds})
+        pipe.execute()

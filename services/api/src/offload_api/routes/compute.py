@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from array import array
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import redis
@@ -14,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from offload_api.auth import PrincipalDep
 from offload_api.compute import COMPUTE_TASK, IN_PROCESS_QUEUE, Computation, ComputeQueue, Refusal
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES
@@ -89,6 +91,7 @@ async def submit_compute(
     store: StoreDep,
     settings: SettingsDep,
     idempotency: IdempotencyDep,
+    principal: PrincipalDep,
 ) -> Any:
     """Count, mean, median, sample standard deviation, min, max and percentiles (linear
     interpolation) of the numbers, computed by a process pool inside the API. The result is the
@@ -123,7 +126,11 @@ async def submit_compute(
                 queue.release()
                 return ComputeAccepted.model_validate_json(earlier)
         try:
-            await run_in_threadpool(store.create, job_id, task=COMPUTE_TASK, queue=IN_PROCESS_QUEUE)
+            await run_in_threadpool(
+                partial(store.create, job_id, task=COMPUTE_TASK, queue=IN_PROCESS_QUEUE, owner=principal.id)
+            )
+            if idempotency is not None:
+                await run_in_threadpool(idempotency.finish, store.client)
         except redis.RedisError:
             if idempotency is not None:
                 with contextlib.suppress(redis.RedisError):

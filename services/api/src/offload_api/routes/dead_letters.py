@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from offload_api.auth import PrincipalDep
 from offload_api.deps import DeadLettersDep, JobTypesDep, SettingsDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
-from offload_core.contract.topology import Queue
+from offload_core.contract.api_keys import may_see
 from offload_core.store.dead_letters import DeadLetter, DeadLetterPage
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
@@ -26,6 +27,7 @@ _UNKNOWN = "No dead letter {}: it never existed, was deleted, or was dropped (OF
 def list_dead_letters(
     dead_letters: DeadLettersDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     queue: Annotated[str | None, Query(max_length=63, description="Only this queue's dead letters.")] = None,
     task: Annotated[str | None, Query(max_length=200, description="Only this task's, e.g. offload.echo.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many, newest first.")] = 50,
@@ -33,13 +35,15 @@ def list_dead_letters(
 ) -> DeadLetterPage:
     if queue is not None and queue not in settings.QUEUES:
         raise InvalidField("query.queue", f"no queue {queue!r}; this deployment has {', '.join(settings.QUEUES)}")
-    return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor)
+    # The key's own dead letters; all of them for a key with the `admin` scope.
+    owner = None if principal.is_admin else principal.id
+    return dead_letters.page(queue=queue, task=task, limit=limit, cursor=cursor, owner=owner)
 
 
 @router.get("/{dead_letter_id}", responses={404: {"description": "No such dead letter."}})
-def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> DeadLetter:
+def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep, principal: PrincipalDep) -> DeadLetter:
     letter = dead_letters.get(dead_letter_id)
-    if letter is None:
+    if letter is None or not may_see(principal, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     return letter
 
@@ -60,11 +64,12 @@ async def replay_dead_letter(
     job_types: JobTypesDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> JobAccepted:
     """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
     letter's `replayed_as` link the two."""
     letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
-    if letter is None:
+    if letter is None or not may_see(principal, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     job_type = job_types.get(letter.task)
     if job_type is None:
@@ -74,9 +79,9 @@ async def replay_dead_letter(
             f"replayed; install the package that declares it, or delete the dead letter.",
         )
     # The queue it failed on, unless its job type no longer allows it there.
-    queue = Queue(letter.queue if letter.queue in job_type.allowed_queues else job_type.queue)
+    queue = letter.queue if letter.queue in job_type.allowed_queues else job_type.queue
     accepted = await enqueue(
-        publisher, job_type, letter.payload, queue=queue, idempotency=idempotency, replay_of=letter.id
+        publisher, job_type, letter.payload, owner=principal, queue=queue, idempotency=idempotency, replay_of=letter.id
     )
     await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
     response.headers["Location"] = accepted.status_url
@@ -84,7 +89,8 @@ async def replay_dead_letter(
 
 
 @router.delete("/{dead_letter_id}", status_code=204, responses={404: {"description": "No such dead letter."}})
-def delete_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep) -> Response:
-    if not dead_letters.delete(dead_letter_id):
+def delete_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep, principal: PrincipalDep) -> Response:
+    letter = dead_letters.get(dead_letter_id)
+    if letter is None or not may_see(principal, letter.owner) or not dead_letters.delete(dead_letter_id):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     return Response(status_code=204)

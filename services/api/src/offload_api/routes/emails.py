@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from offload_api.auth import PrincipalDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
 from offload_core.contract import builtin_jobs
@@ -14,7 +15,11 @@ router = APIRouter(tags=["emails"])
 
 @router.post("/emails", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_email(
-    body: EmailRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
+    body: EmailRequest,
+    publisher: PublisherDep,
+    idempotency: IdempotencyDep,
+    response: Response,
+    principal: PrincipalDep,
 ) -> JobAccepted:
     """Send one email to 1 to 50 recipients, multipart/alternative when `html` is given. The job's
     result lists the recipients the server accepted and those it refused, with its replies."""
@@ -22,6 +27,7 @@ async def submit_email(
         publisher,
         builtin_jobs.send_email,
         body.task_kwargs(),
+        owner=principal,
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,

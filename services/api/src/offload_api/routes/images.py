@@ -15,12 +15,14 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, ValidationError
 
+from offload_api.auth import PrincipalDep
 from offload_api.deps import CeleryDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, ChainStep, JobAccepted, enqueue_chain
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep, request_fingerprint
 from offload_api.routes.notifications import check_webhook_targets
 from offload_core.contract import builtin_jobs
+from offload_core.contract.api_keys import may_see
 from offload_core.contract.payloads import NotificationMessage, NotificationRequest
 from offload_core.engines.outbound import OutboundPolicy
 from offload_core.settings import Settings
@@ -200,6 +202,7 @@ def upload_image(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
     tags: Annotated[
         list[str] | None,
         Form(description="Up to 10 tags for search (repeat the field, or separate with commas): a-z, 0-9, _ and -."),
@@ -231,12 +234,14 @@ def upload_image(
         earlier = idempotency.claim(store.client, fingerprint, image_id)
         if earlier is not None:
             first = images.get(earlier)
-            if first is None:
+            if first is None or not may_see(principal, first.owner):
                 raise HTTPException(404, _NOT_FOUND.format(earlier))
             response.headers["Location"] = f"{UPLOAD_PATH}/{first.id}"
             return _view(first, store)
     try:
-        record = images.create(image_id, data, info, user_tags)
+        record = images.create(image_id, data, info, user_tags, owner=principal.id)
+        if idempotency is not None:
+            idempotency.finish(store.client)
     except redis.RedisError:
         if idempotency is not None:
             with contextlib.suppress(redis.RedisError):
@@ -249,6 +254,7 @@ def upload_image(
 @router.get("")
 def search_images(
     images: ImagesDep,
+    principal: PrincipalDep,
     tag: Annotated[
         list[str] | None,
         Query(
@@ -269,18 +275,18 @@ def search_images(
             raise InvalidField(
                 "query.tag", f"{value!r} is not a tag: e.g. format:png, size:small or a word of a-z0-9_-"
             )
-    return images.search(sorted(set(tags)), limit, cursor)
+    return images.search(sorted(set(tags)), limit, cursor, visible=lambda owner: may_see(principal, owner))
 
 
 _NOT_FOUND = "No image {}: it never existed or it expired (OFFLOAD_IMAGE_TTL_SECONDS)."
 
 
 @router.get("/{image_id}", responses={404: {"description": "No such image (or it expired)."}})
-def get_image(image_id: ImageId, images: ImagesDep, store: StoreDep) -> ImageView:
+def get_image(image_id: ImageId, images: ImagesDep, store: StoreDep, principal: PrincipalDep) -> ImageView:
     """The image, its latest pipeline with each step's state (a failed step stops the ones after
     it, which say so), the result's format and size, and its tags in the index."""
     record = images.get(image_id)
-    if record is None:
+    if record is None or not may_see(principal, record.owner):
         raise HTTPException(404, _NOT_FOUND.format(image_id))
     return _view(record, store)
 
@@ -294,9 +300,9 @@ def get_image(image_id: ImageId, images: ImagesDep, store: StoreDep) -> ImageVie
         409: {"description": "Not processed (yet, or the pipeline failed)."},
     },
 )
-def get_result(image_id: ImageId, images: ImagesDep, store: StoreDep) -> Response:
+def get_result(image_id: ImageId, images: ImagesDep, store: StoreDep, principal: PrincipalDep) -> Response:
     record = images.get(image_id)
-    if record is None:
+    if record is None or not may_see(principal, record.owner):
         raise HTTPException(404, _NOT_FOUND.format(image_id))
     if record.pipeline is None:
         raise HTTPException(409, f"Image {image_id} has not been processed: POST {UPLOAD_PATH}/{image_id}/process.")
@@ -325,7 +331,10 @@ def get_result(image_id: ImageId, images: ImagesDep, store: StoreDep) -> Respons
     responses={
         **SUBMIT_RESPONSES,
         404: {"description": "No such image (or it expired)."},
-        409: {"description": "The image's previous pipeline has not ended, or the Idempotency-Key was reused."},
+        409: {
+            "description": "The image's previous pipeline has not ended, or the first request with this "
+            "Idempotency-Key is still in progress."
+        },
     },
 )
 def process_image(
@@ -337,12 +346,13 @@ def process_image(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> PipelineAccepted:
     """Run the operations, in order, on `low`: a chain of jobs (process → index → notify when
     asked), each step sent once the one before it succeeded. Each operation is checked against
     the size of the image it will receive, so a crop outside it is refused here."""
     record = images.get(image_id)
-    if record is None:
+    if record is None or not may_see(principal, record.owner):
         raise HTTPException(404, _NOT_FOUND.format(image_id))
     original = record.original
     try:
@@ -392,7 +402,7 @@ def process_image(
             targets = notification.model_dump(mode="json")["targets"]
             NotificationTargets(store.client, settings.JOB_TTL_SECONDS).ensure(accepted[-1].id, targets)
 
-    accepted = enqueue_chain(celery, store, steps, idempotency=idempotency, prepare=start_pipeline)
+    accepted = enqueue_chain(celery, store, steps, owner=principal, idempotency=idempotency, prepare=start_pipeline)
     response.headers["Location"] = f"{UPLOAD_PATH}/{image_id}"
     return PipelineAccepted(
         image_id=image_id,

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
+from offload_api.auth import PrincipalDep
 from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
@@ -135,12 +136,14 @@ def _add_submit_route(target: APIRouter, job_type: JobType[Any, Any]) -> None:
         body: Annotated[body_model, Body(examples=examples)],  # type: ignore[valid-type]
         publisher: PublisherDep,
         idempotency: IdempotencyDep,
+        principal: PrincipalDep,
         response: Response,
     ) -> JobAccepted:
         accepted = await enqueue(
             publisher,
             job_type,
             body.payload.model_dump(mode="json"),  # type: ignore[attr-defined]
+            owner=principal,
             queue=body.queue,  # type: ignore[attr-defined]
             priority=body.priority,  # type: ignore[attr-defined]
             idempotency=idempotency,

@@ -8,12 +8,15 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from offload_api.auth import PrincipalDep
+from offload_api.auth import find_job as find_visible_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_core.contract import builtin_jobs
+from offload_core.contract.api_keys import Principal
 from offload_core.contract.payloads import EchoRequest
 from offload_core.store.job_index import CURSOR_PATTERN, JobPage, JobQuery, list_jobs
 from offload_core.store.jobs import CancelOutcome, Job, JobStatus, JobStore
@@ -25,7 +28,7 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_echo(
-    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response
+    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response, principal: PrincipalDep
 ) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts.
     The same as `POST /v1/jobs/offload.echo` with the queue and priority inside the payload."""
@@ -33,6 +36,7 @@ async def submit_echo(
         publisher,
         builtin_jobs.echo,
         body.task_kwargs(),
+        owner=principal,
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,
@@ -45,6 +49,7 @@ async def submit_echo(
 async def list_jobs_route(
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     job_type: Annotated[str | None, Query(alias="type", max_length=200, description="Only jobs of this type.")] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     queue: Annotated[str | None, Query(max_length=64, description="Only jobs on this queue.")] = None,
@@ -69,20 +74,24 @@ async def list_jobs_route(
         created_before=created_before,
         limit=limit,
         cursor=cursor,
+        # The key's own jobs; all of them for a key with the `admin` scope.
+        owner=None if principal.is_admin else principal.id,
     )
     return await run_in_threadpool(list_jobs, store.client, query, ttl_seconds=settings.JOB_TTL_SECONDS)
 
 
-def find_job(store: JobStore, job_id: str) -> Job:
-    job = store.get(job_id)
+def find_job(store: JobStore, principal: Principal, job_id: str) -> Job:
+    """The job, or 404 when it does not exist or belongs to another key (never 403: someone
+    else's record is theirs to know about)."""
+    job = find_visible_job(store, principal, job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}: it never existed or its record expired.")
     return job
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such job (or it expired)."}})
-def get_job(job_id: JobId, store: StoreDep) -> Job:
-    return find_job(store, job_id)
+def get_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> Job:
+    return find_job(store, principal, job_id)
 
 
 @router.get(
@@ -94,6 +103,7 @@ def job_events(
     job_id: JobId,
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events until the job ends: a `progress` event (`{"status", "percent",
@@ -103,7 +113,7 @@ def job_events(
     `Last-Event-ID` and only a state newer than that event is sent again."""
     return job_event_stream(
         store,
-        find_job(store, job_id),
+        find_job(store, principal, job_id),
         poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
         max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
         last_event_id=last_event_id,
@@ -120,7 +130,8 @@ def job_events(
         409: {"description": "The job has already finished."},
     },
 )
-def cancel_job(job_id: JobId, store: StoreDep) -> JSONResponse:
+def cancel_job(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> JSONResponse:
+    find_job(store, principal, job_id)  # 404 unless the principal may act on it
     outcome = store.cancel(job_id)
     job = store.get(job_id)
     if outcome is CancelOutcome.MISSING or job is None:

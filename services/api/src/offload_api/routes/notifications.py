@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
@@ -40,6 +41,7 @@ async def submit_notification(
     idempotency: IdempotencyDep,
     response: Response,
     request: Request,
+    principal: PrincipalDep,
 ) -> JobAccepted:
     """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
     the `high` queue. Each target is delivered and retried on its own; `GET
@@ -58,6 +60,7 @@ async def submit_notification(
         publisher,
         builtin_jobs.notify,
         kwargs,
+        owner=principal,
         priority=body.priority,
         idempotency=idempotency,
         prepare=record_pending_targets,
@@ -68,9 +71,9 @@ async def submit_notification(
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such notification (or it expired)."}})
-def get_notification(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Notification:
-    job = store.get(job_id)
-    if job is None or job.task != builtin_jobs.notify.name:
+def get_notification(job_id: JobId, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Notification:
+    job = find_job(store, principal, job_id, task=builtin_jobs.notify.name)
+    if job is None:
         raise HTTPException(404, f"No notification {job_id}: it never existed or its record expired.")
     targets = NotificationTargets(store.client, settings.JOB_TTL_SECONDS).all(job_id)
     targets = Reachability(store.client, settings.JOB_TTL_SECONDS).merge(job_id, targets)

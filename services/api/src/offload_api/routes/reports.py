@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Response
 from sse_starlette import EventSourceResponse
 
+from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
@@ -17,6 +18,7 @@ from offload_api.events import EVENT_RESPONSES, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
 from offload_core.contract import builtin_jobs
+from offload_core.contract.api_keys import Principal
 from offload_core.contract.reports import ReportSubmission
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.store.jobs import FINISHED, Job, JobStatus, JobStore
@@ -54,9 +56,9 @@ def _report(job: Job) -> Report:
     return Report(**job.model_dump(), events_url=links["events_url"], download_url=links["download_url"])
 
 
-def _find(store: JobStore, job_id: str) -> Job:
-    job = store.get(job_id)
-    if job is None or job.task != builtin_jobs.report.name:
+def _find(store: JobStore, principal: Principal, job_id: str) -> Job:
+    job = find_job(store, principal, job_id, task=builtin_jobs.report.name)
+    if job is None:
         raise HTTPException(404, f"No report {job_id}: it never existed or its record expired.")
     return job
 
@@ -68,6 +70,7 @@ async def submit_report(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     response: Response,
+    principal: PrincipalDep,
 ) -> ReportAccepted:
     """Aggregate a CSV (with a header row) or JSON Lines source fetched over HTTP(S): rows that
     pass every filter are grouped by 0 to 5 columns, with count, sum, avg, min and max per group.
@@ -80,7 +83,12 @@ async def submit_report(
     except UnsafeURL as exc:
         raise InvalidField("body.source_url", str(exc)) from exc
     accepted = await enqueue(
-        publisher, builtin_jobs.report, body.task_kwargs(), priority=body.priority, idempotency=idempotency
+        publisher,
+        builtin_jobs.report,
+        body.task_kwargs(),
+        owner=principal,
+        priority=body.priority,
+        idempotency=idempotency,
     )
     links = _links(accepted.id)
     response.headers["Location"] = links["status_url"]
@@ -88,11 +96,11 @@ async def submit_report(
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such report (or it expired)."}})
-def get_report(job_id: JobId, store: StoreDep) -> Report:
+def get_report(job_id: JobId, store: StoreDep, principal: PrincipalDep) -> Report:
     """Status and progress (`percent` from the bytes read when the source's size is known, and a
     message such as "412,000 rows"); once succeeded, `result` summarises the run: rows read,
     matched and malformed (with the first problems), groups, bytes read, result size and expiry."""
-    return _report(_find(store, job_id))
+    return _report(_find(store, principal, job_id))
 
 
 @router.get(
@@ -104,6 +112,7 @@ def report_events(
     job_id: JobId,
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events until the report ends: a `progress` event (`{"status", "percent",
@@ -113,7 +122,7 @@ def report_events(
     `Last-Event-ID`) to continue."""
     return job_event_stream(
         store,
-        _find(store, job_id),
+        _find(store, principal, job_id),
         poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
         max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
         last_event_id=last_event_id,
@@ -134,8 +143,8 @@ def report_events(
         409: {"description": "The report has not succeeded (yet); the answer says its status."},
     },
 )
-def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep) -> Response:
-    job = _find(store, job_id)
+def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+    job = _find(store, principal, job_id)
     if job.status is not JobStatus.SUCCEEDED:
         if job.status in FINISHED:
             raise HTTPException(409, f"Report {job_id} {job.status.value} ({job.error}); it has no result.")

@@ -1,11 +1,11 @@
 -- KEYS[1] job key, KEYS[2] dead-letter key, KEYS[3] the index of all, KEYS[4] INDEXES_KEY.
 -- ARGV now, job ttl, error, job id, task, queue, payload (JSON), dead-letter ttl, dead-letter
--- max, INDEX_PREFIX, KEY_PREFIX. Task and queue fall back to the job's record when empty (the
+-- max, INDEX_PREFIX, KEY_PREFIX, OWNER_INDEX_PREFIX. Task and queue fall back to the job's record when empty (the
 -- worker's main process, after a hard time limit, has no request). Returns the queue.
 local now = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'updated_at', ARGV[1], 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local job = redis.call('HMGET', KEYS[1], 'task', 'queue', 'attempts', 'replay_of')
+local job = redis.call('HMGET', KEYS[1], 'task', 'queue', 'attempts', 'replay_of', 'owner')
 local task = ARGV[5] ~= '' and ARGV[5] or (job[1] or '')
 local queue = ARGV[6] ~= '' and ARGV[6] or (job[2] or '')
 local fields = {'id', ARGV[4], 'task', task, 'queue', queue, 'payload', ARGV[7], 'error', ARGV[3],
@@ -14,14 +14,19 @@ if job[4] then
   table.insert(fields, 'replay_of')
   table.insert(fields, job[4])
 end
+if job[5] then
+  table.insert(fields, 'owner')
+  table.insert(fields, job[5])
+end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 local score = math.floor(now * 1000)
 local newest = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if newest[2] and score <= tonumber(newest[2]) then score = tonumber(newest[2]) + 1 end
 score = string.format('%.0f', score)
-for _, index in ipairs({KEYS[3], ARGV[10] .. queue .. ':*', ARGV[10] .. '*:' .. task,
-                        ARGV[10] .. queue .. ':' .. task}) do
+local indexes = {KEYS[3], ARGV[10] .. queue .. ':*', ARGV[10] .. '*:' .. task, ARGV[10] .. queue .. ':' .. task}
+if job[5] then table.insert(indexes, ARGV[12] .. job[5]) end
+for _, index in ipairs(indexes) do
   redis.call('ZADD', index, score, ARGV[4])
   redis.call('SADD', KEYS[4], index)
 end

@@ -1,0 +1,88 @@
+"""Authentication of /v1, from the request's headers alone, before any route reads its body.
+
+An ASGI middleware rather than a FastAPI dependency: dependencies run after FastAPI has read and
+parsed the body (a keyless multipart upload was spooled to disk, malformed JSON answered 422,
+before the 401). The principal it finds is put in the request's state, where ``PrincipalDep``
+reads it for the routes, and ``may_see`` (offload_core.contract.api_keys) decides what it may touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from offload_api.limits import answer_error
+from offload_core.contract.api_keys import ANONYMOUS_PRINCIPAL, ApiKey, Principal, authenticate, may_see
+from offload_core.store.jobs import Job, JobStore
+
+PROTECTED_PREFIX = "/v1"
+_STATE_KEY = "principal"
+_CHALLENGE = [(b"www-authenticate", b"Bearer")]
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
+
+
+class ApiKeyAuth:
+    """Answers 401 to a /v1 request without a valid key; otherwise records who made it."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey], *, open_without_keys: bool) -> None:
+        self.app = app
+        self.keys = list(keys)
+        # Development without keys: everyone is the anonymous admin (the API warns at start-up).
+        self.open = open_without_keys and not self.keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        if self.open:
+            principal: Principal | None = ANONYMOUS_PRINCIPAL
+        else:
+            token = _bearer_token(scope)
+            if token is None:
+                detail = "Missing API key: send 'Authorization: Bearer <key>'."
+                await answer_error(send, 401, detail, "unauthorized", headers=_CHALLENGE)
+                return
+            principal = authenticate(self.keys, token)
+            if principal is None:
+                await answer_error(send, 401, "Invalid API key.", "unauthorized", headers=_CHALLENGE)
+                return
+        scope.setdefault("state", {})[_STATE_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+# Declares the scheme in the OpenAPI schema; the middleware has already checked the key.
+_bearer = HTTPBearer(auto_error=False, description="An API key from OFFLOAD_API_KEYS.")
+
+
+async def current_principal(
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    principal = getattr(request.state, _STATE_KEY, None)
+    if not isinstance(principal, Principal):  # a route mounted outside /v1 by mistake
+        raise HTTPException(401, "Missing API key.", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def find_job(store: JobStore, principal: Principal, job_id: str, *, task: str | None = None) -> Job | None:
+    """The job if it exists, is of ``task`` (when given) and the principal may see it; else None,
+    and the route answers 404 in its own words: never 403 for someone else's record, whose
+    existence is theirs to know."""
+    job = store.get(job_id)
+    if job is None or (task is not None and job.task != task) or not may_see(principal, job.owner):
+        return None
+    return job
