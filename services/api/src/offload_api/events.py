@@ -12,13 +12,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
 import redis
+from fastapi import Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from offload_core.settings import Settings
 from offload_core.store.jobs import FINISHED, Job, JobStore
 
 logger = logging.getLogger(__name__)
@@ -40,17 +42,24 @@ def state_id(job: Job) -> str:
     return f"{job.updated_at.timestamp():.6f}"
 
 
+# The request header a reconnecting client sends (browsers' EventSource does it by itself).
+LastEventId = Annotated[
+    str | None, Header(max_length=64, description="Resume after this event: only a newer state is sent.")
+]
+
+
 def job_event_stream(
     store: JobStore,
     first: Job,
+    settings: Settings,
     *,
-    poll_seconds: float,
-    max_seconds: float,
     last_event_id: str | None,
     end_data: Callable[[Job], str],
     noun: str = "job",
 ) -> EventSourceResponse:
-    """The response that streams ``first``'s job; ``end_data`` renders the final `end` event."""
+    """The response that streams ``first``'s job (OFFLOAD_JOB_EVENTS_*); ``end_data`` renders the
+    final `end` event."""
+    poll_seconds, max_seconds = settings.JOB_EVENTS_POLL_SECONDS, settings.JOB_EVENTS_MAX_SECONDS
     stream = _events(store, first, poll_seconds, max_seconds, last_event_id, end_data, noun)
     return EventSourceResponse(stream, send_timeout=SEND_TIMEOUT_SECONDS)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +13,7 @@ from offload_api.auth import find_job as find_visible_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
-from offload_api.events import EVENT_RESPONSES, job_event_stream
+from offload_api.events import EVENT_RESPONSES, LastEventId, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_core.contract import builtin_jobs
 from offload_core.contract.api_keys import Principal
@@ -104,7 +104,7 @@ def job_events(
     store: StoreDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
+    last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
     """Server-Sent Events until the job ends: a `progress` event (`{"status", "percent",
     "message"}`, its id the time of that state) whenever one of them changes, then one `end`
@@ -114,8 +114,7 @@ def job_events(
     return job_event_stream(
         store,
         find_job(store, principal, job_id),
-        poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
-        max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
+        settings,
         last_event_id=last_event_id,
         end_data=lambda job: job.model_dump_json(),
     )

@@ -4,17 +4,16 @@ Server-Sent Events and the result kept for download."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse
 
 from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
-from offload_api.events import EVENT_RESPONSES, job_event_stream
+from offload_api.events import EVENT_RESPONSES, LastEventId, job_event_stream
 from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
 from offload_core.contract import builtin_jobs
@@ -113,7 +112,7 @@ def report_events(
     store: StoreDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    last_event_id: Annotated[str | None, Header(max_length=64, description="Resume after this event.")] = None,
+    last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
     """Server-Sent Events until the report ends: a `progress` event (`{"status", "percent",
     "message"}`) whenever one of them changes, then one `end` event with the whole report (as
@@ -123,8 +122,7 @@ def report_events(
     return job_event_stream(
         store,
         _find(store, principal, job_id),
-        poll_seconds=settings.JOB_EVENTS_POLL_SECONDS,
-        max_seconds=settings.JOB_EVENTS_MAX_SECONDS,
+        settings,
         last_event_id=last_event_id,
         end_data=lambda job: _report(job).model_dump_json(),
         noun="report",
