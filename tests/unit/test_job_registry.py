@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from offload_core.contract.registry import JobTypeError, load_job_types
+from offload_core.contract.registry import JobTypeError, job_time_limits, load_job_types
 from offload_core.contract.topology import Queue
-from offload_core.runtime.job_task import job_time_limits
 from offload_core.settings import Settings
 
 QUEUES = [str(q) for q in Queue]

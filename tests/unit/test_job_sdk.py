@@ -13,9 +13,10 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import BaseModel
 
+from offload_core.contract.registry import job_time_limits
 from offload_core.runtime import job_task
 from offload_core.runtime.celery_app import create_celery_app
-from offload_core.runtime.job_task import JobTypeTask, job_time_limits, register_job_types
+from offload_core.runtime.job_task import JobTypeTask, register_job_types
 from offload_core.sdk import JobContext, JobEnd, JobType, TransientJobError, declare_job, job
 from offload_core.settings import Settings
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
-from offload_core.runtime.job_task import job_time_limits
 from offload_core.sdk import JobType
 from offload_core.settings import Settings
 
@@ -189,3 +188,15 @@ def load_job_types(settings: Settings, *, known_queues: Collection[str] | None =
     job_types.check_queues(settings.QUEUES if known_queues is None else known_queues)
     job_types.override_time_limits(settings.job_time_limit_overrides())
     return job_types
+
+
+def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
+    """(soft, hard) seconds for one attempt: the declared limit is the soft one (the handler gets
+    SoftTimeLimitExceeded and the job fails as timed out); the process is killed at the declared
+    hard limit, or a tenth later (between 2 and 30 s); the settings' limits for a job that
+    declares none."""
+    if job_type.time_limit is None:
+        soft = settings.TASK_SOFT_TIME_LIMIT_SECONDS
+        return soft, max(job_type.hard_time_limit or settings.TASK_TIME_LIMIT_SECONDS, soft + 1)
+    grace = min(30, max(2, job_type.time_limit // 10))
+    return job_type.time_limit, job_type.hard_time_limit or job_type.time_limit + grace

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from offload_core import telemetry
 from offload_core.contract.job_errors import JobCancelled, PermanentJobError, TransientJobError
+from offload_core.contract.registry import job_time_limits
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.runtime import worker_metrics as metrics
 from offload_core.runtime.worker_metrics import RunOutcome
@@ -319,15 +320,3 @@ def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], sett
             },
         )
         app.register_task(task_class())
-
-
-def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
-    """(soft, hard) seconds for one attempt: the declared limit is the soft one (the handler gets
-    SoftTimeLimitExceeded and the job fails as timed out); the process is killed at the declared
-    hard limit, or a tenth later (between 2 and 30 s); the settings' limits for a job that
-    declares none."""
-    if job_type.time_limit is None:
-        soft = settings.TASK_SOFT_TIME_LIMIT_SECONDS
-        return soft, max(job_type.hard_time_limit or settings.TASK_TIME_LIMIT_SECONDS, soft + 1)
-    grace = min(30, max(2, job_type.time_limit // 10))
-    return job_type.time_limit, job_type.hard_time_limit or job_type.time_limit + grace

@@ -15,8 +15,7 @@ from offload_api.auth import PrincipalDep
 from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
-from offload_core.contract.registry import JobTypes
-from offload_core.runtime.job_task import job_time_limits
+from offload_core.contract.registry import JobTypes, job_time_limits
 from offload_core.sdk import MAX_PRIORITY, MIN_PRIORITY, JobType
 from offload_core.settings import Settings
 from offload_core.store.queue_state import read_queue_states
