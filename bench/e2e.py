@@ -1,6 +1,7 @@
 """3. End-to-end: jobs submitted through the API while one worker process set drains them.
-A closed-loop client (asyncio + httpx, fixed concurrency, a bounded number of jobs) POSTs
-no-op echo jobs; each job's submit-to-finish time runs from the client's clock just before
+A closed-loop client (fixed concurrency, a bounded number of jobs) submits no-op echo jobs
+through `offload_client.AsyncOffload`, as a user's service would (an Idempotency-Key on every
+job); each job's submit-to-finish time runs from the client's clock just before
 its request to its record's finished_at (same machine, same clock).
 
 Baseline in the same run: the hand-written equivalent, a FastAPI endpoint publishing with
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -44,6 +46,7 @@ from bench.harness import (
     wait_stock_done,
     write_result,
 )
+from offload_client import AsyncOffload, OffloadError
 
 NAME = "e2e"
 BODY = {"message": "", "sleep_ms": 0, "fail_times": 0}
@@ -59,37 +62,60 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parse_args(parser, argv)
 
 
-def submit_all(
-    url: str, key: str | None, jobs: int, clients: int, timeout: float
-) -> tuple[list[tuple[str, float]], int]:
+Send = Callable[[], Awaitable[str]]  # submits one job and returns its id; raises when refused
+
+
+async def closed_loop(send: Send, jobs: int, clients: int, timeout: float) -> tuple[list[tuple[str, float]], int]:
     """(job id, submit time) of every accepted job, and the number of refused or failed requests."""
+    accepted: list[tuple[str, float]] = []
+    errors = 0
+    remaining = jobs
+    deadline = time.monotonic() + timeout
+
+    async def loop() -> None:
+        nonlocal remaining, errors
+        while remaining > 0 and time.monotonic() < deadline:
+            remaining -= 1
+            submitted = time.time()
+            try:
+                accepted.append((await send(), submitted))
+            except (httpx.HTTPError, OffloadError):
+                errors += 1
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return accepted, errors
+
+
+def submit_with_client(
+    api_url: str, key: str, jobs: int, clients: int, timeout: float
+) -> tuple[list[tuple[str, float]], int]:
+    """Ours, as a user's service submits: `AsyncOffload.submit`, which sends an Idempotency-Key
+    with every job. Retries off, so a refused request counts as an error as on the stock side."""
 
     async def run() -> tuple[list[tuple[str, float]], int]:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        accepted: list[tuple[str, float]] = []
-        errors = 0
-        remaining = jobs
+        async with AsyncOffload(api_url, key, timeout=30, retries=0) as offload:
+
+            async def send() -> str:
+                return (await offload.submit("offload.echo", BODY)).id
+
+            return await closed_loop(send, jobs, clients, timeout)
+
+    return asyncio.run(run())
+
+
+def submit_plain(url: str, jobs: int, clients: int, timeout: float) -> tuple[list[tuple[str, float]], int]:
+    """The stock side: a plain JSON POST to the hand-written endpoint."""
+
+    async def run() -> tuple[list[tuple[str, float]], int]:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
-            deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
-            async def loop() -> None:
-                nonlocal remaining, errors
-                while remaining > 0 and time.monotonic() < deadline:
-                    remaining -= 1
-                    submitted = time.time()
-                    try:
-                        response = await client.post(url, json=BODY)
-                    except httpx.HTTPError:
-                        errors += 1
-                        continue
-                    if response.status_code != 202:
-                        errors += 1
-                        continue
-                    accepted.append((str(response.json()["id"]), submitted))
+            async def send() -> str:
+                response = await client.post(url, json=BODY)
+                response.raise_for_status()
+                return str(response.json()["id"])
 
-            await asyncio.gather(*(loop() for _ in range(clients)))
-        return accepted, errors
+            return await closed_loop(send, jobs, clients, timeout)
 
     return asyncio.run(run())
 
@@ -110,11 +136,11 @@ def summarise(submitted: list[tuple[str, float]], finished: list[float], submit_
 def run_offload(stack: Stack, params: dict[str, Any]) -> dict[str, Any]:
     api = stack.start_api()
     worker = stack.start_worker("worker", concurrency=params["concurrency"])
-    url = f"{api.extra['url']}/v1/jobs/echo"
-    warm, _ = submit_all(url, stack.api_key, params["warmup_jobs"], params["clients"], params["timeout_s"])
+    url, key = api.extra["url"], stack.api_key
+    warm, _ = submit_with_client(url, key, params["warmup_jobs"], params["clients"], params["timeout_s"])
     wait_jobs_finished(stack.redis(), [i for i, _ in warm], params["timeout_s"])
     started = time.perf_counter()
-    submitted, errors = submit_all(url, stack.api_key, params["jobs"], params["clients"], params["timeout_s"])
+    submitted, errors = submit_with_client(url, key, params["jobs"], params["clients"], params["timeout_s"])
     submit_seconds = time.perf_counter() - started
     rows = wait_jobs_finished(stack.redis(), [i for i, _ in submitted], params["timeout_s"])
     stack.stop(worker)
@@ -129,10 +155,10 @@ def run_stock(stack: Stack, params: dict[str, Any]) -> dict[str, Any]:
     api = stack.start_bare_api()
     worker = stack.start_stock_worker(concurrency=params["concurrency"])
     url = f"{api.extra['url']}/stock/jobs/echo"
-    warm, _ = submit_all(url, None, params["warmup_jobs"], params["clients"], params["timeout_s"])
+    warm, _ = submit_plain(url, params["warmup_jobs"], params["clients"], params["timeout_s"])
     wait_stock_done(stack.redis(), [i for i, _ in warm], params["timeout_s"])
     started = time.perf_counter()
-    submitted, errors = submit_all(url, None, params["jobs"], params["clients"], params["timeout_s"])
+    submitted, errors = submit_plain(url, params["jobs"], params["clients"], params["timeout_s"])
     submit_seconds = time.perf_counter() - started
     done = wait_stock_done(stack.redis(), [i for i, _ in submitted], params["timeout_s"])
     stack.stop(worker)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -20,11 +19,11 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
 from offload_api.compute import percentile
+from offload_client import Job, Offload
 from offload_dev.polling import wait_for
-from tests.support import API_KEY, ECHO_PATH, WEBHOOK_SECRETS
+from tests.support import API_KEY, WEBHOOK_SECRETS
 
 FLOWER_AUTH = ("admin", "flower-test-password")
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 # The chart's ConfigMap (templates/configmap.yaml), scaled down. The settings' own rule holds:
 # visibility timeout (12) > hard time limit (10) + retry backoff cap (0.5).
@@ -124,6 +123,7 @@ class Topology:
     flower_url: str = ""
     workers: dict[str, DockerContainer] = field(default_factory=dict)
     _client: httpx.Client | None = None
+    _offload: Offload | None = None
 
     # ---- containers -------------------------------------------------------------------------
 
@@ -261,6 +261,7 @@ class Topology:
 
     @property
     def client(self) -> httpx.Client:
+        """Plain HTTP with the test key, for what tests the wire itself (bad input, raw statuses)."""
         if self._client is None:
             limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
             self._client = self.stack.enter_context(
@@ -273,39 +274,38 @@ class Topology:
             )
         return self._client
 
+    @property
+    def offload(self) -> Offload:
+        """The project's own client, as a user's service would submit and follow jobs."""
+        if self._offload is None:
+            self._offload = self.stack.enter_context(Offload(self.api_url, API_KEY, timeout=30))
+        return self._offload
+
     def submit(self, bodies: Iterable[dict[str, Any]], concurrency: int = 16) -> list[str]:
-        """Publishes through the API with a bounded thread pool; returns the job ids in order."""
+        """Echo jobs through the client with a bounded thread pool; returns the job ids in order.
+        A body's `queue` and `priority` are the submission's, the rest is the echo payload."""
 
         def one(body: dict[str, Any]) -> str:
-            response = self.client.post(ECHO_PATH, json={"message": "system", **body})
-            assert response.status_code == 202, response.text
-            job_id: str = response.json()["id"]
-            return job_id
+            payload = {"message": "system", **body}
+            queue, priority = payload.pop("queue", None), payload.pop("priority", None)
+            return self.offload.submit("offload.echo", payload, queue=queue, priority=priority).id
 
         with ThreadPoolExecutor(concurrency) as pool:
             return list(pool.map(one, bodies))
 
-    def jobs(self, ids: Iterable[str], concurrency: int = 16) -> dict[str, dict[str, Any]]:
-        def one(job_id: str) -> dict[str, Any]:
-            response = self.client.get(f"/v1/jobs/{job_id}")
-            assert response.status_code == 200, response.text
-            body: dict[str, Any] = response.json()
-            return body
-
+    def jobs(self, ids: Iterable[str], concurrency: int = 16) -> dict[str, Job]:
         with ThreadPoolExecutor(concurrency) as pool:
-            return {j["id"]: j for j in pool.map(one, list(ids))}
+            return {j.id: j for j in pool.map(self.offload.get, list(ids))}
 
-    def wait_terminal(
-        self, ids: list[str], timeout: float, every: float = 1.0, fail: bool = True
-    ) -> dict[str, dict[str, Any]]:
+    def wait_terminal(self, ids: list[str], timeout: float, every: float = 1.0, fail: bool = True) -> dict[str, Job]:
         """Polls until every job is terminal (re-reading only those that are not), with a deadline.
         At the deadline: an AssertionError, or (fail=False) every record as it stands."""
-        done: dict[str, dict[str, Any]] = {}
+        done: dict[str, Job] = {}
         pending = list(ids)
         deadline = time.monotonic() + timeout
         while pending:
             for job_id, record in self.jobs(pending).items():
-                if record["status"] in TERMINAL:
+                if record.finished:
                     done[job_id] = record
             pending = [i for i in pending if i not in done]
             if not pending:
@@ -316,7 +316,7 @@ class Topology:
                 statuses: dict[str, int] = {}
                 records = self.jobs(pending)
                 for record in records.values():
-                    statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+                    statuses[record.status] = statuses.get(record.status, 0) + 1
                 raise AssertionError(
                     f"{len(pending)} of {len(ids)} jobs not terminal after {timeout}s: {statuses}; "
                     f"e.g. {list(records.values())[:3]}"
@@ -325,8 +325,7 @@ class Topology:
         return done
 
     def queue_depth(self, queue: str) -> int:
-        queues = self.client.get("/v1/queues").json()["queues"]
-        return int(next(q["depth"] for q in queues if q["name"] == queue))
+        return next(q.depth for q in self.offload.queues() if q.name == queue)
 
 
 @contextmanager
@@ -339,11 +338,10 @@ def topology(images: dict[str, str]) -> Iterator[Topology]:
             stack.close()
 
 
-def start_delay(record: dict[str, Any]) -> float:
+def start_delay(record: Job) -> float:
     """Seconds from the job's creation (the API) to its first start (a worker)."""
-    created = datetime.fromisoformat(record["created_at"])
-    started = datetime.fromisoformat(record["started_at"])
-    return (started - created).total_seconds()
+    assert record.started_at is not None, record
+    return (record.started_at - record.created_at).total_seconds()
 
 
 def summary(values: list[float]) -> dict[str, float]:

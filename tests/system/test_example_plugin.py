@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import IMAGE_TAG, ROOT
-from tests.system.harness import topology
+from tests.system.harness import Topology, topology
 
 EXAMPLE = ROOT / "examples" / "acme-jobs"
 # What the chart renders into OFFLOAD_QUEUES from the overlay's worker sets.
@@ -42,12 +42,10 @@ def acme_images(images: dict[str, str]) -> dict[str, str]:
     return built
 
 
-def submit(client: httpx.Client, job_type: str, payload: dict[str, Any]) -> str:
-    response = client.post(f"/v1/jobs/{job_type}", json={"payload": payload})
-    assert response.status_code == 202, response.text
-    assert response.json()["queue"] == "acme"
-    job_id: str = response.json()["id"]
-    return job_id
+def submit(topo: Topology, job_type: str, payload: dict[str, Any]) -> str:
+    accepted = topo.offload.submit(job_type, payload)
+    assert accepted.queue == "acme", accepted
+    return accepted.id
 
 
 def test_the_plugin_images_run_both_jobs_on_a_worker_of_the_plugins_queue(acme_images: dict[str, str]) -> None:
@@ -58,18 +56,18 @@ def test_the_plugin_images_run_both_jobs_on_a_worker_of_the_plugins_queue(acme_i
         topo.start_worker(queues="acme", env={"OFFLOAD_QUEUES": QUEUES, "OFFLOAD_OUTBOUND_ALLOWED_HOSTS": "api"})
         topo.wait_ready()
 
-        types = {t["name"]: t for t in topo.client.get("/v1/job-types").json()["job_types"]}
+        types = {t.name: t for t in topo.offload.job_types()}
         assert {"offload.echo", "acme.primes", "acme.fetch"} <= set(types)
-        assert types["acme.primes"]["consumed"] is True
-        primes = submit(topo.client, "acme.primes", {"limit": 1_000_000, "steps": 5})
-        fetch = submit(topo.client, "acme.fetch", {"url": "http://api:8000/livez"})
+        assert types["acme.primes"].consumed is True
+        primes = submit(topo, "acme.primes", {"limit": 1_000_000, "steps": 5})
+        fetch = submit(topo, "acme.fetch", {"url": "http://api:8000/livez"})
         done = topo.wait_terminal([primes, fetch], timeout=120)
         livez = httpx.get(f"{topo.api_url}/livez", timeout=10).content
 
-    assert done[primes]["status"] == "succeeded", done[primes]
-    assert done[fetch]["status"] == "succeeded", done[fetch]
-    assert done[primes]["result"] == {"limit": 1_000_000, "count": 78_498, "largest": 999_983}
-    assert done[primes]["progress"]["percent"] == 100
-    fetched = done[fetch]["result"]
+    assert done[primes].status == "succeeded", done[primes]
+    assert done[fetch].status == "succeeded", done[fetch]
+    assert done[primes].result == {"limit": 1_000_000, "count": 78_498, "largest": 999_983}
+    assert done[primes].progress.percent == 100
+    fetched = done[fetch].result
     assert (fetched["status"], fetched["bytes"]) == (200, len(livez))
     assert fetched["sha256"] == hashlib.sha256(livez).hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 from offload_dev.polling import wait_for
 from tests.system.harness import (
@@ -43,7 +42,7 @@ def _high_start_delays(topo: Topology, record: Report, label: str, backlog: int,
     high = [topo.submit([{"queue": "high"}], concurrency=1)[0] for _ in range(HIGH_JOBS)]
     done = topo.wait_terminal(high, timeout=120, every=0.2)
     _purge(topo, "default")
-    assert {j["status"] for j in done.values()} == {"succeeded"}
+    assert {j.status for j in done.values()} == {"succeeded"}
     figures = summary([start_delay(j) for j in done.values()])
     report(
         record,
@@ -145,8 +144,8 @@ def test_rolling_restart_under_load_loses_no_job(topo: Topology, record_property
     elapsed = time.monotonic() - started
     statuses: dict[str, int] = {}
     for record in done.values():
-        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
-    duplicates = {job_id: j["attempts"] for job_id, j in done.items() if j["attempts"] > 1}
+        statuses[record.status] = statuses.get(record.status, 0) + 1
+    duplicates = {job_id: j.attempts for job_id, j in done.items() if j.attempts > 1}
     report(
         record_property,
         "rolling_restart",
@@ -154,7 +153,7 @@ def test_rolling_restart_under_load_loses_no_job(topo: Topology, record_property
             "jobs": len(ids),
             "statuses": statuses,
             "runs_gt_1": len(duplicates),
-            "max_runs": max(j["attempts"] for j in done.values()),
+            "max_runs": max(j.attempts for j in done.values()),
             "sigterm_to_exit_s": stops,
             "exit_codes": exit_codes,
             "messages_handed_back": handed_back,
@@ -181,7 +180,7 @@ def test_a_sigkilled_workers_job_comes_back_within_the_documented_bound(
     topo.wait_ready()
     job_id = topo.submit([{"sleep_ms": 4000}])[0]
     wait_for(
-        lambda: (j := topo.jobs([job_id])[job_id])["status"] == "started" and j["worker"] == f"worker@{first}",
+        lambda: (j := topo.offload.get(job_id)).status == "started" and j.worker == f"worker@{first}",
         60,
         "the job to start on the first worker",
         interval=0.1,
@@ -192,16 +191,14 @@ def test_a_sigkilled_workers_job_comes_back_within_the_documented_bound(
     killed = time.monotonic()
 
     def rerun_started() -> bool:
-        j = topo.jobs([job_id])[job_id]
-        return bool(j["worker"] == f"worker@{second}")
+        return topo.offload.get(job_id).worker == f"worker@{second}"
 
     wait_for(rerun_started, RESTORE_BOUND_SECONDS + 60, "the job to run on the second worker", interval=0.2)
     back_after_kill = time.monotonic() - killed
     done = topo.wait_terminal([job_id], timeout=60, every=0.2)[job_id]
-    first_start = datetime.fromisoformat(done["started_at"])
-    rerun = datetime.fromisoformat(done["updated_at"])  # noqa: F841 - kept for the report below
-    finished = datetime.fromisoformat(done["finished_at"])
-    back_after_first_start = (finished - first_start).total_seconds() - 4.0
+    assert done.started_at is not None, done
+    assert done.finished_at is not None, done
+    back_after_first_start = (done.finished_at - done.started_at).total_seconds() - 4.0
     report(
         record_property,
         "crash_recovery",
@@ -209,11 +206,11 @@ def test_a_sigkilled_workers_job_comes_back_within_the_documented_bound(
             "bound_s": RESTORE_BOUND_SECONDS,
             "rerun_seen_after_kill_s": round(back_after_kill, 1),
             "rerun_start_after_first_start_s": round(back_after_first_start, 1),
-            "attempts": done["attempts"],
+            "attempts": done.attempts,
         },
     )
-    assert done["status"] == "succeeded", done
-    assert done["worker"] == f"worker@{second}"
-    assert done["attempts"] == 2
+    assert done.status == "succeeded", done
+    assert done.worker == f"worker@{second}"
+    assert done.attempts == 2
     # Within the bound counted from when the first worker took it (+2 s for a loaded machine).
     assert back_after_first_start <= RESTORE_BOUND_SECONDS + 2
