@@ -2,8 +2,10 @@
 same JSON shape as POST /v1/jobs/echo, but enqueues nothing and checks no key. Served by
 uvicorn with the API's server settings (host, one process, log level, keep-alive).
 
-`POST /stock/jobs/echo` is the end-to-end baseline: the same endpoint publishing a no-op task
-with stock Celery (bench/stock_celery.py), as a hand-written FastAPI + Celery service would.
+`POST /floor/jobs/echo` is the floor of any Redis-backed submit from Python: the same endpoint
+plus one async redis-py LPUSH of a 1 KB message. `POST /stock/jobs/echo` is the hand-written
+FastAPI + Celery service: the same endpoint publishing a no-op task with stock Celery
+(bench/stock_celery.py) from a sync route, as the Celery tutorial does.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import os
 import uuid
 from typing import Any
 
+import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 app = FastAPI(title="bare")
+FLOOR_MESSAGE = b"x" * 1024
+_floor_redis: aioredis.Redis | None = None
 
 
 class EchoBody(BaseModel):
@@ -48,6 +53,15 @@ async def livez() -> dict[str, str]:
 
 @app.post("/v1/jobs/echo", status_code=202)
 async def bare_echo(body: EchoBody, response: Response) -> dict[str, Any]:
+    return _accepted(uuid.uuid4().hex, body, response)
+
+
+@app.post("/floor/jobs/echo", status_code=202)
+async def floor_echo(body: EchoBody, response: Response) -> dict[str, Any]:
+    global _floor_redis
+    if _floor_redis is None:
+        _floor_redis = aioredis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    await _floor_redis.lpush("bench:floor", FLOOR_MESSAGE)
     return _accepted(uuid.uuid4().hex, body, response)
 
 

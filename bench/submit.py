@@ -1,7 +1,10 @@
 """1. Submit throughput: POST /v1/jobs/echo with an API key to one API process (uvicorn, as
-`python -m offload_api` runs it), against a bare FastAPI endpoint (bench/bare_api.py) that
-validates the same body and returns the same JSON without enqueueing, on the same server
-settings. Nothing consumes the queue: Redis is flushed after each run.
+`python -m offload_api` runs it), against three baselines served by bench/bare_api.py on the
+same server settings, each validating the same body and answering the same JSON:
+  bare    enqueues nothing (the web stack's own ceiling);
+  floor   one async redis-py LPUSH of a 1 KB message (the floor of any Redis-backed submit);
+  celery  stock Celery's send_task from a sync route (the hand-written FastAPI + Celery service).
+Nothing consumes the queues: Redis is flushed after each run.
 
 Load: wrk on loopback, fixed connections and duration, POSTing {"message": "bench"}
 (the Python asyncio+httpx generator if wrk cannot be installed).
@@ -13,7 +16,8 @@ Parameters (full / --quick):
   --warmup        2 / 1      seconds of load before each measured run, not counted
   --rounds        2 / 1      bare and ours alternate this many times; the median counts
 
-Ratio: ours / bare requests per second (the issue's target: at least 0.6).
+Ratio: ours / bare requests per second (the headline); ours / floor and ours / celery are
+printed beside it.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> Headline:
         bare_api = stack.start_bare_api()
         targets = {
             "bare": (f"{bare_api.extra['url']}/v1/jobs/echo", None),
+            "floor": (f"{bare_api.extra['url']}/floor/jobs/echo", None),
+            "celery": (f"{bare_api.extra['url']}/stock/jobs/echo", None),
             "offload": (f"{ours_api.extra['url']}/v1/jobs/echo", stack.api_key),
         }
 
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> Headline:
                 return run_wrk(wrk, url, BODY, key, params["connections"], params["threads"], seconds, stack.dir)
             return run_python_load(url, BODY, key, params["connections"], seconds)
 
-        runs: dict[str, list[LoadResult]] = {"bare": [], "offload": []}
+        runs: dict[str, list[LoadResult]] = {name: [] for name in targets}
         for round_no in range(params["rounds"]):
             for name, (url, key) in targets.items():
                 if params["warmup_s"] > 0:
@@ -103,12 +109,27 @@ def main(argv: list[str] | None = None) -> Headline:
         return float(statistics.median(getattr(r, attr) for r in runs[name]))
 
     rows = []
-    for name, label in (("bare", "bare FastAPI endpoint"), ("offload", "offload POST /v1/jobs/echo")):
+    labels = {
+        "bare": "bare FastAPI endpoint",
+        "floor": "+ one async redis-py LPUSH (floor)",
+        "celery": "+ stock Celery send_task (sync route)",
+        "offload": "offload POST /v1/jobs/echo",
+    }
+    for name, label in labels.items():
         rows.append(
             [label, med(name, "rps"), med(name, "p50_ms"), med(name, "p99_ms"), sum(r.errors for r in runs[name])]
         )
     r = ratio(med("offload", "rps"), med("bare", "rps"))
-    rows.append(["ratio offload / bare", r, ratio(med("offload", "p50_ms"), med("bare", "p50_ms")), float("nan"), ""])
+    for name in ("bare", "floor", "celery"):
+        rows.append(
+            [
+                f"ratio offload / {name}",
+                ratio(med("offload", "rps"), med(name, "rps")),
+                ratio(med("offload", "p50_ms"), med(name, "p50_ms")),
+                float("nan"),
+                "",
+            ]
+        )
     print_table(
         f"Submit throughput ({params['connections']} connections, {params['duration_s']:g}s x {params['rounds']}, "
         f"{params['load_generator']})",
