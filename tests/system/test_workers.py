@@ -185,10 +185,12 @@ def test_a_sigkilled_workers_job_comes_back_within_the_documented_bound(
         "the job to start on the first worker",
         interval=0.1,
     )
-    second = topo.start_worker("worker", queues="default")
-    topo.wait_ready(second)
+    # Killed before the second worker starts: on a loaded machine a container can take longer to
+    # start than the job takes to run, and the job must still be running when its worker dies.
     topo.kill_worker(first)
     killed = time.monotonic()
+    second = topo.start_worker("worker", queues="default")
+    topo.wait_ready(second)
 
     def rerun_started() -> bool:
         return topo.offload.get(job_id).worker == f"worker@{second}"
