@@ -32,10 +32,12 @@ from typing import Any
 
 from bench import peers
 from bench.harness import (
+    CpuMeter,
     Headline,
     OffloadPublisher,
     Stack,
     entrypoint,
+    job_times,
     machine_facts,
     new_parser,
     note,
@@ -43,8 +45,10 @@ from bench.harness import (
     pick,
     print_table,
     ratio,
+    stock_done_times,
     wait_jobs_finished,
     wait_stock_done,
+    wait_until,
     write_result,
 )
 from bench.stock_celery import NOOP, make_app
@@ -74,7 +78,12 @@ def drain_offload(stack: Stack, jobs: int, concurrency: int, timeout: float) -> 
     publish_s = time.perf_counter() - started
     publisher.close()
     worker = stack.start_worker("worker", concurrency=concurrency)
-    rows = wait_jobs_finished(stack.redis(), ids, timeout)
+    client = stack.redis()
+    # The CPU of the drain itself, from the first job's end (start-up and imports are done).
+    wait_until(lambda: job_times(client, ids[:1])[0]["finished_at"] is not None, timeout, "the first job")
+    meter = CpuMeter({"worker": worker.process.pid, "redis": stack.redis_pid})
+    rows = wait_jobs_finished(client, ids, timeout)
+    cpu = meter.ms_per(jobs - 1)
     stack.stop(worker)
     finished = sorted(r["finished_at"] for r in rows)
     first_start = min(r["started_at"] for r in rows)
@@ -86,6 +95,8 @@ def drain_offload(stack: Stack, jobs: int, concurrency: int, timeout: float) -> 
         "jobs_per_s_from_first_start": jobs / (finished[-1] - first_start),
         "seconds": finished[-1] - finished[0],
         "not_succeeded": failed,
+        "worker_cpu_ms_per_job": cpu["worker"],
+        "redis_cpu_ms_per_job": cpu["redis"],
     }
 
 
@@ -95,13 +106,19 @@ def drain_stock(stack: Stack, jobs: int, concurrency: int, timeout: float) -> di
     ids = [str(stock.send_task(NOOP).id) for _ in range(jobs)]
     publish_s = time.perf_counter() - started
     worker = stack.start_stock_worker(concurrency=concurrency)
-    done = sorted(wait_stock_done(stack.redis(), ids, timeout))
+    client = stack.redis()
+    wait_until(lambda: stock_done_times(client, ids[:1])[0] is not None, timeout, "the first task")
+    meter = CpuMeter({"worker": worker.process.pid, "redis": stack.redis_pid})
+    done = sorted(wait_stock_done(client, ids, timeout))
+    cpu = meter.ms_per(jobs - 1)
     stack.stop(worker)
     return {
         "jobs": jobs,
         "publish_per_s": jobs / publish_s,
         "jobs_per_s": (jobs - 1) / (done[-1] - done[0]),
         "seconds": done[-1] - done[0],
+        "worker_cpu_ms_per_job": cpu["worker"],
+        "redis_cpu_ms_per_job": cpu["redis"],
     }
 
 
@@ -164,10 +181,12 @@ def main(argv: list[str] | None = None) -> Headline:
     for peer in peer_runs:
         rate = med(peer.key, "jobs_per_s")
         rows.append([peer.label, peer.per_job, rate, med(peer.key, "seconds"), ratio(rate, stock)])
+    for row, name in zip(rows, ["stock", "offload", *(p.key for p in peer_runs)], strict=True):
+        row += [med(name, "worker_cpu_ms_per_job"), med(name, "redis_cpu_ms_per_job")]
     print_table(
         f"Drain throughput ({params['jobs']:,} no-op jobs, {params['concurrency']} worker processes, "
-        f"x {params['rounds']}; last column: jobs/s over stock Celery's)",
-        ["", "per job", "jobs/s", "seconds", "x stock"],
+        f"x {params['rounds']}; x stock: jobs/s over stock Celery's; CPU ms per job from the first finish)",
+        ["", "per job", "jobs/s", "seconds", "x stock", "worker CPU ms", "Redis CPU ms"],
         rows,
     )
     for peer in peer_runs:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import redis
 
 from offload_api.compute import percentile as interpolated_percentile
@@ -332,6 +333,12 @@ class Stack:
         assert self.redis_server is not None, "start_redis() first"
         return self.redis_server.url
 
+    @property
+    def redis_pid(self) -> int:
+        process = self.redis_server.process if self.redis_server else None
+        assert process is not None, "start_redis() first"
+        return process.pid
+
     def redis(self, *, decode: bool = True) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=decode, socket_timeout=30)
 
@@ -522,6 +529,48 @@ def wait_stock_done(client: redis.Redis, ids: Sequence[str], timeout: float) -> 
             missing = sum(1 for t in stock_done_times(client, ids) if t is None)
             raise TimeoutError(f"{missing} of {len(ids)} stock tasks had no result after {timeout:.0f}s")
         time.sleep(0.2)
+
+
+# --- CPU ----------------------------------------------------------------------------------------
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants, plus their reaped
+    children's (a forking worker's finished children count through their parent)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each named process tree spends from now on: per job, these stay comparable
+    when other work shares the cores, unlike rates, which drop with every competitor."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+
+    def ms_per(self, count: int) -> dict[str, float]:
+        """Milliseconds of CPU per unit of work (job, request) since construction, by tree."""
+        return {
+            name: (tree_cpu_seconds(pid) - self.start[name]) * 1000 / max(1, count) for name, pid in self.pids.items()
+        }
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 # --- HTTP load ------------------------------------------------------------------------------

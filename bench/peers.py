@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO_ROOT, Stack, clean_env, note
+from bench.harness import REPO_ROOT, CpuMeter, Stack, clean_env, note, wait_until
 from bench.peer_jobs import FINISHED_KEY, QUEUE
 
 VENVS_DIR = REPO_ROOT / ".tools" / "bench-peers"
@@ -135,6 +135,8 @@ def drain(stack: Stack, run: PeerDrain, jobs: int, timeout: float) -> dict[str, 
         command += ["--url", stack.redis_url]
     workers = [stack.spawn(f"{run.key}-{i}", command, env) for i in range(run.copies)]
     client = stack.redis()
+    wait_until(lambda: client.llen(FINISHED_KEY) > 0, timeout, f"{run.label}'s first job")
+    meters = [CpuMeter({"worker": w.process.pid, "redis": stack.redis_pid}) for w in workers]
     deadline = time.monotonic() + timeout
     while client.llen(FINISHED_KEY) < jobs:
         exited = [w for w in workers if w.process.poll() is not None and w.process.returncode != 0]
@@ -143,6 +145,7 @@ def drain(stack: Stack, run: PeerDrain, jobs: int, timeout: float) -> dict[str, 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run.label}: {client.llen(FINISHED_KEY)} of {jobs} jobs after {timeout:.0f}s")
         time.sleep(0.2)
+    cpu = [m.ms_per(jobs - 1) for m in meters]
     for worker in workers:
         stack.stop(worker)
     finished = sorted(float(t) for t in client.lrange(FINISHED_KEY, 0, -1))
@@ -152,4 +155,6 @@ def drain(stack: Stack, run: PeerDrain, jobs: int, timeout: float) -> dict[str, 
         "jobs_per_s": (jobs - 1) / (finished[-1] - finished[0]),
         "seconds": finished[-1] - finished[0],
         "finished_records": len(finished),  # more than jobs: a job ran twice
+        "worker_cpu_ms_per_job": sum(c["worker"] for c in cpu),
+        "redis_cpu_ms_per_job": cpu[0]["redis"],
     }

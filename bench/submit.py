@@ -28,6 +28,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.harness import (
+    CpuMeter,
     Headline,
     LoadResult,
     Stack,
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> Headline:
             "celery": (f"{bare_api.extra['url']}/stock/jobs/echo", None),
             "offload": (f"{ours_api.extra['url']}/v1/jobs/echo", stack.api_key),
         }
+        servers = {"bare": bare_api, "floor": bare_api, "celery": bare_api, "offload": ours_api}
 
         def load(url: str, key: str | None, seconds: float) -> LoadResult:
             if wrk:
@@ -95,11 +97,14 @@ def main(argv: list[str] | None = None) -> Headline:
             return run_python_load(url, BODY, key, params["connections"], seconds)
 
         runs: dict[str, list[LoadResult]] = {name: [] for name in targets}
+        cpu: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for round_no in range(params["rounds"]):
             for name, (url, key) in targets.items():
                 if params["warmup_s"] > 0:
                     load(url, key, params["warmup_s"])
+                meter = CpuMeter({"server": servers[name].process.pid, "redis": stack.redis_pid})
                 result = load(url, key, params["duration_s"])
+                cpu[name].append(meter.ms_per(result.requests))
                 runs[name].append(result)
                 note(f"round {round_no + 1} {name}: {result.rps:,.0f} req/s, {result.errors} errors")
                 stack.flush()  # the queue and job records ours left behind
@@ -115,9 +120,21 @@ def main(argv: list[str] | None = None) -> Headline:
         "celery": "+ stock Celery send_task (sync route)",
         "offload": "offload POST /v1/jobs/echo",
     }
+
+    def cpu_ms(name: str, tree: str) -> float:
+        return float(statistics.median(c[tree] for c in cpu[name]))
+
     for name, label in labels.items():
         rows.append(
-            [label, med(name, "rps"), med(name, "p50_ms"), med(name, "p99_ms"), sum(r.errors for r in runs[name])]
+            [
+                label,
+                med(name, "rps"),
+                med(name, "p50_ms"),
+                med(name, "p99_ms"),
+                sum(r.errors for r in runs[name]),
+                cpu_ms(name, "server"),
+                cpu_ms(name, "redis"),
+            ]
         )
     r = ratio(med("offload", "rps"), med("bare", "rps"))
     for name in ("bare", "floor", "celery"):
@@ -128,16 +145,24 @@ def main(argv: list[str] | None = None) -> Headline:
                 ratio(med("offload", "p50_ms"), med(name, "p50_ms")),
                 float("nan"),
                 "",
+                ratio(cpu_ms("offload", "server"), cpu_ms(name, "server")),
+                float("nan"),
             ]
         )
     print_table(
         f"Submit throughput ({params['connections']} connections, {params['duration_s']:g}s x {params['rounds']}, "
         f"{params['load_generator']})",
-        ["", "req/s", "p50 ms", "p99 ms", "errors"],
+        ["", "req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req", "Redis CPU ms/req"],
         rows,
     )
     headline = Headline(NAME, "submit req/s", med("offload", "rps"), med("bare", "rps"), "bare FastAPI", r, "higher")
-    results = {name: [asdict(x) for x in runs[name]] for name in runs}
+    results = {
+        name: [
+            {**asdict(x), **{f"{k}_cpu_ms_per_request": v for k, v in c.items()}}
+            for x, c in zip(runs[name], cpu[name], strict=True)
+        ]
+        for name in runs
+    }
     write_result(NAME, args, params, results, headline, facts)
     return headline
 
