@@ -123,6 +123,9 @@ class Topology:
     api_url: str = ""
     flower_url: str = ""
     workers: dict[str, DockerContainer] = field(default_factory=dict)
+    # Host directories mounted read-only into every container started after they are added
+    # (container path -> host path), as the chart mounts Secrets (a Redis CA bundle).
+    mounts: dict[str, str] = field(default_factory=dict)
     _client: httpx.Client | None = None
 
     # ---- containers -------------------------------------------------------------------------
@@ -140,6 +143,8 @@ class Topology:
         )
         for key, value in env.items():
             container.with_env(key, value)
+        for path, host_path in self.mounts.items():
+            container.with_volume_mapping(host_path, path, "ro")
         if read_only:
             # As in the chart: a read-only root filesystem with a writable /tmp.
             container.with_tmpfs_mount("/tmp", "rw,size=64m")

@@ -1,0 +1,76 @@
+"""The API and a worker against a Redis that speaks TLS only, with certificates made here and the
+CA bundle mounted into the containers as the chart mounts it from a Secret."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from offload_dev.polling import wait_for
+from tests.system.certificates import make_certificates
+from tests.system.harness import Topology, host_port, publish_on_loopback, report
+
+TLS_DIR = "/etc/offload/redis-tls"
+
+Report = Callable[[str, object], None]
+
+
+def start_tls_redis(topo: Topology) -> int:
+    """A TLS-only Redis (no plain port) with the network alias `redis`; returns its host port."""
+    container = topo._container(topo.images["redis"], "redis", {}, read_only=False).with_command(
+        "redis-server --protected-mode no --port 0 --tls-port 6379 "
+        f"--tls-cert-file {TLS_DIR}/server.crt --tls-key-file {TLS_DIR}/server.key "
+        f"--tls-ca-cert-file {TLS_DIR}/ca.crt --tls-auth-clients no --maxmemory-policy noeviction"
+    )
+    publish_on_loopback(container, 6379)
+    topo.redis = topo._enter(container)
+    return host_port(container, 6379)
+
+
+def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_refused(
+    topo: Topology, tmp_path: Path, record_property: Report
+) -> None:
+    certificates = make_certificates(tmp_path / "tls", ["redis", "localhost"])
+    topo.mounts[TLS_DIR] = str(certificates)
+    port = start_tls_redis(topo)
+
+    trusting = redis.Redis.from_url(
+        f"rediss://localhost:{port}/0", ssl_ca_certs=str(certificates / "ca.crt"), ssl_cert_reqs="required"
+    )
+
+    def answers() -> bool:
+        try:
+            return bool(trusting.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(answers, 60, "the TLS Redis to answer PING", interval=0.2)
+
+    # What the chart renders for an external Redis with TLS and a CA Secret.
+    env = {"OFFLOAD_REDIS_URL": "rediss://redis:6379/0", "OFFLOAD_REDIS_TLS_CA_FILE": f"{TLS_DIR}/ca.crt"}
+    topo.start_api(env)
+    worker = topo.start_worker("worker", env=env)
+    topo.wait_ready()
+
+    [job_id] = topo.submit([{"sleep_ms": 10}])
+    record = topo.wait_terminal([job_id], timeout=60)[job_id]
+    assert record["status"] == "succeeded", record
+    assert record["worker"] == f"worker@{worker}"
+    assert trusting.exists(f"offload:job:{job_id}")
+
+    # Verification is on: the system's CAs do not know this CA, so a client without it is
+    # refused, as is a plain connection to the TLS port.
+    untrusting = redis.Redis.from_url(f"rediss://localhost:{port}/0", ssl_cert_reqs="required")
+    with pytest.raises(redis.ConnectionError) as refused:
+        untrusting.ping()
+    assert isinstance(refused.value.__cause__ or refused.value.__context__, ssl.SSLError) or "certificate" in str(
+        refused.value
+    ), refused.value
+    plain = redis.Redis(port=port, socket_timeout=3)
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()
+    report(record_property, "redis_tls", {"job": record["status"], "untrusting_client": str(refused.value)[:120]})
