@@ -193,16 +193,12 @@ class Topology:
         return name
 
     def start_flower(self) -> None:
-        # templates/flower/flower-deployment.yaml: the worker image, the broker URL, basic auth.
+        # templates/flower/flower-deployment.yaml: the worker image, Offload's app, basic auth.
         flower = self._container(
             self.images["worker"],
             "flower",
-            {
-                **CONFIG,
-                "CELERY_BROKER_URL": CONFIG["OFFLOAD_REDIS_URL"],
-                "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-            },
-            entrypoint=["python", "-m", "celery", "flower", "--port=5555"],
+            {**CONFIG, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+            entrypoint=["python", "-m", "celery", "-A", "offload_core.runtime.flower_app", "flower", "--port=5555"],
         )
         publish_on_loopback(flower, 5555)
         self._enter(flower)

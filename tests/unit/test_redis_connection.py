@@ -16,7 +16,7 @@ from offload_core.store.redis_connection import celery_connection_config, sentin
 def test_a_rediss_url_gives_broker_and_backend_the_ca_and_required_verification(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    settings = Settings(REDIS_URL="rediss://:pw@redis.example:6380/2", REDIS_TLS_CA_FILE=ca)  # type: ignore[arg-type]
+    settings = Settings(REDIS_URL="rediss://:pw@redis.example:6380/2", REDIS_TLS_CA_FILE=ca)
     expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca), "ssl_check_hostname": True}
     assert tls_options(settings) == expected
     config = celery_config(settings)
@@ -26,15 +26,15 @@ def test_a_rediss_url_gives_broker_and_backend_the_ca_and_required_verification(
 
 
 def test_a_plain_url_has_no_tls_options() -> None:
-    assert "broker_use_ssl" not in celery_connection_config(Settings(REDIS_URL="redis://redis:6379/0"))  # type: ignore[arg-type]
+    assert "broker_use_ssl" not in celery_connection_config(Settings(REDIS_URL="redis://redis:6379/0"))
 
 
 def test_sentinels_become_one_sentinel_url_each_with_the_primary_password_and_database() -> None:
     settings = Settings(
-        REDIS_URL="rediss://:p%40ss@unused:1/3",  # type: ignore[arg-type]
+        REDIS_URL="rediss://:p%40ss@unused:1/3",
         REDIS_SENTINELS=["s-0:26379", "s-1:26380"],
         REDIS_SENTINEL_MASTER="offload",
-        REDIS_SENTINEL_PASSWORD="sentinel-pw",  # type: ignore[arg-type]
+        REDIS_SENTINEL_PASSWORD="sentinel-pw",
         REDIS_SENTINEL_TLS=True,
         REDIS_TLS_CERT_REQS="none",
     )
