@@ -15,6 +15,7 @@ from tests.system.certificates import make_certificates
 from tests.system.harness import Topology, host_port, publish_on_loopback, report
 
 TLS_DIR = "/etc/offload/redis-tls"
+SENTINEL_MASTER = "offload"
 
 Report = Callable[[str, object], None]
 
@@ -31,10 +32,35 @@ def start_tls_redis(topo: Topology) -> int:
     return host_port(container, 6379)
 
 
+def start_tls_sentinel(topo: Topology) -> None:
+    """One sentinel that speaks TLS only and watches the TLS Redis by its name (so that the name
+    it hands to clients is the one in the certificate)."""
+    config = (
+        f"port 0\\ntls-port 26379\\ntls-cert-file {TLS_DIR}/server.crt\\ntls-key-file {TLS_DIR}/server.key\\n"
+        f"tls-ca-cert-file {TLS_DIR}/ca.crt\\ntls-auth-clients no\\ntls-replication yes\\nprotected-mode no\\n"
+        "sentinel resolve-hostnames yes\\nsentinel announce-hostnames yes\\n"
+        f"sentinel monitor {SENTINEL_MASTER} redis 6379 1\\n"
+    )
+    command = f"sh -c 'printf \"{config}\" > /tmp/sentinel.conf && exec redis-server /tmp/sentinel.conf --sentinel'"
+    sentinel = topo._enter(topo._container(topo.images["redis"], "sentinel", {}, read_only=False).with_command(command))
+    cli = ["redis-cli", "--tls", "--cacert", f"{TLS_DIR}/ca.crt", "-h", "sentinel", "-p", "26379"]
+
+    def watching() -> bool:
+        code, out = sentinel.get_wrapped_container().exec_run(
+            [*cli, "sentinel", "get-master-addr-by-name", SENTINEL_MASTER]
+        )
+        return bool(code == 0 and out.decode().split()[:1] == ["redis"])
+
+    wait_for(watching, 60, "the TLS sentinel to watch the TLS Redis", interval=0.2)
+
+
+@pytest.mark.parametrize("through", ["url", "sentinel"])
 def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_refused(
-    topo: Topology, tmp_path: Path, record_property: Report
+    topo: Topology, tmp_path: Path, record_property: Report, through: str
 ) -> None:
-    certificates = make_certificates(tmp_path / "tls", ["redis", "localhost"])
+    """The whole stack over TLS: straight to the URL's Redis, or to the primary a TLS sentinel
+    names (OFFLOAD_REDIS_SENTINEL_TLS)."""
+    certificates = make_certificates(tmp_path / "tls", ["redis", "sentinel", "localhost"])
     topo.mounts[TLS_DIR] = str(certificates)
     port = start_tls_redis(topo)
 
@@ -52,6 +78,14 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
 
     # What the chart renders for an external Redis with TLS and a CA Secret.
     env = {"OFFLOAD_REDIS_URL": "rediss://redis:6379/0", "OFFLOAD_REDIS_TLS_CA_FILE": f"{TLS_DIR}/ca.crt"}
+    if through == "sentinel":
+        start_tls_sentinel(topo)
+        env |= {
+            "OFFLOAD_REDIS_URL": "rediss://unused:6379/0",
+            "OFFLOAD_REDIS_SENTINELS": "sentinel:26379",
+            "OFFLOAD_REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+            "OFFLOAD_REDIS_SENTINEL_TLS": "true",
+        }
     topo.start_api(env)
     worker = topo.start_worker("worker", env=env)
     topo.wait_ready()
@@ -73,4 +107,8 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
     plain = redis.Redis(port=port, socket_timeout=3)
     with pytest.raises(redis.ConnectionError):
         plain.ping()
-    report(record_property, "redis_tls", {"job": record["status"], "untrusting_client": str(refused.value)[:120]})
+    report(
+        record_property,
+        f"redis_tls_{through}",
+        {"job": record["status"], "untrusting_client": str(refused.value)[:120]},
+    )
