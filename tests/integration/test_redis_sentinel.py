@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu import transport as kombu_transports
 
 from offload_core.runtime.celery_app import create_celery_app
-from offload_core.runtime.worker_transport import use_worker_transport
+from offload_core.runtime.worker_transport import SentinelTransport, use_worker_transport
 from offload_core.settings import Settings
 from offload_core.store.images import ImageStore
 from offload_core.store.jobs import JobStatus, JobStore, async_redis_client, job_key, redis_client
@@ -114,6 +115,19 @@ def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
         primary.stop()
 
 
+@pytest.fixture
+def worker_transport() -> Iterator[None]:
+    """The worker's own transport for redis://, rediss:// and sentinel:// in this test only."""
+    aliases = dict(kombu_transports.TRANSPORT_ALIASES)
+    use_worker_transport()
+    yield
+    kombu_transports.TRANSPORT_ALIASES.clear()
+    kombu_transports.TRANSPORT_ALIASES.update(aliases)
+    for scheme in ("redis", "rediss", "sentinel"):
+        getattr(kombu_transports, "_transport_cache", {}).pop(scheme, None)
+
+
+@pytest.mark.usefixtures("worker_transport")
 def test_every_client_reaches_the_primary_the_sentinel_names_and_follows_a_failover(
     sentinel_set: SentinelSet,
 ) -> None:
@@ -123,7 +137,6 @@ def test_every_client_reaches_the_primary_the_sentinel_names_and_follows_a_failo
     app = create_celery_app(settings)
     assert app.conf.broker_url.startswith("sentinel://")
     assert app.conf.broker_transport_options["master_name"] == MASTER
-    use_worker_transport()  # the worker's own transport, on sentinel:// too
 
     def write_everywhere(tag: str) -> int:
         """Writes through every client; returns the port of the server that took the writes."""
@@ -139,6 +152,7 @@ def test_every_client_reaches_the_primary_the_sentinel_names_and_follows_a_failo
 
         asyncio.run(through_the_event_loop())
         with app.connection_for_write() as connection:
+            assert isinstance(connection.transport, SentinelTransport)
             connection.default_channel.client.lpush(f"test:broker:{tag}", tag)  # type: ignore[attr-defined]
         app.backend.client.set(f"test:backend:{tag}", tag)  # type: ignore[attr-defined]
         return int(redis_client(settings).info("server")["tcp_port"])
