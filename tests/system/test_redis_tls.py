@@ -9,15 +9,30 @@ from pathlib import Path
 
 import pytest
 import redis
+import trustme
 
 from offload_dev.polling import wait_for
-from tests.system.certificates import make_certificates
 from tests.system.harness import Topology, host_port, publish_on_loopback, report
 
 TLS_DIR = "/etc/offload/redis-tls"
 SENTINEL_MASTER = "offload"
 
 Report = Callable[[str, object], None]
+
+
+def make_certificates(directory: Path, names: list[str]) -> Path:
+    """A CA made for this run (ca.crt) and a server certificate for ``names`` (server.crt,
+    server.key), readable by the containers' users: a throwaway key may be world-readable."""
+    ca = trustme.CA()
+    server = ca.issue_cert(*names)
+    directory.mkdir(parents=True)
+    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+    server.cert_chain_pems[0].write_to_path(str(directory / "server.crt"))
+    server.private_key_pem.write_to_path(str(directory / "server.key"))
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    return directory
 
 
 def start_tls_redis(topo: Topology) -> int:
@@ -60,7 +75,7 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
 ) -> None:
     """The whole stack over TLS: straight to the URL's Redis, or to the primary a TLS sentinel
     names (OFFLOAD_REDIS_SENTINEL_TLS)."""
-    certificates = make_certificates(tmp_path / "tls", ["redis", "sentinel", "localhost"])
+    certificates = make_certificates(tmp_path / "tls", ["redis", "sentinel", "localhost", "127.0.0.1"])
     topo.mounts[TLS_DIR] = str(certificates)
     port = start_tls_redis(topo)
 
