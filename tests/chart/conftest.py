@@ -19,6 +19,23 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "passwordSecret": {"name": "shared-redis", "key": "password"},
         },
     },
+    # An external Sentinel set over TLS with a CA bundle from a Secret.
+    "external-sentinel": {
+        "redis": {"enabled": False},
+        "externalRedis": {
+            "enabled": True,
+            "tls": True,
+            "passwordSecret": {"name": "shared-redis", "key": "password"},
+            "tlsCaSecret": {"name": "redis-ca", "key": "ca.crt"},
+            "sentinel": {
+                "enabled": True,
+                "addresses": ["sentinel-0.redis:26379", "sentinel-1.redis:26379", "sentinel-2.redis:26379"],
+                "masterName": "offload",
+                "passwordSecret": {"name": "sentinel-auth", "key": "password"},
+                "tls": True,
+            },
+        },
+    },
     "external-redis-url": {
         "redis": {"enabled": False},
         "keda": {"enabled": False},

@@ -97,6 +97,28 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"redis": {"enabled": False}, "externalRedis": {"enabled": True, "urlSecret": {"name": "r"}}},
         ["keda.enabled needs externalRedis.host"],
     ),
+    "sentinel-with-bundled-redis": (
+        {"externalRedis": {"sentinel": {"enabled": True, "addresses": ["s:26379"]}}},
+        ["externalRedis.sentinel: the sentinels watch an external Redis, but redis.enabled runs the bundled one"],
+    ),
+    "sentinel-without-addresses": (
+        {"redis": {"enabled": False}, "externalRedis": {"enabled": True, "sentinel": {"enabled": True}}},
+        ["list every sentinel as host:port in externalRedis.sentinel.addresses"],
+    ),
+    "sentinel-tls-differs-for-keda": (
+        {
+            "redis": {"enabled": False},
+            "externalRedis": {"enabled": True, "tls": True, "sentinel": {"enabled": True, "addresses": ["s:26379"]}},
+        },
+        ["KEDA's redis-sentinel scaler uses one TLS setting for both"],
+    ),
+    "ca-without-tls": (
+        {
+            "redis": {"enabled": False},
+            "externalRedis": {"enabled": True, "host": "r.example", "tlsCaSecret": {"name": "redis-ca"}},
+        },
+        ["externalRedis.tlsCaSecret: a CA bundle is set but neither externalRedis.tls nor externalRedis.sentinel.tls"],
+    ),
     "flower-root-prefix": (
         {"flower": {"ingress": {"enabled": True, "paths": [{"path": "/", "pathType": "Prefix"}]}}},
         ['flower.ingress.paths: "/" (Prefix) would route /metrics or /healthcheck'],

@@ -69,7 +69,8 @@ def test_triggers_sum_every_priority_list_of_every_queue(rendered: Rendered) -> 
         queues = env_of(pod_spec(deployment)["containers"][0])["OFFLOAD_WORKER_QUEUES"]["value"].split(",")
         expected_lists = [name for queue in queues for name in priority_lists(queue)]
         triggers = scaled_object["spec"]["triggers"]
-        assert all(trigger["type"] == "redis" for trigger in triggers)
+        (kind,) = {trigger["type"] for trigger in triggers}
+        assert kind in {"redis", "redis-sentinel"}
         assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(expected_lists), set_name
         names = [trigger["name"] for trigger in triggers]
         assert len(set(names)) == len(names)
@@ -124,3 +125,37 @@ def test_keda_values_are_inherited_and_overridden() -> None:
     assert scaled_object["spec"]["advanced"]["scalingModifiers"]["target"] == "40"
     assert scaled_object["spec"]["cooldownPeriod"] == 300  # from workers.defaults.keda
     assert len(scaled_object["spec"]["triggers"]) == 8
+
+
+def test_a_sentinel_set_scales_through_the_redis_sentinel_scaler_with_tls_and_its_ca() -> None:
+    from tests.chart.conftest import VALUE_SETS
+
+    rendered = render(VALUE_SETS["external-sentinel"])
+    (auth,) = rendered.kind("TriggerAuthentication")
+    references = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert set(references) == {"password", "sentinelPassword", "tls", "ca"}
+    assert (references["ca"]["name"], references["ca"]["key"]) == ("redis-ca", "ca.crt")
+    assert (references["sentinelPassword"]["name"], references["sentinelPassword"]["key"]) == (
+        "sentinel-auth",
+        "password",
+    )
+    # KEDA takes "tls: enable" from a Secret only: the chart renders that one.
+    (tls_secret,) = [s for s in rendered.kind("Secret") if s["metadata"]["name"] == references["tls"]["name"]]
+    assert tls_secret["data"][references["tls"]["key"]] == "ZW5hYmxl"  # "enable"
+    for scaled_object in rendered.kind("ScaledObject"):
+        for trigger in scaled_object["spec"]["triggers"]:
+            assert trigger["type"] == "redis-sentinel"
+            assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+            metadata = trigger["metadata"]
+            assert metadata["addresses"] == "sentinel-0.redis:26379,sentinel-1.redis:26379,sentinel-2.redis:26379"
+            assert metadata["sentinelMaster"] == "offload"
+            assert "enableTLS" not in metadata  # set once, in the TriggerAuthentication
+
+
+def test_an_external_redis_with_tls_and_no_password_still_gets_a_trigger_authentication() -> None:
+    values = {"redis": {"enabled": False}, "externalRedis": {"enabled": True, "host": "r.example", "tls": True}}
+    rendered = render(values)
+    (auth,) = rendered.kind("TriggerAuthentication")
+    assert [ref["parameter"] for ref in auth["spec"]["secretTargetRef"]] == ["tls"]
+    for scaled_object in rendered.kind("ScaledObject"):
+        assert all(t["type"] == "redis" and "authenticationRef" in t for t in scaled_object["spec"]["triggers"])

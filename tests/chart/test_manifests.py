@@ -163,7 +163,14 @@ def test_probes_are_the_documented_ones(rendered: Rendered) -> None:
             assert env_of(container)["OFFLOAD_WORKER_STATE_DIR"]["value"] == "/tmp/offload"
         elif component == "flower":
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
-            assert container["command"][:4] == ["python", "-m", "celery", "flower"]
+            assert container["command"][:6] == [
+                "python",
+                "-m",
+                "celery",
+                "-A",
+                "offload_core.runtime.flower_app",
+                "flower",
+            ]
 
 
 def test_otel_environment(rendered: Rendered, value_set: tuple[str, dict[str, Any]]) -> None:
@@ -256,6 +263,7 @@ def test_secrets_come_from_secret_key_refs(rendered: Rendered, value_set: tuple[
     expected_external |= {delivery.get(part, {}).get("existingSecret") for part in ("smtp", "webhooks")}
     external = values.get("externalRedis", {})
     expected_external |= {external.get("passwordSecret", {}).get("name"), external.get("urlSecret", {}).get("name")}
+    expected_external.add(external.get("sentinel", {}).get("passwordSecret", {}).get("name"))
     expected_external.add(values.get("otel", {}).get("headers", {}).get("existingSecret"))
     for deployment in rendered.kind("Deployment"):
         env = env_of(pod_spec(deployment)["containers"][0])

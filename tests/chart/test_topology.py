@@ -42,6 +42,7 @@ def settings_of(rendered: Rendered, workload: Manifest) -> Settings:
     environment.update({name: item["value"] for name, item in env_of(container).items() if "value" in item})
     fields = {key.removeprefix("OFFLOAD_"): value for key, value in environment.items() if key.startswith("OFFLOAD_")}
     fields.pop("REDIS_URL", None)  # composed from a Secret in the pod
+    fields.pop("REDIS_TLS_CA_FILE", None)  # a file the pod mounts from a Secret
     return Settings(API_KEYS=["k" * 16], **fields)  # type: ignore[arg-type]
 
 

@@ -122,6 +122,9 @@ class Topology:
     api_url: str = ""
     flower_url: str = ""
     workers: dict[str, DockerContainer] = field(default_factory=dict)
+    # Host directories mounted read-only into every container started after they are added
+    # (container path -> host path), as the chart mounts Secrets (a Redis CA bundle).
+    mounts: dict[str, str] = field(default_factory=dict)
     _client: httpx.Client | None = None
     _offload: Offload | None = None
 
@@ -140,6 +143,8 @@ class Topology:
         )
         for key, value in env.items():
             container.with_env(key, value)
+        for path, host_path in self.mounts.items():
+            container.with_volume_mapping(host_path, path, "ro")
         if read_only:
             # As in the chart: a read-only root filesystem with a writable /tmp.
             container.with_tmpfs_mount("/tmp", "rw,size=64m")
@@ -188,16 +193,12 @@ class Topology:
         return name
 
     def start_flower(self) -> None:
-        # templates/flower/flower-deployment.yaml: the worker image, the broker URL, basic auth.
+        # templates/flower/flower-deployment.yaml: the worker image, Offload's app, basic auth.
         flower = self._container(
             self.images["worker"],
             "flower",
-            {
-                **CONFIG,
-                "CELERY_BROKER_URL": CONFIG["OFFLOAD_REDIS_URL"],
-                "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-            },
-            entrypoint=["python", "-m", "celery", "flower", "--port=5555"],
+            {**CONFIG, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
+            entrypoint=["python", "-m", "celery", "-A", "offload_core.runtime.flower_app", "flower", "--port=5555"],
         )
         publish_on_loopback(flower, 5555)
         self._enter(flower)

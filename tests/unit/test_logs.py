@@ -37,6 +37,11 @@ def test_secrets_and_url_credentials_are_masked() -> None:
     assert "amqp://user:***@mq//" in line
 
 
+def test_the_sentinel_password_is_masked_too() -> None:
+    redact = Redactor(secrets_to_mask(_settings(REDIS_SENTINEL_PASSWORD="sentinel-password-7")))
+    assert redact("AUTH sentinel-password-7 refused") == "AUTH *** refused"
+
+
 def test_a_json_line_names_service_job_and_trace() -> None:
     formatter = JsonFormatter("offload-api", Redactor(secrets_to_mask(_settings())))
     tracer = TracerProvider().get_tracer("test")

@@ -111,12 +111,30 @@ redis: redis.enabled and externalRedis.enabled are both true; set redis.enabled=
 {{- if and (not .Values.redis.enabled) (not .Values.externalRedis.enabled) }}
 redis: neither redis.enabled nor externalRedis.enabled is true; Offload needs a Redis.
 {{- end -}}
+{{- $sentinel := .Values.externalRedis.sentinel -}}
+{{- if and $sentinel.enabled .Values.redis.enabled }}
+externalRedis.sentinel: the sentinels watch an external Redis, but redis.enabled runs the bundled one; set redis.enabled=false and externalRedis.enabled=true, or externalRedis.sentinel.enabled=false.
+{{- else if and $sentinel.enabled (not .Values.externalRedis.enabled) }}
+externalRedis.sentinel: externalRedis.sentinel.enabled needs externalRedis.enabled=true.
+{{- end -}}
 {{- if .Values.externalRedis.enabled -}}
+{{- if $sentinel.enabled -}}
+{{- if not $sentinel.addresses }}
+externalRedis.sentinel: list every sentinel as host:port in externalRedis.sentinel.addresses.
+{{- end -}}
+{{- if and .Values.keda.enabled (ne $sentinel.tls .Values.externalRedis.tls) }}
+externalRedis.sentinel: tls ({{ $sentinel.tls }}) differs from externalRedis.tls ({{ .Values.externalRedis.tls }}); KEDA's redis-sentinel scaler uses one TLS setting for both, so keda.enabled needs them equal.
+{{- end -}}
+{{- else -}}
 {{- if and (not .Values.externalRedis.urlSecret.name) (not .Values.externalRedis.host) }}
 externalRedis: set externalRedis.host (with passwordSecret) or externalRedis.urlSecret.name.
 {{- end -}}
 {{- if and .Values.keda.enabled (not .Values.externalRedis.host) }}
 externalRedis: keda.enabled needs externalRedis.host (and passwordSecret when Redis has a password): the KEDA redis scaler cannot read a URL.
+{{- end -}}
+{{- end -}}
+{{- if and .Values.externalRedis.tlsCaSecret.name (not (or .Values.externalRedis.tls $sentinel.tls)) }}
+externalRedis.tlsCaSecret: a CA bundle is set but neither externalRedis.tls nor externalRedis.sentinel.tls is true; turn TLS on or remove the CA.
 {{- end -}}
 {{- end -}}
 {{- end -}}

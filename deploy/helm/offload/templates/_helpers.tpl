@@ -99,7 +99,8 @@ An image reference: "[registry/]repository@digest" when a digest is set, else
 {{/* Redis as the applications and KEDA see it. */}}
 {{- define "offload.redisHost" -}}
 {{- if .Values.externalRedis.enabled -}}
-{{- .Values.externalRedis.host -}}
+{{- /* With Sentinel the URL's host is not used: the sentinels name the primary. */ -}}
+{{- ternary .Values.externalRedis.sentinel.masterName .Values.externalRedis.host (and .Values.externalRedis.sentinel.enabled (not .Values.externalRedis.host)) -}}
 {{- else -}}
 {{- printf "%s.%s.svc" (include "offload.componentName" (dict "ctx" . "suffix" "redis")) .Release.Namespace -}}
 {{- end -}}
@@ -157,6 +158,47 @@ environment expansion, so no secret is ever inline in the manifest.
 - name: OFFLOAD_REDIS_URL
   value: {{ printf "%s://%s" $scheme $location | quote }}
 {{- end }}
+{{- end }}
+{{- with .Values.externalRedis }}
+{{- if and .enabled .sentinel.enabled }}
+- name: OFFLOAD_REDIS_SENTINELS
+  value: {{ join "," .sentinel.addresses | quote }}
+- name: OFFLOAD_REDIS_SENTINEL_MASTER
+  value: {{ .sentinel.masterName | quote }}
+- name: OFFLOAD_REDIS_SENTINEL_TLS
+  value: {{ .sentinel.tls | quote }}
+{{- if .sentinel.passwordSecret.name }}
+- name: OFFLOAD_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .sentinel.passwordSecret.name }}
+      key: {{ .sentinel.passwordSecret.key }}
+{{- end }}
+{{- end }}
+{{- if and .enabled .tlsCaSecret.name }}
+- name: OFFLOAD_REDIS_TLS_CA_FILE
+  value: {{ printf "/etc/offload/redis-tls/%s" .tlsCaSecret.key | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The Redis CA bundle's volume and its mount (with externalRedis.tlsCaSecret), for every pod that reaches Redis. */}}
+{{- define "offload.redisTlsVolumeMount" -}}
+{{- if and .Values.externalRedis.enabled .Values.externalRedis.tlsCaSecret.name }}
+- name: redis-tls
+  mountPath: /etc/offload/redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "offload.redisTlsVolume" -}}
+{{- if and .Values.externalRedis.enabled .Values.externalRedis.tlsCaSecret.name }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.externalRedis.tlsCaSecret.name }}
+    items:
+      - key: {{ .Values.externalRedis.tlsCaSecret.key }}
+        path: {{ .Values.externalRedis.tlsCaSecret.key }}
 {{- end }}
 {{- end -}}
 

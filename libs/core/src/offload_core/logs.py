@@ -47,6 +47,8 @@ def secrets_to_mask(settings: Settings) -> list[str]:
     password = urlsplit(settings.redis_url).password
     if password:
         secrets.append(password)
+    if settings.REDIS_SENTINEL_PASSWORD is not None:
+        secrets.append(settings.REDIS_SENTINEL_PASSWORD.get_secret_value())
     # Longest first, so a secret that contains another is masked whole.
     return sorted({s for s in secrets if s}, key=len, reverse=True)
 

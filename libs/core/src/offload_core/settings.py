@@ -68,6 +68,19 @@ class Settings(BaseSettings):
     # Bounds every Redis call of the API and the job store, so an outage is an error, not a hang.
     REDIS_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=300)
+    # TLS (a rediss:// URL, or REDIS_SENTINEL_TLS): the CA bundle (PEM file) that signs the
+    # server's certificate, the system's CAs when unset; and whether the certificate is checked.
+    # "required" is the only safe choice; "none" accepts any server (a test Redis only).
+    REDIS_TLS_CA_FILE: Path | None = None
+    REDIS_TLS_CERT_REQS: Literal["required", "optional", "none"] = "required"
+    # Redis Sentinel: with sentinel addresses (host:port, comma-separated) every client asks
+    # them for the primary of REDIS_SENTINEL_MASTER and follows a failover. REDIS_URL then gives
+    # only the scheme (rediss:// for TLS to Redis), password and database; its host is not used.
+    REDIS_SENTINELS: Annotated[list[str], NoDecode] = []
+    REDIS_SENTINEL_MASTER: str = "mymaster"
+    # The sentinels' own password (their requirepass), if they have one, and TLS to them.
+    REDIS_SENTINEL_PASSWORD: SecretStr | None = None
+    REDIS_SENTINEL_TLS: bool = False
 
     # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list. Each is
     # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`
@@ -249,7 +262,14 @@ class Settings(BaseSettings):
     JOB_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
     @field_validator(
-        "API_KEYS", "QUEUES", "WORKER_QUEUES", "WEBHOOK_SECRETS", "OUTBOUND_ALLOWED_HOSTS", "JOB_MODULES", mode="before"
+        "API_KEYS",
+        "QUEUES",
+        "WORKER_QUEUES",
+        "WEBHOOK_SECRETS",
+        "OUTBOUND_ALLOWED_HOSTS",
+        "JOB_MODULES",
+        "REDIS_SENTINELS",
+        mode="before",
     )
     @classmethod
     def _parse_list(cls, value: object) -> object:
@@ -281,6 +301,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"OFFLOAD_REDIS_URL must be a redis://, rediss:// or unix:// URL, got {scheme or 'no'} scheme"
             )
+        return value
+
+    @field_validator("REDIS_SENTINELS")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"OFFLOAD_REDIS_SENTINELS: {address!r} is not host:port (e.g. sentinel-0.redis:26379)")
+        return value
+
+    @field_validator("REDIS_TLS_CA_FILE")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"OFFLOAD_REDIS_TLS_CA_FILE: no file at {value}; mount the CA bundle there or unset it")
         return value
 
     @model_validator(mode="after")
@@ -323,6 +359,11 @@ class Settings(BaseSettings):
                 f"{self.publish_bound_seconds:g} s = (OFFLOAD_PUBLISH_MAX_RETRIES + 1) x "
                 "(OFFLOAD_BROKER_CONNECT_TIMEOUT_SECONDS + OFFLOAD_BROKER_SOCKET_TIMEOUT_SECONDS), "
                 "or a job whose message is still being published may be published twice"
+            )
+        if self.REDIS_SENTINELS and urlsplit(self.redis_url).scheme == "unix":
+            raise ValueError(
+                "OFFLOAD_REDIS_SENTINELS is set but OFFLOAD_REDIS_URL is a unix:// socket; use redis:// or rediss:// "
+                "(its host is not used: the sentinels name the primary)"
             )
         self._check_queues()
         return self
@@ -378,8 +419,15 @@ class Settings(BaseSettings):
         return self.REDIS_URL.get_secret_value()
 
     @property
+    def redis_tls(self) -> bool:
+        """Whether the connections to Redis itself (not the sentinels) use TLS."""
+        return urlsplit(self.redis_url).scheme == "rediss"
+
+    @property
     def redis_location(self) -> str:
         """Host and port (or socket path) of Redis, without credentials, for messages."""
+        if self.REDIS_SENTINELS:
+            return f"the primary {self.REDIS_SENTINEL_MASTER!r} of sentinels {','.join(self.REDIS_SENTINELS)}"
         parts = urlsplit(self.redis_url)
         if parts.scheme == "unix":
             return parts.path

@@ -16,6 +16,7 @@ from offload_core.contract.topology import PRIORITY_SEPARATOR, PRIORITY_STEPS, Q
 from offload_core.runtime.job_task import register_job_types, stamp_chain_step
 from offload_core.sdk import JobType
 from offload_core.settings import Settings
+from offload_core.store.redis_connection import celery_connection_config
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -35,13 +36,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 25,
     }
     exchange = Exchange("offload", type="direct")
+    # URLs, TLS and Sentinel (the primary's name and the sentinels' options join the transport's).
+    connection = celery_connection_config(settings)
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
-        "broker_transport_options": transport_options,
+        **connection,
+        "broker_transport_options": {**transport_options, **connection.get("broker_transport_options", {})},
         "result_backend_transport_options": {
             "socket_connect_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_timeout": settings.BROKER_SOCKET_TIMEOUT_SECONDS,
+            **connection.get("result_backend_transport_options", {}),
         },
         "redis_socket_connect_timeout": settings.BROKER_CONNECT_TIMEOUT_SECONDS,
         "redis_socket_timeout": settings.BROKER_SOCKET_TIMEOUT_SECONDS,

@@ -42,6 +42,7 @@ from offload_core.runtime.worker_transport import use_worker_transport
 from offload_core.settings import Settings, get_settings
 from offload_core.store.jobs import JobStore
 from offload_core.store.queue_state import announce_consumer, withdraw_consumer
+from offload_core.store.redis_connection import sync_client
 from offload_core.telemetry import NOTIFIER_SERVICE, flush_telemetry, setup_tracing
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class WorkerProbes(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         self.settings.WORKER_STATE_DIR.mkdir(parents=True, exist_ok=True)
         # Short timeouts: this runs in the worker's main loop and must not stall it.
-        self.client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self.client = sync_client(self.settings, socket_connect_timeout=1, socket_timeout=1)
         self.queues = sorted(worker.app.amqp.queues.consume_from)
         self.hostname = worker.hostname
         self.beat()

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 _RedisQoS: Any = kombu_redis.QoS
 _RedisChannel: Any = kombu_redis.Channel
 _RedisTransport: Any = kombu_redis.Transport
+_RedisSentinelChannel: Any = kombu_redis.SentinelChannel
+_RedisSentinelTransport: Any = kombu_redis.SentinelTransport
 _VirtualQoS: Any = virtual.QoS
 
 # Longest time an acknowledged message stays in Redis's unacked hash, and the most acks written
@@ -193,10 +195,20 @@ class Transport(_RedisTransport):  # type: ignore[misc]
         self.loop_thread = threading.get_ident()
 
 
+class SentinelChannel(Channel, _RedisSentinelChannel):  # type: ignore[misc]
+    """The same channel on a pool that kombu's Sentinel channel makes: it asks the sentinels
+    for the primary on each new connection, so after a failover the channel reconnects to the
+    new one (the take script is loaded there again on its first NOSCRIPT)."""
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = _RedisSentinelTransport.default_port
+
+
 def use_worker_transport() -> None:
-    """Make redis:// and rediss:// broker URLs use this transport in this process. Only the
-    class changes: kombu still reads the URL (and its TLS defaults) by its scheme."""
-    path = f"{Transport.__module__}:{Transport.__qualname__}"
-    for scheme in ("redis", "rediss"):
-        kombu_transports.TRANSPORT_ALIASES[scheme] = path
+    """Make redis://, rediss:// and sentinel:// broker URLs use these transports in this process.
+    Only the class changes: kombu still reads the URL (and its TLS defaults) by its scheme."""
+    for scheme, transport in (("redis", Transport), ("rediss", Transport), ("sentinel", SentinelTransport)):
+        kombu_transports.TRANSPORT_ALIASES[scheme] = f"{transport.__module__}:{transport.__qualname__}"
         getattr(kombu_transports, "_transport_cache", {}).pop(scheme, None)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
 from offload_core.store.jobs import FINISHED, Job, JobStatus
 from offload_core.store.lua_scripts import lua
+from offload_core.store.redis_connection import sync_client
 
 KEY_PREFIX = "offload:image:"
 INDEX_PREFIX = "offload:images:tag:"
@@ -520,8 +521,8 @@ class ImageStore:
 
     @classmethod
     def from_settings(cls, settings: Any) -> ImageStore:
-        client = redis.Redis.from_url(
-            settings.redis_url,
+        client = sync_client(
+            settings,
             decode_responses=False,
             socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,

@@ -28,6 +28,7 @@ from offload_core.runtime.task_message import queue_list, task_message
 from offload_core.settings import Settings
 from offload_core.store import dead_letters
 from offload_core.store.lua_scripts import lua
+from offload_core.store.redis_connection import async_client, sync_client
 from offload_core.telemetry import trace_redis_client
 
 KEY_PREFIX = "offload:job:"
@@ -254,12 +255,12 @@ def _client_options(settings: Settings) -> dict[str, Any]:
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client whose every call is bounded by the configured timeouts."""
-    return trace_redis_client(redis.Redis.from_url(settings.redis_url, **_client_options(settings)))
+    return trace_redis_client(sync_client(settings, **_client_options(settings)))
 
 
 def async_redis_client(settings: Settings) -> aioredis.Redis:
     """``redis_client`` for the event loop."""
-    return trace_redis_client(aioredis.Redis.from_url(settings.redis_url, **_client_options(settings)))
+    return trace_redis_client(async_client(settings, **_client_options(settings)))
 
 
 class JobStore:
