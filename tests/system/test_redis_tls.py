@@ -107,8 +107,8 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
 
     [job_id] = topo.submit([{"sleep_ms": 10}])
     record = topo.wait_terminal([job_id], timeout=60)[job_id]
-    assert record["status"] == "succeeded", record
-    assert record["worker"] == f"worker@{worker}"
+    assert record.status == "succeeded", record
+    assert record.worker == f"worker@{worker}"
     assert trusting.exists(f"offload:job:{job_id}")
 
     # Verification is on: the system's CAs do not know this CA, so a client without it is
@@ -125,5 +125,5 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
     report(
         record_property,
         f"redis_tls_{through}",
-        {"job": record["status"], "untrusting_client": str(refused.value)[:120]},
+        {"job": record.status, "untrusting_client": str(refused.value)[:120]},
     )
