@@ -98,13 +98,6 @@ class BlobLedger:
     def usage(self, owner: str) -> int:
         return int(cast(Any, self.client.hget(USAGE_KEY, owner)) or 0)
 
-    def size(self, key: str) -> int | None:
-        entry = self.client.hget(LEDGER_KEY, key)
-        if entry is None:
-            return None
-        text = entry.decode() if isinstance(entry, bytes) else entry
-        return int(text.split(" ", 1)[0])
-
     def due(self, before: float, limit: int = BLOBS_PER_SWEEP) -> list[str]:
         keys = cast(list[Any], self.client.zrangebyscore(EXPIRY_KEY, "-inf", int(before * 1000), start=0, num=limit))
         return [k.decode() if isinstance(k, bytes) else str(k) for k in keys]

@@ -26,8 +26,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
-from offload_core.store.blob_ledger import Blob, Blobs
-from offload_core.store.blobs import image_blob_key
+from offload_core.store.blob_ledger import Blobs
+from offload_core.store.blobs import Blob, image_blob_key
 from offload_core.store.jobs import FINISHED, Job, JobStatus
 from offload_core.store.lua_scripts import lua
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from offload_core.contract.reports import CONTENT_TYPES, OutputFormat
-from offload_core.store.blob_ledger import Blob, Blobs
-from offload_core.store.blobs import report_blob_key
+from offload_core.store.blob_ledger import Blobs
+from offload_core.store.blobs import Blob, report_blob_key
 
 RESULT_KEY_PREFIX = "offload:report:"
 
