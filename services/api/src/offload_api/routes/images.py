@@ -196,7 +196,7 @@ def _sha256(upload: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def quota_exceeded(exc: QuotaExceeded) -> HTTPException:
+def _quota_exceeded(exc: QuotaExceeded) -> HTTPException:
     """413, as for an image over the size limit: this request cannot be stored as it is."""
     return HTTPException(413, f"Blob quota exceeded: {exc}")
 
@@ -275,7 +275,7 @@ def upload_image(
             with contextlib.suppress(redis.RedisError):
                 idempotency.release(store.client)
         if isinstance(exc, QuotaExceeded):
-            raise quota_exceeded(exc) from exc
+            raise _quota_exceeded(exc) from exc
         raise
     response.headers["Location"] = f"{UPLOAD_PATH}/{record.id}"
     return _view(record, store)
