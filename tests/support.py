@@ -136,7 +136,9 @@ def cluster(
     """A Redis of its own on a free port; the test starts its API and workers on it."""
     server = start_redis(log_dir / "redis", persistent=persistent, password=redis_password)
     direct = redis.Redis.from_url(server.url, decode_responses=True)
-    started = Cluster(server, {**env, "OFFLOAD_REDIS_URL": server.url}, log_dir, direct)
+    # The blob store's directory is the cluster's own unless the test names a backend of its own.
+    blob_dir = {"OFFLOAD_BLOB_DIR": str(log_dir / "blobs")}
+    started = Cluster(server, {**blob_dir, **env, "OFFLOAD_REDIS_URL": server.url}, log_dir, direct)
     try:
         yield started
     finally:

@@ -131,6 +131,14 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"api": {"preStopSleepSeconds": 40}},
         ["api: terminationGracePeriodSeconds (35) must exceed preStopSleepSeconds (40)"],
     ),
+    "blob-filesystem-unshared": (
+        {"blobStore": {"filesystem": {"persistence": {"enabled": False}}}},
+        ["blobStore: the filesystem backend needs a volume every API and worker pod shares"],
+    ),
+    "blob-s3-without-bucket": (
+        {"blobStore": {"backend": "s3"}},
+        ["blobStore: backend s3 needs blobStore.s3.bucket"],
+    ),
 }
 
 

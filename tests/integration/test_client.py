@@ -222,6 +222,10 @@ def test_an_image_is_uploaded_processed_and_fetched(offload: Offload, tmp_path: 
     assert isinstance(result, bytes)
     assert PILImage.open(io.BytesIO(result)).size == (16, 12)
     assert any(hit.id == image.id for hit in offload.search_images(tags=["client"]))
+    offload.delete_image(image.id)
+    assert all(hit.id != image.id for hit in offload.search_images(tags=["client"]))
+    with pytest.raises(NotFound):
+        offload.get_image(image.id)
 
 
 def test_compute_audit_and_health(offload: Offload) -> None:

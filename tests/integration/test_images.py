@@ -20,7 +20,8 @@ from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
 from offload_core.contract.topology import priority_lists
-from offload_core.store.images import original_key
+from offload_core.store.blobs import FilesystemBlobStore
+from offload_core.store.images import original_blob
 from offload_core.store.jobs import JobStore
 from offload_dev.polling import wait_for
 from tests.integration.standalone_api import standalone_api
@@ -268,8 +269,9 @@ def test_the_chain_processes_indexes_and_notifies(stack: Stack) -> None:
 def test_a_failing_step_stops_the_chain_and_says_why(stack: Stack, stored: Any, why: str) -> None:
     body = uploaded(stack.client, encoded(noise(300, 200), "JPEG"), filename="ok.jpg", content_type="image/jpeg")
     # The stored original goes bad after the upload's checks (as if written by another client).
-    with redis.Redis.from_url(stack.redis.url) as client:
-        assert client.set(original_key(body["id"]), stored(), xx=True, keepttl=True)
+    blob_store = FilesystemBlobStore(Path(stack.env["OFFLOAD_BLOB_DIR"]))
+    assert blob_store.info(original_blob(body["id"])) is not None
+    blob_store.put(original_blob(body["id"]), stored(), "image/jpeg")
     path = f"/hooks/{uuid.uuid4().hex[:12]}"
     accepted = submit(
         stack.client,

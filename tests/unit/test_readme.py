@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _documented() -> dict[str, str]:
-    rows = re.findall(r"^\| `(OFFLOAD_[A-Z_]+)` \| ([^|]+) \|", README.read_text(), flags=re.MULTILINE)
+    rows = re.findall(r"^\| `(OFFLOAD_[A-Z0-9_]+)` \| ([^|]+) \|", README.read_text(), flags=re.MULTILINE)
     return {name: default.strip() for name, default in rows}
 
 

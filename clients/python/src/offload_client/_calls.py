@@ -47,6 +47,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/images/{image_id}"): "get_image",
     ("GET", "/v1/images/{image_id}/result"): "image_result",
     ("POST", "/v1/images/{image_id}/process"): "process_image",
+    ("DELETE", "/v1/images/{image_id}"): "delete_image",
     ("GET", "/v1/audit"): "list_audit",
     ("POST", "/v1/compute"): "compute",
     ("POST", "/v1/reports"): "submit_report",
@@ -251,6 +252,10 @@ def search_images(tags: Sequence[str] | None, limit: int | None, cursor: int | N
 
 def get_image(image_id: str) -> Call[models.Image]:
     return Call("GET", f"/v1/images/{_segment(image_id)}", _model(models.Image))
+
+
+def delete_image(image_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/images/{_segment(image_id)}", _nothing)
 
 
 def image_result_path(image_id: str) -> str:

@@ -283,6 +283,10 @@ class AsyncOffload:
         """Run ``operations`` (e.g. ``[{"op": "thumbnail", "size": 128}]``) on an uploaded image."""
         return await self._send(calls.process_image(image_id, operations, notify, idempotency_key))
 
+    async def delete_image(self, image_id: str) -> None:
+        """Delete the image and its result now, freeing the key's blob quota."""
+        await self._send(calls.delete_image(image_id))
+
     async def image_result(
         self, image_id: str, destination: str | Path | IO[bytes] | None = None
     ) -> bytes | Path | None:

@@ -278,6 +278,10 @@ class Offload:
         """Run ``operations`` (e.g. ``[{"op": "thumbnail", "size": 128}]``) on an uploaded image."""
         return self._send(calls.process_image(image_id, operations, notify, idempotency_key))
 
+    def delete_image(self, image_id: str) -> None:
+        """Delete the image and its result now, freeing the key's blob quota."""
+        self._send(calls.delete_image(image_id))
+
     def image_result(self, image_id: str, destination: str | Path | IO[bytes] | None = None) -> bytes | Path | None:
         """The processed image: its bytes, or written to ``destination`` (a file, a directory or
         an open binary file). Raises `Conflict` until the pipeline has succeeded."""

@@ -10,6 +10,7 @@ value and says what to do. Included once, from configmap.yaml (which always rend
 {{- $messages = append $messages (include "offload.checkConfig.flower" .) -}}
 {{- $messages = append $messages (include "offload.checkConfig.api" .) -}}
 {{- $messages = append $messages (include "offload.checkConfig.delivery" .) -}}
+{{- $messages = append $messages (include "offload.checkConfig.blobStore" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- fail (printf "\nOFFLOAD CONFIGURATION ERRORS:\n%s" (join "\n" $messages)) -}}
@@ -174,3 +175,17 @@ delivery.smtp: port 465 speaks TLS from the first byte; set security: tls (start
 delivery.smtp: port 587 expects starttls; set security: starttls (tls is for port 465).
 {{- end -}}
 {{- end -}}
+
+{{- define "offload.checkConfig.blobStore" -}}
+{{- $blobs := .Values.blobStore -}}
+{{- if eq $blobs.backend "filesystem" -}}
+{{- if and (not $blobs.filesystem.existingClaim) (not $blobs.filesystem.persistence.enabled) }}
+blobStore: the filesystem backend needs a volume every API and worker pod shares (they run in separate pods, so a pod's own disk would hide uploads from the workers); set blobStore.filesystem.existingClaim to a ReadWriteMany claim, enable blobStore.filesystem.persistence, or use blobStore.backend=s3.
+{{- end -}}
+{{- else -}}
+{{- if not $blobs.s3.bucket }}
+blobStore: backend s3 needs blobStore.s3.bucket, an existing bucket to keep image and report blobs in.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+

@@ -278,6 +278,54 @@ outbound allow-list. The SMTP password and the signing secrets come from Secrets
 {{ include "offload.outboundEnv" . }}
 {{- end -}}
 
+{{/* OFFLOAD_BLOB_QUOTA_OVERRIDES from blobStore.quotaOverrides: "<key id>=<bytes>,...". */}}
+{{- define "offload.blobQuotaOverrides" -}}
+{{- $entries := list -}}
+{{- range .Values.blobStore.quotaOverrides -}}
+{{- $entries = append $entries (printf "%s=%d" .keyId (int64 .bytes)) -}}
+{{- end -}}
+{{- join "," $entries -}}
+{{- end -}}
+
+{{/* The blob store's S3 credentials (API and worker image), from an existing Secret only. */}}
+{{- define "offload.blobEnv" -}}
+{{- $s3 := .Values.blobStore.s3 -}}
+{{- if and (eq .Values.blobStore.backend "s3") $s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: {{ $s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: {{ $s3.secretAccessKeyKey }}
+{{- end }}
+{{- end -}}
+
+{{/* The PersistentVolumeClaim of the filesystem blob store. */}}
+{{- define "offload.blobClaimName" -}}
+{{- .Values.blobStore.filesystem.existingClaim | default (include "offload.componentName" (dict "ctx" . "suffix" "blobs")) -}}
+{{- end -}}
+
+{{/* The blob volume's mount (API and worker image), when the backend is the filesystem. */}}
+{{- define "offload.blobVolumeMount" -}}
+{{- if eq .Values.blobStore.backend "filesystem" }}
+- name: blobs
+  mountPath: {{ .Values.blobStore.filesystem.path }}
+{{- end }}
+{{- end -}}
+
+{{- define "offload.blobVolume" -}}
+{{- if eq .Values.blobStore.backend "filesystem" }}
+# Image and report blobs, shared by the API and every worker pod (blobStore.filesystem).
+- name: blobs
+  persistentVolumeClaim:
+    claimName: {{ include "offload.blobClaimName" . }}
+{{- end }}
+{{- end -}}
+
 {{/* Container security context of every container. */}}
 {{- define "offload.containerSecurityContext" -}}
 allowPrivilegeEscalation: false

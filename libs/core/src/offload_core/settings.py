@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from offload_core.contract.api_keys import parse_api_key
+from offload_core.contract.api_keys import KEY_ID_PATTERN, parse_api_key
 from offload_core.contract.topology import BUILTIN_QUEUES, queue_name_problem
 from offload_core.contract.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
 
@@ -48,6 +49,19 @@ def webhook_secret_problem(secret: str) -> str | None:
     if not 24 <= len(key) <= 64:
         return f"a secret must hold 24 to 64 bytes, this one holds {len(key)}"
     return None
+
+
+def parse_quota_overrides(entries: Sequence[str]) -> dict[str, int]:
+    """OFFLOAD_BLOB_QUOTA_OVERRIDES: ``<key id>=<bytes>`` entries."""
+    overrides: dict[str, int] = {}
+    for entry in entries:
+        key_id, _, amount = entry.partition("=")
+        if not re.fullmatch(KEY_ID_PATTERN, key_id.strip()) or not amount.strip().isdigit():
+            raise ValueError(
+                f"OFFLOAD_BLOB_QUOTA_OVERRIDES entry {entry!r} must be <key id>=<bytes>, e.g. reports-bot=10737418240"
+            )
+        overrides[key_id.strip()] = int(amount)
+    return overrides
 
 
 class Settings(BaseSettings):
@@ -261,6 +275,31 @@ class Settings(BaseSettings):
     JOB_EVENTS_POLL_SECONDS: float = Field(0.5, ge=0.05, le=10)
     JOB_EVENTS_MAX_SECONDS: float = Field(1800.0, ge=1)
 
+    # Blob store: the bytes of image uploads and results and of report results (the broker Redis
+    # keeps only their metadata). "filesystem" keeps them under BLOB_DIR, which every API and
+    # worker process must share (make run; one volume in Kubernetes); "s3" in an S3-compatible
+    # bucket. S3 credentials come from the environment only (AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY, or a web identity / instance role), never from these settings.
+    BLOB_BACKEND: Literal["filesystem", "s3"] = "filesystem"
+    BLOB_DIR: Path = Path("/var/lib/offload/blobs")
+    BLOB_S3_BUCKET: str = ""
+    # Prepended to every object key, so one bucket can serve several deployments.
+    BLOB_S3_PREFIX: str = Field("offload", pattern=r"^[A-Za-z0-9_./-]{0,200}$")
+    # Empty for AWS itself; the URL of any other S3-compatible service (MinIO, Ceph, R2...).
+    BLOB_S3_ENDPOINT_URL: str = ""
+    BLOB_S3_REGION: str | None = None
+    # Path-style addressing (https://host/bucket/key), which most self-hosted services need.
+    BLOB_S3_PATH_STYLE: bool = False
+    BLOB_S3_CONNECT_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=60)
+    BLOB_S3_READ_TIMEOUT_SECONDS: float = Field(30.0, gt=0, le=300)
+    # Bytes of blobs one API key may keep stored at once (originals, results, reports); beyond
+    # it an upload is refused with 413 and a job's result fails the job. Per-key exceptions:
+    # `<key id>=<bytes>` entries, comma-separated.
+    BLOB_QUOTA_BYTES: int = Field(1024 * 1024 * 1024, ge=0)
+    BLOB_QUOTA_OVERRIDES: Annotated[list[str], NoDecode] = []
+    # How often a worker deletes blobs whose TTL has passed and frees their quota.
+    BLOB_SWEEP_INTERVAL_SECONDS: float = Field(60.0, ge=0.1, le=3600)
+
     @field_validator(
         "API_KEYS",
         "QUEUES",
@@ -269,6 +308,7 @@ class Settings(BaseSettings):
         "OUTBOUND_ALLOWED_HOSTS",
         "JOB_MODULES",
         "REDIS_SENTINELS",
+        "BLOB_QUOTA_OVERRIDES",
         mode="before",
     )
     @classmethod
@@ -291,6 +331,12 @@ class Settings(BaseSettings):
         from offload_core.engines.outbound import OutboundPolicy  # it imports this module
 
         OutboundPolicy(value)  # raises ValueError naming the entry that is not a host, address or network
+        return value
+
+    @field_validator("BLOB_QUOTA_OVERRIDES")
+    @classmethod
+    def _quota_overrides(cls, value: list[str]) -> list[str]:
+        parse_quota_overrides(value)  # raises ValueError naming the entry
         return value
 
     @field_validator("REDIS_URL")
@@ -365,6 +411,8 @@ class Settings(BaseSettings):
                 "OFFLOAD_REDIS_SENTINELS is set but OFFLOAD_REDIS_URL is a unix:// socket; use redis:// or rediss:// "
                 "(its host is not used: the sentinels name the primary)"
             )
+        if self.BLOB_BACKEND == "s3" and not self.BLOB_S3_BUCKET:
+            raise ValueError("OFFLOAD_BLOB_BACKEND=s3 needs OFFLOAD_BLOB_S3_BUCKET, the bucket to keep blobs in")
         self._check_queues()
         return self
 
@@ -413,6 +461,10 @@ class Settings(BaseSettings):
             self.REPORT_SOFT_TIME_LIMIT_SECONDS or self.TASK_SOFT_TIME_LIMIT_SECONDS,
             self.REPORT_TIME_LIMIT_SECONDS or self.TASK_TIME_LIMIT_SECONDS,
         )
+
+    @property
+    def blob_quota_overrides(self) -> dict[str, int]:
+        return parse_quota_overrides(self.BLOB_QUOTA_OVERRIDES)
 
     @property
     def redis_url(self) -> str:

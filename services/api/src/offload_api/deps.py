@@ -5,6 +5,7 @@ thread, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from celery import Celery
@@ -12,6 +13,7 @@ from fastapi import Depends, Request
 
 from offload_core.contract.registry import JobTypes
 from offload_core.settings import Settings, get_settings
+from offload_core.store.blob_ledger import Blobs
 from offload_core.store.dead_letters import DeadLetters
 from offload_core.store.jobs import JobStore
 
@@ -44,7 +46,22 @@ async def get_job_types(request: Request) -> JobTypes:
     return job_types
 
 
+_blobs_lock = threading.Lock()
+
+
+def get_blobs(request: Request) -> Blobs:
+    """The blob store and its ledger (on the job store's Redis client), made on first use."""
+    blobs: Blobs | None = getattr(request.app.state, "blobs", None)
+    if blobs is None:
+        with _blobs_lock:
+            blobs = getattr(request.app.state, "blobs", None)
+            if blobs is None:
+                blobs = request.app.state.blobs = Blobs.from_settings(get_settings(), request.app.state.store.client)
+    return blobs
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+BlobsDep = Annotated[Blobs, Depends(get_blobs)]
 JobTypesDep = Annotated[JobTypes, Depends(get_job_types)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 DeadLettersDep = Annotated[DeadLetters, Depends(get_dead_letters)]

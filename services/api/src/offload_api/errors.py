@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from offload_core.settings import get_settings
+from offload_core.store.blobs import BlobStoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,14 @@ async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=503, content=error_body(detail, "redis_unavailable"), headers={"Retry-After": "5"})
 
 
+async def _blob_store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("blob store unavailable: %s", exc)
+    detail = f"The blob store is unavailable ({exc}); nothing was stored, retry later. (OFFLOAD_BLOB_*)"
+    return JSONResponse(
+        status_code=503, content=error_body(detail, "blob_store_unavailable"), headers={"Retry-After": "5"}
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return JSONResponse(status_code=500, content=error_body("Internal error; it has been logged.", "internal_error"))
@@ -193,4 +202,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.RedisError, _redis_unavailable)
     app.add_exception_handler(OperationalError, _redis_unavailable)
+    app.add_exception_handler(BlobStoreUnavailable, _blob_store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

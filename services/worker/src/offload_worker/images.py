@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from offload_core.sdk import JobContext, JobEnd, PermanentJobError
 from offload_core.settings import get_settings
+from offload_core.store.blob_ledger import QuotaExceeded
 from offload_core.store.images import (
     Convert,
     Crop,
@@ -149,7 +150,8 @@ def _store() -> JobStore:
 
 @cache
 def _images() -> ImageStore:
-    """One Redis client per process, made on first use (after the pool process was forked)."""
+    """One Redis client (and blob store client) per process, made on first use (after the pool
+    process was forked)."""
     return ImageStore.from_settings(get_settings())
 
 
@@ -171,9 +173,11 @@ def process_image(ctx: JobContext, request: ImageProcessPayload) -> dict[str, An
     """Returns the result's format, width, height, bytes and mode."""
     settings = get_settings()
     image_id = request.image_id
-    data = _images().original(image_id)
-    if data is None:
+    original = _images().original(image_id)
+    if original is None:
         raise PermanentJobError(f"image {image_id} is gone: it expired (OFFLOAD_IMAGE_TTL_SECONDS) or never existed")
+    # Whole, as Pillow needs it; bounded by OFFLOAD_IMAGE_MAX_BYTES at upload.
+    data = original.read()
     started = time.perf_counter()
     encoded, info = process(data, request.operations, settings.IMAGE_MAX_PIXELS)
     if len(encoded) > settings.IMAGE_MAX_RESULT_BYTES:
@@ -181,7 +185,11 @@ def process_image(ctx: JobContext, request: ImageProcessPayload) -> dict[str, An
             f"the result is {len(encoded):,} bytes, at most {settings.IMAGE_MAX_RESULT_BYTES:,} "
             "(OFFLOAD_IMAGE_MAX_RESULT_BYTES)"
         )
-    if not _images().save_result(image_id, ctx.job_id, encoded, info):
+    try:
+        saved = _images().save_result(image_id, ctx.job_id, encoded, info)
+    except QuotaExceeded as exc:
+        raise PermanentJobError(f"the result cannot be kept: {exc}") from exc
+    if not saved:
         raise PermanentJobError(f"image {image_id} expired, or was sent to another pipeline, while it was processed")
     logger.info(
         "image %s: %d operations, %s %dx%d, %d bytes in %.2fs",

@@ -1,5 +1,5 @@
 """The report job: stream a CSV or JSON Lines source over HTTP(S), aggregate it as it arrives,
-and keep the result in Redis for download. Memory stays flat however large the source is."""
+and keep the result in the blob store for download. Memory stays flat however large the source is."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from offload_core.contract.reports import ReportRequest
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.sdk import JobContext, JobTimeLimitExceeded, PermanentJobError, TransientJobError
 from offload_core.settings import get_settings
+from offload_core.store.blob_ledger import Blobs, QuotaExceeded
 from offload_core.store.jobs import JobStore
-from offload_core.store.report_results import StoredResult, store_result
+from offload_core.store.report_results import store_result
 from offload_worker.report_engine import ReportEngine, ReportError, ReportLimits
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 def _store() -> JobStore:
     """One Redis client per process, made on first use (after the pool process was forked)."""
     return JobStore.from_settings(get_settings())
+
+
+@cache
+def _blobs() -> Blobs:
+    return Blobs.from_settings(get_settings(), _store().client)
 
 
 def run_report(ctx: JobContext, request: ReportRequest) -> dict[str, object]:
@@ -51,9 +57,18 @@ def run_report(ctx: JobContext, request: ReportRequest) -> dict[str, object]:
             f"timed out after {soft} s with {engine.rows_read:,} rows read; a report may run "
             f"{soft} s (OFFLOAD_REPORT_SOFT_TIME_LIMIT_SECONDS, else OFFLOAD_TASK_SOFT_TIME_LIMIT_SECONDS)"
         ) from exc
-    store_result(
-        _store().client, ctx.job_id, StoredResult(request.output_format, body), settings.REPORT_RESULT_TTL_SECONDS
-    )
+    job = _store().get(ctx.job_id)
+    try:
+        store_result(
+            _blobs(),
+            ctx.job_id,
+            request.output_format,
+            body,
+            settings.REPORT_RESULT_TTL_SECONDS,
+            owner=job.owner if job is not None else None,
+        )
+    except QuotaExceeded as exc:
+        raise PermanentJobError(f"the result cannot be kept: {exc}") from exc
     elapsed = time.monotonic() - started
     ctx.progress(100, f"{engine.rows_read:,} rows, done in {elapsed:.1f} s")
     logger.info(

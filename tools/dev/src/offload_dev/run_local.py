@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "FLOWER_BASIC_AUTH": flower_auth,
         "FLOWER_PORT": str(flower_port),
         "OFFLOAD_STATE": str(STATE),
+        # Image and report blobs in a directory every local process shares (no S3 needed).
+        "OFFLOAD_BLOB_BACKEND": os.environ.get("OFFLOAD_BLOB_BACKEND", "filesystem"),
+        "OFFLOAD_BLOB_DIR": os.environ.get("OFFLOAD_BLOB_DIR") or str(STATE / "blobs"),
         "PYTHONUNBUFFERED": "1",
         **delivery_env(mail_port, webhooks_port, webhook_secrets),
         **plugins,
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
   Metrics    http://127.0.0.1:{api_metrics_port}/metrics  (API and queue depths)
 {worker_metrics}
   Redis      {Redactor([])(redis_url)}
+  Blobs      {env["OFFLOAD_BLOB_DIR"] if env["OFFLOAD_BLOB_BACKEND"] == "filesystem" else "S3 (OFFLOAD_BLOB_S3_*)"}
 {plugins_line}  Mail       smtp://127.0.0.1:{mail_port}         every email the services send is printed below ("mail")
   Webhooks   http://127.0.0.1:{webhooks_port}/<any path>  checks signatures, prints each delivery ("webhooks")
              signing secret in .run/webhook-secret (new each run unless OFFLOAD_WEBHOOK_SECRETS is set)

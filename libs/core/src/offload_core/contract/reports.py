@@ -1,7 +1,7 @@
 """Reports: what a client asks for (``ReportRequest``) and what the result looks like.
 
 The API validates a ``ReportRequest``; a worker aggregates the source with its report engine
-(offload_worker.report_engine) and keeps the result in Redis (offload_core.store.report_results).
+(offload_worker.report_engine) and keeps the result in the blob store (offload_core.store.report_results).
 """
 
 from __future__ import annotations

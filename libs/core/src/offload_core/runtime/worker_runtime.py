@@ -40,6 +40,7 @@ from offload_core.runtime.orphans import OrphanSweep
 from offload_core.runtime.worker_metrics import serve_worker_metrics, worker_registry
 from offload_core.runtime.worker_transport import use_worker_transport
 from offload_core.settings import Settings, get_settings
+from offload_core.store.blob_ledger import Blobs, BlobSweep, BlobSweepThread
 from offload_core.store.jobs import JobStore
 from offload_core.store.queue_state import announce_consumer, withdraw_consumer
 from offload_core.store.redis_connection import sync_client
@@ -135,6 +136,26 @@ class OrphanSweeper(bootsteps.StartStopStep):
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=10)  # a sweep in progress ends within its Redis timeouts
+
+
+class BlobSweeper(bootsteps.StartStopStep):
+    """Every OFFLOAD_BLOB_SWEEP_INTERVAL_SECONDS, deletes the blobs whose TTL has passed and frees
+    their quota (offload_core.store.blob_ledger; one worker at a time sweeps). Only in workers
+    that hold the blob store: the notifier never touches blobs."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.thread: BlobSweepThread | None = None
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        blobs = Blobs.from_settings(settings, JobStore.from_settings(settings).client)
+        sweep = BlobSweep(blobs, settings.BLOB_SWEEP_INTERVAL_SECONDS, owner=worker.hostname)
+        self.thread = BlobSweepThread(sweep).start()
+
+    def stop(self, worker: Any) -> None:
+        if self.thread is not None:
+            self.thread.stop()
 
 
 class ReconnectingConsumer(Consumer):
@@ -245,6 +266,8 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
             atexit.register(pusher.stop)
     app.steps["worker"].add(WorkerProbes)
     app.steps["worker"].add(OrphanSweeper)
+    if service != NOTIFIER_SERVICE:
+        app.steps["worker"].add(BlobSweeper)
     # Acks written in batches and one Redis client per pool (offload_core.runtime.worker_transport).
     use_worker_transport()
     # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.

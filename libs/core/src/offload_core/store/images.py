@@ -1,6 +1,6 @@
 """Image pipelines, the parts the API and the worker share: formats, operations and the sizes
-they produce, the pipeline's steps, and the Redis storage of originals, results and the
-search index.
+they produce, the pipeline's steps, the records and search index in Redis, and the originals
+and results in the blob store.
 
 No Pillow here (the notifier shares this package and never touches an image): the API
 inspects uploads and the worker processes them, each with its own Pillow; this module is the
@@ -11,6 +11,7 @@ pixel limit before it is queued, and the worker checks the same plan against the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -19,12 +20,14 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, cast
+from typing import IO, Annotated, Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from offload_core.contract.payloads import MAX_NOTIFICATION_TARGETS, NotificationTarget, Severity, SingleLine
+from offload_core.store.blob_ledger import Blobs
+from offload_core.store.blobs import Blob, image_blob_key
 from offload_core.store.jobs import FINISHED, Job, JobStatus
 from offload_core.store.lua_scripts import lua
 from offload_core.store.redis_connection import sync_client
@@ -467,12 +470,14 @@ def image_key(image_id: str) -> str:
     return f"{KEY_PREFIX}{image_id}"
 
 
-def original_key(image_id: str) -> str:
-    return f"{KEY_PREFIX}{image_id}:original"
+def original_blob(image_id: str) -> str:
+    return image_blob_key(image_id, "original")
 
 
-def result_key(image_id: str) -> str:
-    return f"{KEY_PREFIX}{image_id}:result"
+def result_blob(image_id: str, pipeline_id: str) -> str:
+    """Each pipeline's result has its own key: a late write of an older pipeline can never
+    overwrite the current one's."""
+    return image_blob_key(image_id, f"result-{pipeline_id}")
 
 
 def tag_key(tag: str) -> str:
@@ -505,18 +510,19 @@ class SearchPage(BaseModel):
 _INDEX = lua("image_index")
 
 
-Blobs = dict[str, bytes | None]
-Change = Callable[[ImageRecord], tuple[ImageRecord, Blobs]]
+Change = Callable[[ImageRecord], ImageRecord]
 
 
 class ImageStore:
-    """Originals, results and records of images in Redis, and the tag index.
+    """Records of images in Redis, with the tag index; originals and results in the blob store
+    (offload_core.store.blobs), charged to the uploader's quota and expiring with the record.
 
-    ``client`` must not decode responses: originals and results are bytes."""
+    ``client`` must not decode responses (the index script's answers are read as bytes)."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int, blobs: Blobs) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        self.blobs = blobs
         self._index = client.register_script(_INDEX)
 
     @classmethod
@@ -528,34 +534,49 @@ class ImageStore:
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
             health_check_interval=30,
         )
-        return cls(client, settings.IMAGE_TTL_SECONDS)
+        return cls(client, settings.IMAGE_TTL_SECONDS, Blobs.from_settings(settings, client))
 
-    def _keys(self, image_id: str) -> list[str]:
-        return [image_key(image_id), original_key(image_id), result_key(image_id)]
+    @staticmethod
+    def _blob_keys(record: ImageRecord) -> list[str]:
+        keys = [original_blob(record.id)]
+        if record.pipeline is not None:
+            keys.append(result_blob(record.id, record.pipeline.id))
+        return keys
 
     def create(
-        self, image_id: str, data: bytes, info: ImageInfo, tags: list[str], *, owner: str | None = None
+        self, image_id: str, source: bytes | IO[bytes], info: ImageInfo, tags: list[str], *, owner: str | None = None
     ) -> ImageRecord:
+        """Store the original (QuotaExceeded when the owner has no room for it), then the record."""
         record = ImageRecord(id=image_id, original=info, tags=tags, created_at=datetime.now(UTC), owner=owner)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(original_key(image_id), data, ex=self.ttl)
-        pipe.set(image_key(image_id), record.model_dump_json(), ex=self.ttl)
-        pipe.execute()
+        key = original_blob(image_id)
+        self.blobs.put(key, source, size=info.bytes, content_type=info.format.media_type, owner=owner, ttl=self.ttl)
+        try:
+            self.client.set(image_key(image_id), record.model_dump_json(), ex=self.ttl)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.blobs.delete(key)
+            raise
         return record
 
     def get(self, image_id: str) -> ImageRecord | None:
         raw = cast(bytes | None, self.client.get(image_key(image_id)))
         return ImageRecord.model_validate_json(raw) if raw else None
 
-    def original(self, image_id: str) -> bytes | None:
-        return cast(bytes | None, self.client.get(original_key(image_id)))
+    def original(self, image_id: str) -> Blob | None:
+        """The original, while its record lives."""
+        if self.get(image_id) is None:
+            return None
+        return self.blobs.open(original_blob(image_id))
 
-    def result(self, image_id: str) -> bytes | None:
-        return cast(bytes | None, self.client.get(result_key(image_id)))
+    def result(self, record: ImageRecord) -> Blob | None:
+        """The current pipeline's result, if it has one."""
+        if record.pipeline is None or record.result is None:
+            return None
+        return self.blobs.open(result_blob(record.id, record.pipeline.id))
 
-    def _update(self, image_id: str, change: Change) -> ImageRecord | None:
-        """Read, change and write the record atomically (optimistic: retried if it moved), with
-        the blobs ``change`` returns (bytes to store, None to delete), renewing every key's TTL."""
+    def _update(self, image_id: str, change: Change) -> tuple[ImageRecord, ImageRecord] | None:
+        """Read, change and write the record atomically (optimistic: retried if it moved),
+        renewing its TTL and its blobs' expiry; the record before and after, None if it is gone."""
         key = image_key(image_id)
         with self.client.pipeline(transaction=True) as pipe:
             for _ in range(20):
@@ -565,18 +586,13 @@ class ImageStore:
                     if not raw:
                         pipe.unwatch()
                         return None
-                    record, blobs = change(ImageRecord.model_validate_json(raw))
+                    before = ImageRecord.model_validate_json(raw)
+                    record = change(before)
                     pipe.multi()
-                    for blob_key, blob in blobs.items():
-                        if blob is None:
-                            pipe.delete(blob_key)
-                        else:
-                            pipe.set(blob_key, blob, ex=self.ttl)
                     pipe.set(key, record.model_dump_json(), ex=self.ttl)
-                    for renewed in self._keys(image_id)[1:]:
-                        pipe.expire(renewed, self.ttl)
+                    self.blobs.ledger.renew(self._blob_keys(record), self.ttl, pipe)
                     pipe.execute()
-                    return record
+                    return before, record
                 except redis.WatchError:
                     continue
         raise RuntimeError(f"image {image_id}: its record kept changing under 20 attempts to update it")
@@ -585,26 +601,67 @@ class ImageStore:
         """Make ``pipeline`` the image's current one and drop the previous result, unless
         ``busy(previous_pipeline)`` says that one may still run (PipelineBusy)."""
 
-        def change(record: ImageRecord) -> tuple[ImageRecord, Blobs]:
+        def change(record: ImageRecord) -> ImageRecord:
             if record.pipeline is not None and busy(record.pipeline):
                 raise PipelineBusy(record.pipeline.id)
-            return record.model_copy(update={"pipeline": pipeline, "result": None}), {result_key(image_id): None}
+            return record.model_copy(update={"pipeline": pipeline, "result": None})
 
-        return self._update(image_id, change)
+        updated = self._update(image_id, change)
+        if updated is None:
+            return None
+        before, record = updated
+        if before.pipeline is not None:
+            self.blobs.delete(result_blob(image_id, before.pipeline.id))
+        return record
 
     def save_result(self, image_id: str, pipeline_id: str, data: bytes, info: ImageInfo) -> bool:
         """Store the result of ``pipeline_id``; False if the image is gone or has moved on to
-        another pipeline (whose result this is not)."""
+        another pipeline (whose result this is not). QuotaExceeded if the owner has no room."""
+        record = self.get(image_id)
+        if record is None or record.pipeline is None or record.pipeline.id != pipeline_id:
+            return False
+        key = result_blob(image_id, pipeline_id)
+        self.blobs.put(key, data, size=len(data), content_type=info.format.media_type, owner=record.owner, ttl=self.ttl)
 
-        def change(record: ImageRecord) -> tuple[ImageRecord, Blobs]:
-            if record.pipeline is None or record.pipeline.id != pipeline_id:
+        def change(current: ImageRecord) -> ImageRecord:
+            if current.pipeline is None or current.pipeline.id != pipeline_id:
                 raise PipelineBusy(pipeline_id)
-            return record.model_copy(update={"result": info}), {result_key(image_id): data}
+            return current.model_copy(update={"result": info})
 
         try:
-            return self._update(image_id, change) is not None
+            if self._update(image_id, change) is not None:
+                return True
         except PipelineBusy:
-            return False
+            pass
+        self.blobs.delete(key)
+        return False
+
+    def delete(self, image_id: str) -> ImageRecord | None:
+        """Delete the record, its index entries and its blobs (freeing their quota)."""
+        key = image_key(image_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(20):
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = cast(bytes | None, pipe.get(key))
+                    if not raw:
+                        pipe.unwatch()
+                        return None
+                    record = ImageRecord.model_validate_json(raw)
+                    pipe.multi()
+                    pipe.delete(key)
+                    for tag in record.indexed_tags:
+                        pipe.zrem(tag_key(tag), image_id)
+                    pipe.zrem(INDEX_ALL_KEY, image_id)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+            else:
+                raise RuntimeError(f"image {image_id}: its record kept changing under 20 attempts to delete it")
+        for blob in self._blob_keys(record):
+            self.blobs.delete(blob)
+        return record
 
     def index(self, image_id: str, tags: list[str]) -> ImageRecord | None:
         """Put the image under each of ``tags`` (and nothing else) in the search index."""
@@ -618,10 +675,11 @@ class ImageStore:
         score = int(self._index(keys=keys, args=[now_us, self.ttl, image_id, oldest_kept, len(tags)]))
         indexed_at = datetime.fromtimestamp(score / 1_000_000, UTC)
 
-        def change(current: ImageRecord) -> tuple[ImageRecord, Blobs]:
-            return current.model_copy(update={"indexed_tags": tags, "indexed_at": indexed_at}), {}
+        def change(current: ImageRecord) -> ImageRecord:
+            return current.model_copy(update={"indexed_tags": tags, "indexed_at": indexed_at})
 
-        return self._update(image_id, change)
+        updated = self._update(image_id, change)
+        return updated[1] if updated is not None else None
 
     def search(
         self, tags: Sequence[str], limit: int, cursor: int | None, *, visible: Callable[[str | None], bool]

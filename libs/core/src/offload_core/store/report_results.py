@@ -1,14 +1,14 @@
-"""A finished report's result (CSV or JSON), kept in Redis under its own key for a limited time,
-for ``GET /v1/reports/{id}/download``."""
+"""A finished report's result (CSV or JSON), for ``GET /v1/reports/{id}/download``, kept for a
+limited time: the bytes in the blob store (offload_core.store.blobs), charged to the report's
+owner, and a small record of its format and size in Redis, which expires with it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
-
-import redis
 
 from offload_core.contract.reports import CONTENT_TYPES, OutputFormat
+from offload_core.store.blob_ledger import Blobs
+from offload_core.store.blobs import Blob, report_blob_key
 
 RESULT_KEY_PREFIX = "offload:report:"
 
@@ -20,7 +20,7 @@ def result_key(job_id: str) -> str:
 @dataclass(frozen=True)
 class StoredResult:
     format: OutputFormat
-    body: bytes
+    size: int
 
     @property
     def content_type(self) -> str:
@@ -30,17 +30,25 @@ class StoredResult:
         return f"report-{job_id}.{self.format.value}"
 
 
-def store_result(client: redis.Redis, job_id: str, result: StoredResult, ttl_seconds: int) -> None:
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(result_key(job_id), mapping={"format": result.format.value, "body": result.body})
-    pipe.expire(result_key(job_id), ttl_seconds)
-    pipe.execute()
+def store_result(
+    blobs: Blobs, job_id: str, output_format: OutputFormat, body: bytes, ttl_seconds: int, owner: str | None
+) -> StoredResult:
+    """Store the bytes (QuotaExceeded when the owner has no room for them), then the record."""
+    result = StoredResult(output_format, len(body))
+    blobs.put(
+        report_blob_key(job_id), body, size=len(body), content_type=result.content_type, owner=owner, ttl=ttl_seconds
+    )
+    blobs.ledger.client.set(result_key(job_id), output_format.value, ex=ttl_seconds)
+    return result
 
 
-def load_result(client: redis.Redis, job_id: str) -> StoredResult | None:
-    """The stored result, or None once it expired (or never existed). ``client`` decodes answers
-    (the job store's does); a result is UTF-8 text, CSV or JSON."""
-    fields = cast(dict[str, str], client.hgetall(result_key(job_id)))
-    if "body" not in fields:
+def open_result(blobs: Blobs, job_id: str) -> tuple[StoredResult, Blob] | None:
+    """The stored result and its bytes to stream, or None once it expired (or never existed)."""
+    raw = blobs.ledger.client.get(result_key(job_id))
+    if raw is None:
         return None
-    return StoredResult(OutputFormat(fields["format"]), fields["body"].encode())
+    blob = blobs.open(report_blob_key(job_id))
+    if blob is None:
+        return None
+    output_format = OutputFormat(raw.decode() if isinstance(raw, bytes) else raw)
+    return StoredResult(output_format, blob.info.size), blob

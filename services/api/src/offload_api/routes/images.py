@@ -8,10 +8,11 @@ import hashlib
 import io
 import threading
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, ValidationError
 
@@ -26,6 +27,8 @@ from offload_core.contract.api_keys import may_see
 from offload_core.contract.payloads import NotificationMessage, NotificationRequest
 from offload_core.engines.outbound import OutboundPolicy
 from offload_core.settings import Settings
+from offload_core.store.blob_ledger import QuotaExceeded
+from offload_core.store.blobs import CHUNK_BYTES, BlobStoreUnavailable
 from offload_core.store.images import (
     MAX_SEARCH_TAGS,
     SEARCH_TAG,
@@ -142,20 +145,24 @@ def _state(pipeline: Pipeline, store: JobStore) -> PipelineState:
     return pipeline_state(pipeline, jobs, urls)
 
 
-def _inspect(data: bytes, settings: Settings) -> ImageInfo:
-    """The upload's real format, size and mode; refuses what no worker could safely process."""
-    image_format = sniff_format(data)
+def _inspect(upload: IO[bytes], size: int, settings: Settings) -> ImageInfo:
+    """The upload's real format, size and mode; refuses what no worker could safely process.
+    Reads the spooled upload in place (Pillow decodes from the file and leaves it open), never
+    a copy of it."""
+    head = upload.read(16)
+    upload.seek(0)
+    image_format = sniff_format(head)
     if image_format is None:
         raise HTTPException(
             415,
-            f"Unsupported image: the content is {describe_content(data)}. Send PNG, JPEG or WebP "
+            f"Unsupported image: the content is {describe_content(head)}. Send PNG, JPEG or WebP "
             "(the type is read from the content; the file name and Content-Type are ignored).",
         )
     max_pixels = settings.IMAGE_MAX_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses twice this at open; we refuse beyond it below
     name = image_format.value.upper()
     try:
-        with Image.open(io.BytesIO(data), formats=[image_format.pillow_name]) as image:
+        with Image.open(upload, formats=[image_format.pillow_name]) as image:
             width, height = image.size
             mode = image.mode
             if width * height > max_pixels:
@@ -176,7 +183,22 @@ def _inspect(data: bytes, settings: Settings) -> ImageInfo:
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidField("body.file", f"the {name} image is corrupt or truncated ({exc})") from exc
-    return ImageInfo(format=image_format, width=width, height=height, bytes=len(data), mode=mode)
+    finally:
+        upload.seek(0)
+    return ImageInfo(format=image_format, width=width, height=height, bytes=size, mode=mode)
+
+
+def _sha256(upload: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := upload.read(CHUNK_BYTES):
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
+
+
+def _quota_exceeded(exc: QuotaExceeded) -> HTTPException:
+    """413, as for an image over the size limit: this request cannot be stored as it is."""
+    return HTTPException(413, f"Blob quota exceeded: {exc}")
 
 
 def _too_many_pixels(width: int, height: int, max_pixels: int) -> InvalidField:
@@ -191,7 +213,10 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> InvalidField:
     "",
     status_code=201,
     responses={
-        413: {"description": "The image is larger than OFFLOAD_IMAGE_MAX_BYTES."},
+        413: {
+            "description": "The image is larger than OFFLOAD_IMAGE_MAX_BYTES, or storing it would take the "
+            "API key over its blob quota (OFFLOAD_BLOB_QUOTA_BYTES); the detail says which."
+        },
         415: {"description": "Not a PNG, JPEG or WebP image (judged by the content)."},
     },
 )
@@ -211,23 +236,26 @@ def upload_image(
     """Store an image for processing. Its type comes from its content; it lives
     OFFLOAD_IMAGE_TTL_SECONDS after its last upload or processing. A repeat with the same
     Idempotency-Key and file answers 200 with the first upload's image."""
-    data = file.file.read(settings.IMAGE_MAX_BYTES + 1)
-    if len(data) > settings.IMAGE_MAX_BYTES:
+    # The upload is spooled (to disk beyond 1 MiB): it is inspected and stored from there, in chunks.
+    upload = file.file
+    size = upload.seek(0, io.SEEK_END)
+    upload.seek(0)
+    if size > settings.IMAGE_MAX_BYTES:
         raise HTTPException(
             413,
             f"The image is larger than {settings.IMAGE_MAX_BYTES} bytes (OFFLOAD_IMAGE_MAX_BYTES); send a smaller one.",
         )
-    if not data:
+    if not size:
         raise InvalidField("body.file", "the file is empty")
     try:
         user_tags = parse_user_tags(tags or [])
     except ValueError as exc:
         raise InvalidField("body.tags", str(exc)) from exc
-    info = _inspect(data, settings)
+    info = _inspect(upload, size, settings)
     image_id = new_image_id()
     if idempotency is not None:
         # A repeat (same key, same bytes and tags) answers 200 with the first upload's image.
-        digest = hashlib.sha256(data).hexdigest()
+        digest = _sha256(upload)
         fingerprint = request_fingerprint(
             idempotency.route, "image upload", {"sha256": digest, "tags": user_tags}, "", 0
         )
@@ -239,13 +267,15 @@ def upload_image(
             response.headers["Location"] = f"{UPLOAD_PATH}/{first.id}"
             return _view(first, store)
     try:
-        record = images.create(image_id, data, info, user_tags, owner=principal.id)
+        record = images.create(image_id, upload, info, user_tags, owner=principal.id)
         if idempotency is not None:
             idempotency.finish(store.client)
-    except redis.RedisError:
+    except (redis.RedisError, QuotaExceeded, BlobStoreUnavailable) as exc:
         if idempotency is not None:
             with contextlib.suppress(redis.RedisError):
                 idempotency.release(store.client)
+        if isinstance(exc, QuotaExceeded):
+            raise _quota_exceeded(exc) from exc
         raise
     response.headers["Location"] = f"{UPLOAD_PATH}/{record.id}"
     return _view(record, store)
@@ -314,15 +344,35 @@ def get_result(image_id: ImageId, images: ImagesDep, store: StoreDep, principal:
         else:
             detail = f"Image {image_id} is not processed yet (step process is {process_step.status}); retry later."
         raise HTTPException(409, detail)
-    data = images.result(image_id)
-    if data is None:
+    blob = images.result(record)
+    if blob is None:
         raise HTTPException(404, f"The result of image {image_id} expired (OFFLOAD_IMAGE_TTL_SECONDS).")
     image_format = record.result.format
-    return Response(
-        content=data,
+    # Streamed from the blob store in chunks, never held whole.
+    return StreamingResponse(
+        iter(blob),
         media_type=image_format.media_type,
-        headers={"Content-Disposition": f'inline; filename="{image_id}.{image_format.value}"'},
+        headers={
+            "Content-Disposition": f'inline; filename="{image_id}.{image_format.value}"',
+            "Content-Length": str(blob.info.size),
+        },
     )
+
+
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "No such image (or it expired)."}},
+)
+def delete_image(image_id: ImageId, images: ImagesDep, principal: PrincipalDep) -> Response:
+    """Delete the image, its result and its index entries at once, freeing the API key's blob
+    quota; a pipeline still running on it fails with "image is gone"."""
+    record = images.get(image_id)
+    if record is None or not may_see(principal, record.owner):
+        raise HTTPException(404, _NOT_FOUND.format(image_id))
+    images.delete(image_id)
+    return Response(status_code=204)
 
 
 @router.post(

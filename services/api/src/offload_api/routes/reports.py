@@ -7,10 +7,11 @@ import logging
 
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from offload_api.auth import PrincipalDep, find_job
-from offload_api.deps import SettingsDep, StoreDep
+from offload_api.deps import BlobsDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, LastEventId, job_event_stream
@@ -21,7 +22,7 @@ from offload_core.contract.api_keys import Principal
 from offload_core.contract.reports import ReportSubmission
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.store.jobs import FINISHED, Job, JobStatus, JobStore
-from offload_core.store.report_results import load_result
+from offload_core.store.report_results import open_result
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,9 @@ def report_events(
         409: {"description": "The report has not succeeded (yet); the answer says its status."},
     },
 )
-def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+def download_report(
+    job_id: JobId, store: StoreDep, blobs: BlobsDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
     job = _find(store, principal, job_id)
     if job.status is not JobStatus.SUCCEEDED:
         if job.status in FINISHED:
@@ -152,15 +155,20 @@ def download_report(job_id: JobId, store: StoreDep, settings: SettingsDep, princ
             f"Report {job_id} is {job.status.value} ({progress}); download it once it succeeded "
             f"(follow {PREFIX}/{job_id}/events).",
         )
-    result = load_result(store.client, job_id)
-    if result is None:
+    found = open_result(blobs, job_id)
+    if found is None:
         raise HTTPException(
             404,
             f"The result of report {job_id} has expired: results are kept "
             f"{settings.REPORT_RESULT_TTL_SECONDS} s after the report ends. Submit the report again.",
         )
-    return Response(
-        content=result.body,
+    result, blob = found
+    # Streamed from the blob store in chunks, never held whole.
+    return StreamingResponse(
+        iter(blob),
         media_type=result.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{result.filename(job_id)}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{result.filename(job_id)}"',
+            "Content-Length": str(result.size),
+        },
     )
