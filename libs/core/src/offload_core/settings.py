@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     JOB_MODULES: Annotated[list[str], NoDecode] = []
     # Limits of job types across all workers, over their declarations (@job(rate_limit=...,
     # concurrency=...)): a JSON object such as {"acme.sync": {"rate_limit": 10, "concurrency": 4}}.
-    JOB_LIMITS: dict[str, JobTypeLimits] = {}
+    JOB_LIMITS: Annotated[dict[str, JobTypeLimits], NoDecode] = {}
     # The longest a job over its type's limits waits in its worker for a start; then it is
     # handed back to the front of its queue and waits again where a worker takes it next. The
     # Celery time limits of a limited type are longer by this much (the handler's own limit
@@ -302,6 +302,18 @@ class Settings(BaseSettings):
         from offload_core.engines.outbound import OutboundPolicy  # it imports this module
 
         OutboundPolicy(value)  # raises ValueError naming the entry that is not a host, address or network
+        return value
+
+    @field_validator("JOB_LIMITS", mode="before")
+    @classmethod
+    def _job_limits_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value or "{}")
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f'OFFLOAD_JOB_LIMITS must be a JSON object such as {{"acme.sync": {{"rate_limit": 10}}}}: {exc}'
+                ) from None
         return value
 
     @field_validator("API_RATE_LIMIT")
