@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from offload_api.rate_limit import RequestLimiter
+from offload_client import Offload
+from offload_client.errors import RateLimited
 from offload_core.contract.api_keys import RequestRate
 from offload_core.settings import Settings
 from offload_core.store.jobs import async_redis_client
@@ -70,6 +72,24 @@ def test_a_key_over_its_limit_gets_429_with_the_draft_fields_on_any_replica(limi
         assert body["code"] == "rate_limited"
         assert "'shop'" in body["detail"]
         assert "retry in" in body["detail"]
+
+
+def _call_more_than_the_quota(client: Offload) -> None:
+    for _ in range(4):
+        client.job_types()
+
+
+def test_the_client_gives_up_with_the_limit_fields_of_the_answer(limited: Cluster) -> None:
+    # With no retry left the client raises the refusal as it came.
+    with Offload(limited.services[0].extra["url"], SHOP, retries=0) as client, pytest.raises(RateLimited) as refused:
+        _call_more_than_the_quota(client)
+    error = refused.value
+    assert error.code == "rate_limited"
+    assert error.retry_after is not None
+    assert error.retry_after > 0
+    assert error.rate_limit_policy == '"key";q=3;w=60'
+    assert error.rate_limit is not None
+    assert error.rate_limit.startswith('"key";r=0;t=')
 
 
 def test_other_keys_keep_their_own_limits(limited: Cluster) -> None:
