@@ -5,6 +5,7 @@ held by a worker that died frees when its lease ends, and a release wakes a wait
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -123,3 +124,30 @@ def test_a_dead_holders_slot_frees_when_its_lease_ends_and_a_release_wakes_a_wai
         waiter.join(timeout=5)
         assert woken, "the waiter never got the slot"
         assert woken[0] - released < 0.5  # woken by the release, not by a poll or the lease
+
+
+def test_a_job_that_waits_its_longest_goes_back_to_its_queue_and_still_runs_once(tmp_path: Path) -> None:
+    env = {
+        **TEST_SETTINGS,
+        "OFFLOAD_JOB_MODULES": "tests.sdk_user.limited_jobs",
+        "OFFLOAD_JOB_LIMITS": json.dumps({"tests.limited": {"concurrency": 1, "rate_limit": None}}),
+        "OFFLOAD_JOB_LIMIT_MAX_WAIT_SECONDS": "1",
+    }
+    with cluster(tmp_path, env) as started:
+        started.start_api()
+        worker = started.start_worker("worker", queues="default")
+        client = started.client
+        submitted = [
+            client.post("/v1/jobs/tests.limited", json={"payload": {"hold_ms": 1500}}).json()["id"] for _ in range(3)
+        ]
+
+        def all_succeeded() -> bool:
+            return all(client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded" for job_id in submitted)
+
+        wait_for(all_succeeded, timeout=60, what="every job to succeed", interval=0.5)
+        runs = [json.loads(run) for run in started.redis.lrange(RUNS_KEY, 0, -1)]
+        assert sorted(run["job_id"] for run in runs) == sorted(submitted)
+        ordered = sorted(runs, key=lambda run: run["started"])
+        assert all(later["started"] >= earlier["ended"] for earlier, later in itertools.pairwise(ordered))
+        metrics = scrape(worker.extra["metrics_url"])
+        assert sample(metrics, "offload_jobs_limit_handed_back_total", task="tests.limited") >= 1
