@@ -24,10 +24,10 @@ RATE = 5  # declared by tests.limited
 CONCURRENCY = 2  # OFFLOAD_JOB_LIMITS below, over the declared 3
 JOBS = 20
 HOLD_MS = 400
-# Starts are granted by Redis; the handler reads its clock a few ms later, by a delay that varies
-# a little from run to run. Windows are shorter by that much, so the test judges the limit, not
-# the scheduler's jitter.
-START_JITTER_SECONDS = 0.05
+# Starts are granted by Redis; the handler reads its clock after the job store's start and the
+# payload's validation, by a delay that varies from run to run (up to 42 ms measured on a busy
+# 2-core machine). Windows are shorter by this much, so the test judges the limit, not that jitter.
+START_JITTER_SECONDS = 0.1
 
 LIMITED_ENV = {
     **TEST_SETTINGS,
