@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import redis
 from offload_core.store.rate_limits import JobTypeLimiter
 from offload_dev.polling import wait_for
 from tests.sdk_user.limited_jobs import RUNS_KEY
-from tests.support import TEST_SETTINGS, Cluster, cluster, sample, scrape
+from tests.support import TEST_SETTINGS, Cluster, cluster, sample, scrape, wait_job
 
 RATE = 5  # declared by tests.limited
 CONCURRENCY = 2  # OFFLOAD_JOB_LIMITS below, over the declared 3
@@ -86,6 +87,17 @@ def test_both_limits_hold_across_two_workers_and_every_job_runs_once(two_workers
         for limit in ("rate", "concurrency")
     )
     assert throttled > 0
+
+
+def test_a_limited_jobs_time_limit_counts_from_its_start_not_from_its_wait(two_workers: Cluster) -> None:
+    # Celery's own limit of this type is 1 s + the longest wait (20 s); the handler's is 1 s.
+    answer = two_workers.client.post("/v1/jobs/tests.limited_slow", json={"payload": {"hold_ms": 6000}})
+    assert answer.status_code == 202, answer.text
+    ended = wait_job(two_workers.client, answer.json()["id"], {"failed", "succeeded"}, timeout=30)
+    assert ended["status"] == "failed"
+    assert ended["error"] == "timed out after 1 s"
+    ran = datetime.fromisoformat(ended["finished_at"]) - datetime.fromisoformat(ended["started_at"])
+    assert ran.total_seconds() < 3
 
 
 def _limiter(client: redis.Redis, lease_seconds: float) -> JobTypeLimiter:

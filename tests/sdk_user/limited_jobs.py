@@ -35,3 +35,9 @@ def limited(ctx: JobContext, req: Hold) -> dict[str, float]:
     run = {"job_id": ctx.job_id, "worker": ctx.worker, "pid": os.getpid(), "started": started, "ended": ended}
     _redis().rpush(RUNS_KEY, json.dumps(run))
     return {"started": started, "ended": ended}
+
+
+@job("tests.limited_slow", request=Hold, time_limit=1, concurrency=1)
+def limited_slow(ctx: JobContext, req: Hold) -> None:
+    """Holds for hold_ms, past its 1 s time limit if asked to."""
+    time.sleep(req.hold_ms / 1000)

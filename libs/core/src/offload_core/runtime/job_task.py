@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal, cast
@@ -244,7 +247,8 @@ class JobTypeTask(Task[Any, Any]):
             raise PermanentJobError(f"invalid payload for {job_type.name}: {field_errors(exc)}") from exc
         ctx = self.context()
         try:
-            result = job_type.run(ctx, payload)
+            with self._own_soft_time_limit():
+                result = job_type.run(ctx, payload)
         except (PermanentJobError, TransientJobError, JobCancelled, SoftTimeLimitExceeded, TimeLimitExceeded):
             raise
         except UnsafeURL as exc:
@@ -256,6 +260,28 @@ class JobTypeTask(Task[Any, Any]):
         finally:
             ctx.close()
         return result_json(job_type, result)
+
+    @contextlib.contextmanager
+    def _own_soft_time_limit(self) -> Iterator[None]:
+        """For a limited type, raise the soft time limit in the handler its declared time after it
+        started: Celery's clock started when the worker took the message, before the wait, and is
+        longer by the longest wait. A timer of the process (SIGALRM), so in the main thread only
+        (prefork and solo pools); under the threads pool Celery's longer limit is the bound."""
+        soft = self.handler_time_limits[0]
+        if self.limiter is None or not soft or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def expire(signum: int, frame: object) -> None:
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft} s) exceeded")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def context(self) -> JobContext:
         settings = get_settings()
