@@ -143,7 +143,15 @@ class JobTypeTask(Task[Any, Any]):
             return self._start_and_run(args, kwargs)
         finally:
             if limiter.concurrency is not None:
-                limiter.release_slot(self.job_id)
+                self._release_slot(limiter)
+
+    def _release_slot(self, limiter: JobTypeLimiter) -> None:
+        """Free the job's running slot. The run's outcome is recorded (or its retry published)
+        by now and must stand: if Redis is away, the slot's lease frees it instead."""
+        try:
+            limiter.release_slot(self.job_id)
+        except redis.RedisError as exc:
+            logger.warning("job %s: running slot not released, its lease will free it: Redis: %s", self.job_id, exc)
 
     def _wait_for_limits(self, limiter: JobTypeLimiter) -> bool:
         """Wait, without polling, until the type's limits let this job start: a running slot first
