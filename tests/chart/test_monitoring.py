@@ -220,10 +220,16 @@ def test_prometheus_rule_has_the_alerts_with_the_default_thresholds() -> None:
         "OffloadDeadLettersRising",
         "OffloadApiErrorRatioHigh",
         "OffloadApiLatencyHigh",
+        "OffloadApiKeyThrottled",
         "OffloadRedisUnreachable",
         "OffloadRedisMemoryNearLimit",
     }
     sel = '{namespace="offload", release="offload"'
+    (throttled,) = alerts["OffloadApiKeyThrottled"]
+    assert throttled["expr"] == (
+        f"sum by (namespace, release, key_id) (increase(offload_api_requests_throttled_total{sel}}}[2m])) > 0"
+    )
+    assert (throttled["for"], throttled["labels"]["severity"]) == ("15m", "warning")
     (dead,) = alerts["OffloadDeadLettersRising"]
     assert dead["expr"] == f"max by (namespace, release, queue) (delta(offload_dead_letters{sel}}}[30m])) > 10"
     assert (dead["for"], dead["labels"]["severity"]) == ("5m", "warning")

@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from offload_core.contract.api_keys import RequestRate
 from offload_core.contract.topology import (
     DEFAULT_WORKER_SETS,
     NOTIFIER_QUEUES,
@@ -16,7 +17,7 @@ from offload_core.contract.topology import (
     WORKER_QUEUES,
     priority_lists,
 )
-from offload_core.settings import Settings
+from offload_core.settings import JobTypeLimits, Settings
 from tests.chart.conftest import VALUE_SETS
 from tests.chart.render import CHART_DIR, Manifest, Rendered, default_values, env_of, pod_spec, render
 
@@ -138,3 +139,27 @@ def test_a_set_added_through_values_brings_its_queues_everywhere() -> None:
 
     (hpa_rendered,) = render({**OWN, "keda": {"enabled": False}}).worker_set("HorizontalPodAutoscaler", "acme")
     assert hpa_rendered["spec"]["minReplicas"] == 1
+
+
+def test_rate_limits_reach_the_settings_of_the_api_and_the_workers() -> None:
+    rendered = render(
+        {
+            "config": {
+                "apiRateLimit": "100/60",
+                "apiKeyRateLimits": {"shop": "5/1", "batch": "off"},
+                "jobLimits": {"offload.echo": {"rate_limit": 10, "concurrency": 4}},
+                "jobLimitMaxWaitSeconds": 15,
+            }
+        }
+    )
+    components = {"api", "worker"}
+    workloads = [
+        d for d in rendered.kind("Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] in components
+    ]
+    assert len(workloads) >= 2
+    for workload in workloads:
+        settings = settings_of(rendered, workload)
+        assert settings.api_rate_limit == RequestRate(100, 60)
+        assert settings.api_key_rate_limits() == {"shop": RequestRate(5, 1), "batch": None}
+        assert {"offload.echo": JobTypeLimits(rate_limit=10, concurrency=4)} == settings.JOB_LIMITS
+        assert settings.JOB_LIMIT_MAX_WAIT_SECONDS == 15

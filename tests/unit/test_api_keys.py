@@ -7,7 +7,14 @@ import hashlib
 
 import pytest
 
-from offload_core.contract.api_keys import Principal, authenticate, may_see, parse_api_key
+from offload_core.contract.api_keys import (
+    Principal,
+    RequestRate,
+    authenticate,
+    may_see,
+    parse_api_key,
+    parse_key_rate_limits,
+)
 from offload_core.settings import Settings
 
 KEY = "test-key-0123456789abcdef"
@@ -61,3 +68,16 @@ def test_a_key_sees_its_own_records_and_an_admin_all() -> None:
     assert not may_see(shop, None)
     assert may_see(ops, "shop")
     assert may_see(ops, None)
+
+
+def test_rate_limits_parse_per_key_and_say_what_is_wrong() -> None:
+    settings = Settings(API_RATE_LIMIT="100/60", API_KEY_RATE_LIMITS="shop=5/1,batch=off")
+    assert settings.api_rate_limit == RequestRate(100, 60)
+    assert settings.api_key_rate_limits() == {"shop": RequestRate(5, 1), "batch": None}
+    assert Settings(API_RATE_LIMIT="off").api_rate_limit is None
+    with pytest.raises(ValueError, match=r"OFFLOAD_API_RATE_LIMIT: .*<requests>/<seconds>"):
+        Settings(API_RATE_LIMIT="100 per minute")
+    with pytest.raises(ValueError, match=r"OFFLOAD_API_KEY_RATE_LIMITS: key shop: .*window"):
+        Settings(API_KEY_RATE_LIMITS="shop=5/0")
+    with pytest.raises(ValueError, match="two rate limits"):
+        parse_key_rate_limits(["shop=1/1", "shop=2/1"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offload_core.contract.registry import JobTypeError, job_time_limits, load_job_types
+from offload_core.contract.registry import JobTypeError, celery_time_limits, job_time_limits, load_job_types
 from offload_core.contract.topology import Queue
 from offload_core.settings import Settings
 
@@ -176,3 +176,59 @@ def test_the_report_settings_override_its_declared_time_limits() -> None:
     assert job_time_limits(report, tuned) == (3, 5)
     echo = load_job_types(tuned, known_queues=QUEUES)["offload.echo"]
     assert job_time_limits(echo, tuned) == (tuned.TASK_SOFT_TIME_LIMIT_SECONDS, tuned.TASK_TIME_LIMIT_SECONDS)
+
+
+def test_limits_are_declared_checked_and_overridden_by_the_settings(write_module: WriteModule) -> None:
+    name = write_module(
+        DECLARES
+        + """
+@job("acme.partner", request=Request, rate_limit=10, concurrency=4)
+def partner(ctx: JobContext, req: Request) -> None: ...
+"""
+    )
+    declared = load_job_types(settings(name), known_queues=QUEUES)["acme.partner"]
+    assert (declared.rate_limit, declared.concurrency) == (10, 4)
+    overridden = load_job_types(
+        settings(name, JOB_LIMITS='{"acme.partner": {"concurrency": 2}, "offload.echo": {"rate_limit": 0.5}}'),
+        known_queues=QUEUES,
+    )
+    assert (overridden["acme.partner"].rate_limit, overridden["acme.partner"].concurrency) == (10, 2)
+    assert overridden["offload.echo"].rate_limit == 0.5
+    removed = load_job_types(settings(name, JOB_LIMITS='{"acme.partner": {"rate_limit": null}}'), known_queues=QUEUES)
+    assert removed["acme.partner"].rate_limit is None
+    with pytest.raises(JobTypeError, match=r"OFFLOAD_JOB_LIMITS names 'acme\.partnr'"):
+        load_job_types(settings(name, JOB_LIMITS='{"acme.partnr": {"concurrency": 2}}'), known_queues=QUEUES)
+
+
+def test_bad_limits_are_refused_naming_the_option(write_module: WriteModule) -> None:
+    name = write_module(
+        DECLARES
+        + """
+@job("acme.bad", request=Request, rate_limit=0, concurrency=0)
+def bad(ctx: JobContext, req: Request) -> None: ...
+"""
+    )
+    problem = refused(name)
+    assert "rate_limit must be above 0" in problem
+    assert "concurrency must be between 1" in problem
+    with pytest.raises(ValueError, match="OFFLOAD_JOB_LIMITS must be a JSON object"):
+        settings(JOB_LIMITS="acme.bad=3")
+
+
+def test_a_limited_types_wait_counts_in_its_celery_time_limits_and_must_fit_the_visibility_timeout(
+    write_module: WriteModule,
+) -> None:
+    name = write_module(
+        DECLARES
+        + """
+@job("acme.slow", request=Request, time_limit=100, concurrency=1)
+def slow(ctx: JobContext, req: Request) -> None: ...
+"""
+    )
+    ok = settings(name, JOB_LIMIT_MAX_WAIT_SECONDS=30)
+    slow = load_job_types(ok, known_queues=QUEUES)["acme.slow"]
+    assert job_time_limits(slow, ok) == (100, 110)
+    assert celery_time_limits(slow, ok) == (130, 140)
+    too_long = settings(name, JOB_LIMIT_MAX_WAIT_SECONDS=300)
+    with pytest.raises(JobTypeError, match="OFFLOAD_JOB_LIMIT_MAX_WAIT_SECONDS"):
+        load_job_types(too_long, known_queues=QUEUES).check_handlers(["default"], too_long)

@@ -91,6 +91,9 @@ class JobType(ApiModel):
     priority: int
     max_retries: int
     time_limit_seconds: int
+    # Across all workers: starts a second and jobs running at once; None: no limit.
+    rate_limit: float | None = None
+    concurrency: int | None = None
     description: str = ""
     request_schema: dict[str, Any] = Field(default_factory=dict)
     result_schema: dict[str, Any] | None = None

@@ -73,6 +73,9 @@ QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 # A bound against typos; a job whose retries its own records bound (a fan-out) may need many.
 MAX_RETRIES_LIMIT = 10_000
+# Bounds of a job type's own limits (OFFLOAD_JOB_LIMITS has the same).
+MAX_RATE_LIMIT = 100_000.0
+MAX_CONCURRENCY = 100_000
 
 
 class JobContext:
@@ -169,6 +172,9 @@ class JobType(Generic[RequestT, ResultT]):
     # Seconds after which the attempt's process is killed; time_limit plus a grace period if None.
     hard_time_limit: int | None = None
     retry_backoff: bool = True  # False: retry after exactly the delay a TransientJobError asks for
+    # Across all workers: at most rate_limit starts a second, at most concurrency running at once.
+    rate_limit: float | None = None
+    concurrency: int | None = None
     description: str = ""
     handler_ref: str | None = None  # "module:function" when the handler lives apart from the declaration
     handler_function: Handler[RequestT, ResultT] | None = field(default=None, repr=False, compare=False)
@@ -247,6 +253,8 @@ def job(
     retry_backoff: bool = ...,
     time_limit: int | None = ...,
     hard_time_limit: int | None = ...,
+    rate_limit: float | None = ...,
+    concurrency: int | None = ...,
     description: str = ...,
     on_end: OnEnd[RequestT] | str | None = ...,
     dead_letter_payload: DeadLetterPayload[RequestT] | str | None = ...,
@@ -266,6 +274,8 @@ def job(
     retry_backoff: bool = ...,
     time_limit: int | None = ...,
     hard_time_limit: int | None = ...,
+    rate_limit: float | None = ...,
+    concurrency: int | None = ...,
     description: str = ...,
     on_end: OnEnd[RequestT] | str | None = ...,
     dead_letter_payload: DeadLetterPayload[RequestT] | str | None = ...,
@@ -284,6 +294,8 @@ def job(
     retry_backoff: bool = True,
     time_limit: int | None = None,
     hard_time_limit: int | None = None,
+    rate_limit: float | None = None,
+    concurrency: int | None = None,
     description: str = "",
     on_end: OnEnd[RequestT] | str | None = None,
     dead_letter_payload: DeadLetterPayload[RequestT] | str | None = None,
@@ -303,6 +315,12 @@ def job(
     Limits: ``time_limit`` bounds one attempt in seconds (JobTimeLimitExceeded is raised in the
     handler, and the job fails); ``hard_time_limit`` is when its process is killed, by default a
     little later.
+
+    Limits across all workers of the deployment (unlike Celery's per-worker ``rate_limit``):
+    ``rate_limit`` starts a second at most (no second holds more), ``concurrency`` jobs running
+    at once at most; e.g. for a partner API that allows 10 calls a second. A job over a limit
+    waits in the worker that took it (without polling, keeping its place) until it may start;
+    OFFLOAD_JOB_LIMITS overrides both per job type.
 
     Callbacks, each a function or a "package.module:function" reference (so that the API, which
     reads declarations only, never imports what they need). They run in the worker, get a JobEnd
@@ -324,6 +342,8 @@ def job(
             retry_backoff=retry_backoff,
             time_limit=time_limit,
             hard_time_limit=hard_time_limit,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
             description=description or inspect.getdoc(handler) or "",
             handler=handler,
             on_end=on_end,
@@ -346,6 +366,8 @@ def declare_job(
     retry_backoff: bool = True,
     time_limit: int | None = None,
     hard_time_limit: int | None = None,
+    rate_limit: float | None = None,
+    concurrency: int | None = None,
     description: str = "",
     handler: Handler[RequestT, ResultT] | str,
     on_end: OnEnd[RequestT] | str | None = None,
@@ -376,6 +398,10 @@ def declare_job(
         problems.append(f"time_limit must be at least 1 second, not {time_limit}")
     if hard_time_limit is not None and hard_time_limit <= (time_limit or 0):
         problems.append(f"hard_time_limit must be longer than time_limit ({time_limit or 0} s), not {hard_time_limit}")
+    if rate_limit is not None and not 0 < rate_limit <= MAX_RATE_LIMIT:
+        problems.append(f"rate_limit must be above 0 and at most {MAX_RATE_LIMIT} starts a second, not {rate_limit}")
+    if concurrency is not None and not 1 <= concurrency <= MAX_CONCURRENCY:
+        problems.append(f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}")
     functions: dict[str, object] = {"handler": handler, "on_end": on_end, "dead_letter_payload": dead_letter_payload}
     for option, value in functions.items():
         if isinstance(value, str) and ":" not in value:
@@ -394,6 +420,8 @@ def declare_job(
         max_retries=max_retries,
         time_limit=time_limit,
         hard_time_limit=hard_time_limit,
+        rate_limit=rate_limit,
+        concurrency=concurrency,
         retry_backoff=retry_backoff,
         description=description,
         handler_ref=handler if isinstance(handler, str) else None,

@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from offload_core.contract.api_keys import KEY_ID_PATTERN, parse_api_key
+from offload_core.contract.api_keys import (
+    KEY_ID_PATTERN,
+    RequestRate,
+    parse_api_key,
+    parse_key_rate_limits,
+    parse_request_rate,
+)
 from offload_core.contract.topology import BUILTIN_QUEUES, queue_name_problem
 from offload_core.contract.topology import WORKER_QUEUES as WORKER_IMAGE_QUEUES
 
@@ -64,6 +70,16 @@ def parse_quota_overrides(entries: Sequence[str]) -> dict[str, int]:
     return overrides
 
 
+class JobTypeLimits(BaseModel):
+    """A deployment's limits for one job type (OFFLOAD_JOB_LIMITS), over what its declaration says:
+    a field given replaces the declared one (null removes it), a field left out keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_limit: float | None = Field(None, gt=0, le=100_000, description="Starts per second, all workers together.")
+    concurrency: int | None = Field(None, ge=1, le=100_000, description="Jobs running at once, all workers together.")
+
+
 class Settings(BaseSettings):
     # Inputs stay out of error messages: they hold keys and passwords.
     model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True, hide_input_in_errors=True)
@@ -100,6 +116,12 @@ class Settings(BaseSettings):
     # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`
     # (offload_core.contract.api_keys); a key sees its own records, the `admin` scope all.
     API_KEYS: Annotated[list[SecretStr], NoDecode] = []
+    # Requests per window each key id may make on /v1 (`<requests>/<seconds>`, or `off`), and
+    # the keys that get other limits (`<key id>=<requests>/<seconds>` or `<key id>=off`,
+    # comma-separated). A key over its limit gets 429 with Retry-After; counted in Redis, so the
+    # limit holds across API replicas.
+    API_RATE_LIMIT: str = "6000/60"
+    API_KEY_RATE_LIMITS: Annotated[list[str], NoDecode] = []
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)
     # Larger request bodies are refused with 413 before they are read.
@@ -237,6 +259,14 @@ class Settings(BaseSettings):
     # Job types (offload_core.sdk) come from the built-ins, from installed packages' `offload.jobs`
     # entry points, and from the modules named here (comma-separated), for code not packaged.
     JOB_MODULES: Annotated[list[str], NoDecode] = []
+    # Limits of job types across all workers, over their declarations (@job(rate_limit=...,
+    # concurrency=...)): a JSON object such as {"acme.sync": {"rate_limit": 10, "concurrency": 4}}.
+    JOB_LIMITS: Annotated[dict[str, JobTypeLimits], NoDecode] = {}
+    # The longest a job over its type's limits waits in its worker for a start; then it is
+    # handed back to the front of its queue and waits again where a worker takes it next. The
+    # Celery time limits of a limited type are longer by this much (the handler's own limit
+    # starts when it starts), and must still fit the visibility timeout.
+    JOB_LIMIT_MAX_WAIT_SECONDS: float = Field(30.0, ge=1, le=3600)
 
     # Image pipelines: an upload larger than IMAGE_MAX_BYTES is refused with 413 (its path alone
     # may exceed API_MAX_BODY_BYTES); images, and every step's output, may hold at most
@@ -302,6 +332,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "API_KEYS",
+        "API_KEY_RATE_LIMITS",
         "QUEUES",
         "WORKER_QUEUES",
         "WEBHOOK_SECRETS",
@@ -337,6 +368,36 @@ class Settings(BaseSettings):
     @classmethod
     def _quota_overrides(cls, value: list[str]) -> list[str]:
         parse_quota_overrides(value)  # raises ValueError naming the entry
+        return value
+
+    @field_validator("JOB_LIMITS", mode="before")
+    @classmethod
+    def _job_limits_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value or "{}")
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f'OFFLOAD_JOB_LIMITS must be a JSON object such as {{"acme.sync": {{"rate_limit": 10}}}}: {exc}'
+                ) from None
+        return value
+
+    @field_validator("API_RATE_LIMIT")
+    @classmethod
+    def _api_rate_limit(cls, value: str) -> str:
+        try:
+            parse_request_rate(value)
+        except ValueError as exc:
+            raise ValueError(f"OFFLOAD_API_RATE_LIMIT: {exc}") from None
+        return value
+
+    @field_validator("API_KEY_RATE_LIMITS")
+    @classmethod
+    def _api_key_rate_limits(cls, value: list[str]) -> list[str]:
+        try:
+            parse_key_rate_limits(value)
+        except ValueError as exc:
+            raise ValueError(f"OFFLOAD_API_KEY_RATE_LIMITS: {exc}") from None
         return value
 
     @field_validator("REDIS_URL")
@@ -446,6 +507,15 @@ class Settings(BaseSettings):
                 "or OFFLOAD_ENVIRONMENT=development for a local run"
             )
         return None
+
+    @property
+    def api_rate_limit(self) -> RequestRate | None:
+        """The /v1 request rate of a key without a limit of its own; None: unlimited."""
+        return parse_request_rate(self.API_RATE_LIMIT)
+
+    def api_key_rate_limits(self) -> dict[str, RequestRate | None]:
+        """The /v1 request rates of the key ids OFFLOAD_API_KEY_RATE_LIMITS names."""
+        return parse_key_rate_limits(self.API_KEY_RATE_LIMITS)
 
     def job_time_limit_overrides(self) -> dict[str, tuple[int, int]]:
         """(soft, hard) time limits this deployment sets for a job type over its declaration:

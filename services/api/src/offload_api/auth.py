@@ -13,9 +13,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_api.limits import answer_error
+from offload_api.rate_limit import RequestLimiter
 from offload_core.contract.api_keys import ANONYMOUS_PRINCIPAL, ApiKey, Principal, authenticate, may_see
 from offload_core.store.jobs import Job, JobStore
 
@@ -33,11 +34,20 @@ def _bearer_token(scope: Scope) -> str | None:
 
 
 class ApiKeyAuth:
-    """Answers 401 to a /v1 request without a valid key; otherwise records who made it."""
+    """Answers 401 to a /v1 request without a valid key, 429 to one whose key is over its rate
+    limit (offload_api.rate_limit); otherwise records who made it."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey], *, open_without_keys: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Sequence[ApiKey],
+        *,
+        open_without_keys: bool,
+        limiter: RequestLimiter | None = None,
+    ) -> None:
         self.app = app
         self.keys = list(keys)
+        self.limiter = limiter
         # Development without keys: everyone is the anonymous admin (the API warns at start-up).
         self.open = open_without_keys and not self.keys
 
@@ -46,20 +56,41 @@ class ApiKeyAuth:
         if not (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")):
             await self.app(scope, receive, send)
             return
-        if self.open:
-            principal: Principal | None = ANONYMOUS_PRINCIPAL
-        else:
-            token = _bearer_token(scope)
-            if token is None:
-                detail = "Missing API key: send 'Authorization: Bearer <key>'."
-                await answer_error(send, 401, detail, "unauthorized", headers=_CHALLENGE)
-                return
-            principal = authenticate(self.keys, token)
-            if principal is None:
-                await answer_error(send, 401, "Invalid API key.", "unauthorized", headers=_CHALLENGE)
-                return
+        principal = ANONYMOUS_PRINCIPAL if self.open else await self._authenticate(scope, send)
+        if principal is None:
+            return  # answered 401
         scope.setdefault("state", {})[_STATE_KEY] = principal
-        await self.app(scope, receive, send)
+        verdict = None if self.limiter is None else await self.limiter.check(principal.id)
+        if verdict is None:
+            await self.app(scope, receive, send)
+            return
+        if not verdict.allowed:
+            detail = (
+                f"Too many requests for API key {principal.id!r}: retry in {verdict.retry_after} s "
+                "(see the RateLimit-Policy and RateLimit headers)."
+            )
+            await answer_error(send, 429, detail, "rate_limited", headers=verdict.headers)
+            return
+        limit_headers = verdict.headers
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *limit_headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+    async def _authenticate(self, scope: Scope, send: Send) -> Principal | None:
+        """The principal of the request's key; None once it has been answered 401."""
+        token = _bearer_token(scope)
+        if token is None:
+            detail = "Missing API key: send 'Authorization: Bearer <key>'."
+            await answer_error(send, 401, detail, "unauthorized", headers=_CHALLENGE)
+            return None
+        principal = authenticate(self.keys, token)
+        if principal is None:
+            await answer_error(send, 401, "Invalid API key.", "unauthorized", headers=_CHALLENGE)
+        return principal
 
 
 # Declares the scheme in the OpenAPI schema; the middleware has already checked the key.

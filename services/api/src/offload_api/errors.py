@@ -44,7 +44,7 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="What happened and what to do about it.")
     code: str = Field(
         description="A stable name for the kind of error: invalid_request, unauthorized, not_found, conflict, "
-        "payload_too_large, request_header_fields_too_large, redis_unavailable, bad_request, ..."
+        "payload_too_large, request_header_fields_too_large, rate_limited, redis_unavailable, bad_request, ..."
     )
     errors: list[FieldError] | None = Field(
         default=None, description="On 422 only: every invalid field, with what is wrong with it."
@@ -132,6 +132,14 @@ _V1_ERRORS: dict[str, tuple[str, dict[str, str]]] = {
     "401": ("No API key, or not a valid one.", {"WWW-Authenticate": "Bearer"}),
     "413": ("The request body is over its size limit (OFFLOAD_API_MAX_BODY_BYTES unless the route says).", {}),
     "431": ("The request headers are too many or too large.", {}),
+    "429": (
+        "The API key is over its rate limit (code rate_limited); retry after Retry-After seconds.",
+        {
+            "Retry-After": "Seconds until the key may make its next request.",
+            "RateLimit-Policy": 'The key\'s quota, e.g. "default";q=6000;w=60 (requests per window of seconds).',
+            "RateLimit": 'What is left of it, e.g. "default";r=0;t=12 (requests left, seconds until all are back).',
+        },
+    ),
     "503": ("Redis is unavailable; nothing was done, retry later.", {"Retry-After": "Seconds to wait, e.g. 5."}),
 }
 _INVALID = "Invalid input: `errors` lists each invalid field."

@@ -18,6 +18,7 @@ from offload_api.compute import ComputeQueue
 from offload_api.enqueue import JobPublisher
 from offload_api.errors import install_error_handlers, install_openapi_error_responses
 from offload_api.limits import BodySizeLimit, HeaderSizeLimit
+from offload_api.rate_limit import RequestLimiter
 from offload_api.routes import audit as audit_routes
 from offload_api.routes import compute as compute_routes
 from offload_api.routes import dead_letters, emails, health, jobs, notifications, queues
@@ -52,6 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.publisher = JobPublisher(event_loop_redis, settings.JOB_TTL_SECONDS)
     app.state.audit_log = AuditLog(event_loop_redis, settings.AUDIT_MAX_ENTRIES)
     app.state.audit_log.start()
+    app.state.request_limiter.start(event_loop_redis)
     queue_metrics = metrics.QueueCollector(
         app.state.store.client,
         queues=settings.QUEUES,
@@ -102,8 +104,15 @@ def create_app() -> FastAPI:
     )
     # Outside the body limit and every route: a request without a valid key is answered 401
     # from its headers, before anything reads its body.
+    # Each key's request rate is checked there too, once the key is known.
     keys = [parse_api_key(key.get_secret_value()) for key in settings.API_KEYS]
-    app.add_middleware(ApiKeyAuth, keys=keys, open_without_keys=settings.ENVIRONMENT == "development")
+    app.state.request_limiter = RequestLimiter.from_settings(settings)
+    app.add_middleware(
+        ApiKeyAuth,
+        keys=keys,
+        open_without_keys=settings.ENVIRONMENT == "development",
+        limiter=app.state.request_limiter,
+    )
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
     # Outside the size limits, so refused requests are counted too.

@@ -53,6 +53,18 @@ ENQUEUE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
+# By key id (never the key): ids are configured, so their number is bounded.
+REQUESTS_THROTTLED = Counter(
+    "offload_api_requests_throttled_total",
+    "Requests refused with 429 because their API key was over its rate limit.",
+    ("key_id",),
+    registry=REGISTRY,
+)
+REQUESTS_UNLIMITED = Counter(
+    "offload_api_rate_limit_unchecked_total",
+    "Requests let through without a rate-limit check because Redis did not answer in time.",
+    registry=REGISTRY,
+)
 
 # Paths that match no route share one label, so a scan of random URLs cannot add series.
 UNMATCHED_ROUTE = "unmatched"

@@ -13,6 +13,10 @@ with the same id are one principal: that is how a key is rotated (both valid unt
 
 Records (jobs, dead letters, audit entries) carry the id of the key that created them; a
 principal sees and acts on its own, and one with the ``admin`` scope on all.
+
+Each key id may make a number of /v1 requests per window (``RequestRate``): OFFLOAD_API_RATE_LIMIT
+for every key, OFFLOAD_API_KEY_RATE_LIMITS (``<id>=<requests>/<seconds>``, or ``<id>=off``) for
+some. The limits are kept apart from the keys: they are not secret, and change without a rotation.
 """
 
 from __future__ import annotations
@@ -47,6 +51,56 @@ class Principal:
 
 
 ANONYMOUS_PRINCIPAL = Principal(ANONYMOUS, frozenset({ADMIN}))
+
+
+@dataclass(frozen=True)
+class RequestRate:
+    """At most ``requests`` requests per ``window_seconds``, as a steady flow or in bursts."""
+
+    requests: int
+    window_seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.window_seconds}"
+
+
+# Bounds against typos; a day is the longest window a client can be expected to plan for.
+MAX_RATE_REQUESTS = 1_000_000
+MAX_RATE_WINDOW_SECONDS = 86_400
+RATE_OFF = "off"
+
+
+def parse_request_rate(text: str) -> RequestRate | None:
+    """``<requests>/<seconds>`` (``100/60``), or ``off`` (None: no limit); ValueError says why not."""
+    text = text.strip()
+    if text.lower() == RATE_OFF:
+        return None
+    requests, slash, seconds = text.partition("/")
+    if not (slash and requests.strip().isdigit() and seconds.strip().isdigit()):
+        raise ValueError(f"a rate limit is <requests>/<seconds> such as 100/60, or {RATE_OFF!r}; got {text!r}")
+    rate = RequestRate(int(requests), int(seconds))
+    if not 1 <= rate.requests <= MAX_RATE_REQUESTS:
+        raise ValueError(f"rate limit {text!r}: requests must be between 1 and {MAX_RATE_REQUESTS}")
+    if not 1 <= rate.window_seconds <= MAX_RATE_WINDOW_SECONDS:
+        raise ValueError(f"rate limit {text!r}: the window must be between 1 and {MAX_RATE_WINDOW_SECONDS} seconds")
+    return rate
+
+
+def parse_key_rate_limits(entries: Iterable[str]) -> dict[str, RequestRate | None]:
+    """OFFLOAD_API_KEY_RATE_LIMITS entries, ``<key id>=<requests>/<seconds>`` or ``<key id>=off``."""
+    limits: dict[str, RequestRate | None] = {}
+    for entry in entries:
+        key_id, equals, rate_text = entry.partition("=")
+        key_id = key_id.strip()
+        if not equals or not _KEY_ID.fullmatch(key_id):
+            raise ValueError(f"entry {entry!r} must be <key id>=<requests>/<seconds> (or <key id>=off)")
+        if key_id in limits:
+            raise ValueError(f"key id {key_id!r} has two rate limits")
+        try:
+            limits[key_id] = parse_request_rate(rate_text)
+        except ValueError as exc:
+            raise ValueError(f"key {key_id}: {exc}") from None
+    return limits
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 from offload_core.sdk import JobType
-from offload_core.settings import Settings
+from offload_core.settings import JobTypeLimits, Settings
 
 ENTRY_POINT_GROUP = "offload.jobs"
 # Offload's own jobs, declared with the same SDK; their handlers load only in workers.
@@ -70,6 +71,19 @@ class JobTypes(Mapping[str, JobType[Any, Any]]):
             if name in self._types:
                 self._types[name] = replace(self._types[name], time_limit=soft, hard_time_limit=hard)
 
+    def override_limits(self, limits: Mapping[str, JobTypeLimits]) -> None:
+        """Apply the rate and concurrency limits a deployment sets (OFFLOAD_JOB_LIMITS): each field
+        given replaces the declared one; a job type this deployment lacks is a typo, refused."""
+        unknown = sorted(set(limits) - set(self._types))
+        if unknown:
+            raise JobTypeError(
+                f"OFFLOAD_JOB_LIMITS names {', '.join(map(repr, unknown))}, which no job type of this "
+                f"deployment is called (it has {', '.join(sorted(self._types))}); fix the name or remove the entry."
+            )
+        for name, override in limits.items():
+            given = override.model_dump(include=override.model_fields_set)
+            self._types[name] = replace(self._types[name], **given)
+
     def source(self, name: str) -> Source:
         return self._sources[name]
 
@@ -110,10 +124,11 @@ class JobTypes(Mapping[str, JobType[Any, Any]]):
                         f"{source.description}) cannot be loaded: {type(exc).__name__}: {exc}. Install what it "
                         f"needs into this worker's image, or fix the reference ({source.fix})."
                     ) from exc
-            _, hard = job_time_limits(job_type, settings)
+            _, hard = celery_time_limits(job_type, settings)
             if hard + longest_retry >= settings.VISIBILITY_TIMEOUT_SECONDS:
                 raise JobTypeError(
-                    f"job type {job_type.name!r} may run {hard} s (its hard time limit), which "
+                    f"job type {job_type.name!r} may run {hard} s (its hard time limit, with the wait for "
+                    f"its rate or concurrency limit if it has one: OFFLOAD_JOB_LIMIT_MAX_WAIT_SECONDS), which "
                     f"with a retry backoff of up to {longest_retry:g} s does not fit "
                     f"OFFLOAD_VISIBILITY_TIMEOUT_SECONDS ({settings.VISIBILITY_TIMEOUT_SECONDS}): Redis would "
                     f"deliver it twice. Raise the visibility timeout or lower the job's time_limit."
@@ -187,6 +202,7 @@ def load_job_types(settings: Settings, *, known_queues: Collection[str] | None =
     job_types = JobTypes(declared)
     job_types.check_queues(settings.QUEUES if known_queues is None else known_queues)
     job_types.override_time_limits(settings.job_time_limit_overrides())
+    job_types.override_limits(settings.JOB_LIMITS)
     return job_types
 
 
@@ -200,3 +216,19 @@ def job_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[in
         return soft, max(job_type.hard_time_limit or settings.TASK_TIME_LIMIT_SECONDS, soft + 1)
     grace = min(30, max(2, job_type.time_limit // 10))
     return job_type.time_limit, job_type.hard_time_limit or job_type.time_limit + grace
+
+
+def is_limited(job_type: JobType[Any, Any]) -> bool:
+    """Whether the job type has a rate or concurrency limit across workers."""
+    return job_type.rate_limit is not None or job_type.concurrency is not None
+
+
+def celery_time_limits(job_type: JobType[Any, Any], settings: Settings) -> tuple[int, int]:
+    """(soft, hard) seconds Celery gives one run of the task: its job_time_limits, longer by the
+    longest wait for its limits when it has some (Celery's clock starts when the worker takes the
+    message; the handler's own limit starts when it starts)."""
+    soft, hard = job_time_limits(job_type, settings)
+    if not is_limited(job_type):
+        return soft, hard
+    wait = math.ceil(settings.JOB_LIMIT_MAX_WAIT_SECONDS)
+    return soft + wait, hard + wait

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal, cast
@@ -20,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from offload_core import telemetry
 from offload_core.contract.job_errors import JobCancelled, PermanentJobError, TransientJobError
-from offload_core.contract.registry import job_time_limits
+from offload_core.contract.registry import celery_time_limits, is_limited, job_time_limits
 from offload_core.engines.outbound import OutboundPolicy, UnsafeURL
 from offload_core.runtime import worker_metrics as metrics
 from offload_core.runtime.worker_metrics import RunOutcome
@@ -28,11 +31,18 @@ from offload_core.sdk import JobContext, JobEnd, JobType
 from offload_core.settings import Settings, get_settings
 from offload_core.store.jobs import JobStatus, JobStore, StartOutcome
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
+from offload_core.store.rate_limits import JobTypeLimiter
 
 logger = logging.getLogger(__name__)
 
 EndStatus = Literal["succeeded", "failed", "cancelled"]
 ENDED: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+# A slot's lease outlasts the longest run by this much.
+LEASE_GRACE_SECONDS = 10
+# A wait for a slot shorter than this is the round trip itself, not a throttled job.
+THROTTLED_AFTER_SECONDS = 0.005
 
 
 def retry_countdown(retries: int, base: float, cap: float) -> float:
@@ -51,6 +61,8 @@ class JobTypeTask(Task[Any, Any]):
     acks_late = True
     reject_on_worker_lost = True
     job_type: JobType[Any, Any]  # set by register_job_types, as are name and the time limits
+    # The handler's own (soft, hard) limits; Celery's are longer by the wait of a limited type.
+    handler_time_limits: tuple[int, int] = (0, 0)
 
     @cached_property
     def store(self) -> JobStore:
@@ -100,7 +112,71 @@ class JobTypeTask(Task[Any, Any]):
     def _queue(self) -> str:
         return (self.request.delivery_info or {}).get("routing_key") or ""
 
+    @cached_property
+    def limiter(self) -> JobTypeLimiter | None:
+        """The type's limits across all workers, or None without any."""
+        if not is_limited(self.job_type):
+            return None
+        settings = get_settings()
+        _, hard = celery_time_limits(self.job_type, settings)
+        return JobTypeLimiter(
+            self.store.client,
+            self.name,
+            rate_limit=self.job_type.rate_limit,
+            concurrency=self.job_type.concurrency,
+            # Longer than a run can last with its wait: a killed worker's slot frees by then.
+            lease_seconds=hard + LEASE_GRACE_SECONDS,
+            block_seconds=max(0.1, settings.REDIS_SOCKET_TIMEOUT_SECONDS * 0.8),
+        )
+
     def _run_job(self, args: Any, kwargs: Any) -> Any:
+        limiter = self.limiter
+        if limiter is None:
+            return self._start_and_run(args, kwargs)
+        if not self._wait_for_limits(limiter):
+            # Waited the longest it may: back on its queue (the back of it; kombu requeues there),
+            # acknowledged by nobody, the job still queued. A worker takes it again later.
+            metrics.JOBS_HANDED_BACK.labels(self.name).inc()
+            logger.info("job %s handed back: its type's limits left no start within the longest wait", self.job_id)
+            raise Reject("over its job type's limits", requeue=True)
+        try:
+            return self._start_and_run(args, kwargs)
+        finally:
+            if limiter.concurrency is not None:
+                self._release_slot(limiter)
+
+    def _release_slot(self, limiter: JobTypeLimiter) -> None:
+        """Free the job's running slot. The run's outcome is recorded (or its retry published)
+        by now and must stand: if Redis is away, the slot's lease frees it instead."""
+        try:
+            limiter.release_slot(self.job_id)
+        except redis.RedisError as exc:
+            logger.warning("job %s: running slot not released, its lease will free it: Redis: %s", self.job_id, exc)
+
+    def _wait_for_limits(self, limiter: JobTypeLimiter) -> bool:
+        """Wait, without polling, until the type's limits let this job start: a running slot first
+        (blocking until one is released, or a dead holder's lease ends), then its reserved place
+        among the starts (sleeping exactly until it). False if that would take longer than
+        OFFLOAD_JOB_LIMIT_MAX_WAIT_SECONDS; then the job holds nothing."""
+        began = time.monotonic()
+        deadline = began + get_settings().JOB_LIMIT_MAX_WAIT_SECONDS
+        if limiter.concurrency is not None and not limiter.acquire_slot(self.job_id, deadline):
+            return False
+        if limiter.concurrency is not None and time.monotonic() - began > THROTTLED_AFTER_SECONDS:
+            metrics.JOBS_THROTTLED.labels(self.name, "concurrency").inc()
+        if limiter.rate_limit is not None:
+            start = limiter.reserve_start(max(0.0, deadline - time.monotonic()))
+            if not start.admitted:
+                if limiter.concurrency is not None:
+                    limiter.release_slot(self.job_id)
+                return False
+            if start.wait_seconds > 0:
+                metrics.JOBS_THROTTLED.labels(self.name, "rate").inc()
+                time.sleep(start.wait_seconds)
+        metrics.LIMIT_WAIT_SECONDS.labels(self.name).observe(time.monotonic() - began)
+        return True
+
+    def _start_and_run(self, args: Any, kwargs: Any) -> Any:
         job_id = self.job_id
         queue = self._queue()
         attempt = self.request.retries + 1
@@ -179,7 +255,8 @@ class JobTypeTask(Task[Any, Any]):
             raise PermanentJobError(f"invalid payload for {job_type.name}: {field_errors(exc)}") from exc
         ctx = self.context()
         try:
-            result = job_type.run(ctx, payload)
+            with self._own_soft_time_limit():
+                result = job_type.run(ctx, payload)
         except (PermanentJobError, TransientJobError, JobCancelled, SoftTimeLimitExceeded, TimeLimitExceeded):
             raise
         except UnsafeURL as exc:
@@ -192,9 +269,31 @@ class JobTypeTask(Task[Any, Any]):
             ctx.close()
         return result_json(job_type, result)
 
+    @contextlib.contextmanager
+    def _own_soft_time_limit(self) -> Iterator[None]:
+        """For a limited type, raise the soft time limit in the handler its declared time after it
+        started: Celery's clock started when the worker took the message, before the wait, and is
+        longer by the longest wait. A timer of the process (SIGALRM), so in the main thread only
+        (prefork and solo pools); under the threads pool Celery's longer limit is the bound."""
+        soft = self.handler_time_limits[0]
+        if self.limiter is None or not soft or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def expire(signum: int, frame: object) -> None:
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft} s) exceeded")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
     def context(self) -> JobContext:
         settings = get_settings()
-        soft_limit = self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS
+        soft_limit = self.handler_time_limits[0] or self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS
         return JobContext(
             job_id=self.job_id,
             job_type=self.job_type.name,
@@ -220,9 +319,10 @@ class JobTypeTask(Task[Any, Any]):
             return str(exc)
         settings = get_settings()
         if isinstance(exc, SoftTimeLimitExceeded):
-            return f"timed out after {self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS} s"
+            soft = self.handler_time_limits[0] or self.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT_SECONDS
+            return f"timed out after {soft} s"
         if isinstance(exc, TimeLimitExceeded):
-            hard = self.time_limit or settings.TASK_TIME_LIMIT_SECONDS
+            hard = self.handler_time_limits[1] or self.time_limit or settings.TASK_TIME_LIMIT_SECONDS
             return f"timed out after {hard} s (its process was killed at the hard time limit)"
         return f"{type(exc).__name__}: {exc}"
 
@@ -307,7 +407,7 @@ def stamp_chain_step(headers: dict[str, Any] | None = None, **_: Any) -> None:
 def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], settings: Settings) -> None:
     """Register one Celery task per job type, named after it, with its retries and time limits."""
     for job_type in job_types:
-        soft, hard = job_time_limits(job_type, settings)
+        soft, hard = celery_time_limits(job_type, settings)
         task_class = type(
             f"JobTask[{job_type.name}]",
             (JobTypeTask,),
@@ -316,6 +416,7 @@ def register_job_types(app: Celery, job_types: Iterable[JobType[Any, Any]], sett
                 "name": job_type.name,
                 "soft_time_limit": soft,
                 "time_limit": hard,
+                "handler_time_limits": job_time_limits(job_type, settings),
                 "__module__": __name__,
             },
         )

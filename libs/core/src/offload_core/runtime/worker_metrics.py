@@ -42,6 +42,23 @@ QUEUE_WAIT_SECONDS = Histogram(
     LABELS,
     buckets=WAIT_BUCKETS,
 )
+# Limits of job types across workers (offload_core.store.rate_limits), by job type.
+JOBS_THROTTLED = Counter(
+    "offload_jobs_throttled_total",
+    "Jobs that waited for their type's rate or concurrency limit before they started.",
+    ("task", "limit"),
+)
+LIMIT_WAIT_SECONDS = Histogram(
+    "offload_job_limit_wait_seconds",
+    "Time a job of a limited type waited in its worker for its limits.",
+    ("task",),
+    buckets=WAIT_BUCKETS,
+)
+JOBS_HANDED_BACK = Counter(
+    "offload_jobs_limit_handed_back_total",
+    "Jobs put back on their queue after waiting OFFLOAD_JOB_LIMIT_MAX_WAIT_SECONDS for their type's limits.",
+    ("task",),
+)
 
 
 class RunOutcome(StrEnum):

@@ -30,6 +30,12 @@ class JobTypeView(BaseModel):
     priority: int = Field(description="Default priority inside the queue: 0 runs first, 9 last.")
     max_retries: int = Field(description="Transient failures are retried this often, with backoff.")
     time_limit_seconds: int = Field(description="An attempt is stopped (and fails) after this long.")
+    rate_limit: float | None = Field(
+        description="At most this many jobs of the type start a second, across all workers; null: no limit."
+    )
+    concurrency: int | None = Field(
+        description="At most this many jobs of the type run at once, across all workers; null: no limit."
+    )
     description: str
     request_schema: dict[str, Any] = Field(description="JSON Schema of `payload` in POST /v1/jobs/{type}.")
     result_schema: dict[str, Any] | None = Field(description="JSON Schema of the job's `result`, if declared.")
@@ -50,6 +56,8 @@ def describe(job_type: JobType[Any, Any], settings: Settings, consumers: dict[st
         priority=job_type.priority,
         max_retries=settings.TASK_MAX_RETRIES if job_type.max_retries is None else job_type.max_retries,
         time_limit_seconds=soft,
+        rate_limit=job_type.rate_limit,
+        concurrency=job_type.concurrency,
         description=job_type.description,
         request_schema=job_type.request.model_json_schema(),
         result_schema=_schema_of(job_type.result),
