@@ -5,15 +5,19 @@ Kubernetes the chart supports, and that the services accept as their settings.""
 from __future__ import annotations
 
 import copy
+import shutil
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from offload_core.settings import Settings
 from tests.chart.render import (
+    CHART_DIR,
     KEDA_KINDS,
     MONITORING_KINDS,
     WORKLOAD_KINDS,
@@ -21,8 +25,10 @@ from tests.chart.render import (
     Rendered,
     containers,
     env_of,
+    parse,
     pod_spec,
     render,
+    render_raw,
 )
 from tests.chart.test_keda import crd_validator
 from tests.chart.test_manifests import KUBERNETES_VERSIONS
@@ -46,6 +52,7 @@ SET_BY_THE_CHART: dict[str, str] = {
     "WEBHOOK_SECRETS": "the webhook Secret (generated, or delivery.webhooks.existingSecret)",
 }
 
+CHART_VERSION = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["version"]
 POD_FIELDS: dict[str, Any] = {
     "podAnnotations": {"example.com/owner": "jobs-team"},
     "podLabels": {"example.com/cost-centre": "jobs", "app.kubernetes.io/name": "ignored-clash"},
@@ -308,3 +315,40 @@ def test_the_redis_exporter_runs_beside_redis_and_is_scraped() -> None:
     assert monitors[0]["spec"]["podMetricsEndpoints"][0]["port"] == "redis-metrics"
     args = pod_spec(redis)["containers"][0]["args"][0]
     assert "--maxmemory '600mb'" in args
+
+
+def test_the_chart_works_as_a_subchart(tmp_path: Path) -> None:
+    """A parent chart's `global` (with keys of other charts) reaches the chart, and its own
+    values under `offload` too."""
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    shutil.copytree(CHART_DIR, parent / "charts" / "offload")
+    (parent / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "offload", "version": CHART_VERSION}],
+            }
+        )
+    )
+    (parent / "values.yaml").write_text("{}\n")
+    values = {
+        "global": {
+            "imageRegistry": "mirror.example.com",
+            "imagePullSecrets": ["mirror"],
+            "labels": {"platform": "jobs"},
+            "storageClass": "fast",  # another subchart's key
+        },
+        "offload": {"keda": {"enabled": False}},
+    }
+    objects = parse(render_raw(values, chart_dir=parent)).objects
+    deployments = [obj for obj in objects if obj["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        spec = pod_spec(deployment)
+        assert spec["containers"][0]["image"].startswith("mirror.example.com/"), deployment["metadata"]["name"]
+        assert spec["imagePullSecrets"] == [{"name": "mirror"}]
+        assert deployment["metadata"]["labels"]["platform"] == "jobs"
+    assert not [obj for obj in objects if obj["kind"] == "ScaledObject"]
