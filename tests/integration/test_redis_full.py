@@ -1,9 +1,11 @@
 """Redis at its maxmemory (policy noeviction, as the chart runs it) refuses writes: the API answers
 503 with code redis_full and Retry-After instead of 500, and every job accepted before is kept
-and runs once memory frees."""
+and runs once memory frees, by a worker that could not start consuming while Redis was full."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from offload_dev.polling import wait_for
 from tests.support import Cluster, cluster, submit_echo, wait_job
 
 # Small enough to fill in a moment, large enough for Redis, the API and a worker to start.
@@ -79,12 +82,33 @@ def test_a_full_redis_refuses_new_jobs_with_503_and_keeps_every_accepted_one(sma
         "dead_letters": 0,
     }
 
-    # Memory frees (the ballast goes): every accepted job runs, and submissions are accepted again.
-    ballast = list(small_redis.redis.scan_iter(BALLAST.format("*"), count=1000))
-    for start in range(0, len(ballast), 500):
-        small_redis.redis.delete(*ballast[start : start + 500])
-    small_redis.start_worker("worker")
+    # A worker that starts while Redis is full cannot begin consuming (its consumer setup
+    # writes to Redis); once memory frees (the ballast goes) it does, and every accepted job runs.
+    refused_worker = threading.Event()
+    freeing = threading.Thread(target=free_once_the_worker_is_refused, args=(small_redis, refused_worker))
+    freeing.start()
+    try:
+        small_redis.start_worker("worker")
+    finally:
+        freeing.join()
+    assert refused_worker.is_set(), "the worker never met the full Redis"
     for job_id in accepted:
         assert wait_job(client, job_id, {"succeeded", "failed"})["status"] == "succeeded"
     later = submit_echo(client, message="after")
     assert wait_job(client, later, {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def free_once_the_worker_is_refused(own: Cluster, refused: threading.Event) -> None:
+    """Deletes the ballast as soon as the worker's log shows Redis refusing it for want of memory
+    (or after the deadline, so the test fails on the assertion rather than hanging)."""
+    log = own.log_dir / "worker.log"
+
+    def worker_refused() -> bool:
+        return log.exists() and "maxmemory" in log.read_text(errors="replace")
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(worker_refused, 30, "the worker to meet the full Redis")
+        refused.set()
+    ballast = list(own.redis.scan_iter(BALLAST.format("*"), count=1000))
+    for start in range(0, len(ballast), 500):
+        own.redis.delete(*ballast[start : start + 500])
