@@ -128,6 +128,18 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"redis": {"resources": {"limits": {"memory": None}}}},
         ["redis: maxmemory is empty and resources.limits.memory is not set"],
     ),
+    "report-soft-limit": (
+        {"config": {"reports": {"softTimeLimitSeconds": 300}}},
+        ["config.reports: the report soft time limit (300) must be below its hard limit (300)"],
+    ),
+    "report-visibility": (
+        {"config": {"reports": {"timeLimitSeconds": 400}}},
+        ["config: visibilityTimeoutSeconds (420) must exceed reports.timeLimitSeconds + retryBackoffMaxSeconds (460)"],
+    ),
+    "orphan-grace": (
+        {"config": {"broker": {"socketTimeoutSeconds": 30}}},
+        ["config.orphanSweep: graceSeconds (60) must exceed the longest publish, 96 s"],
+    ),
     "api-grace": (
         {"api": {"preStopSleepSeconds": 40}},
         ["api: terminationGracePeriodSeconds (35) must exceed preStopSleepSeconds (40)"],

@@ -115,6 +115,20 @@ config: taskSoftTimeLimitSeconds ({{ $c.taskSoftTimeLimitSeconds }}) must be bel
 {{- if le (float64 $c.visibilityTimeoutSeconds) (addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds) }}
 config: visibilityTimeoutSeconds ({{ $c.visibilityTimeoutSeconds }}) must exceed taskTimeLimitSeconds + retryBackoffMaxSeconds ({{ addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds }}), or Redis hands running tasks to a second worker.
 {{- end -}}
+{{- /* The services check these at start; refusing them here beats pods that never start. */ -}}
+{{- $reportSoft := int ($c.reports.softTimeLimitSeconds | default $c.taskSoftTimeLimitSeconds) -}}
+{{- $reportHard := int ($c.reports.timeLimitSeconds | default $c.taskTimeLimitSeconds) -}}
+{{- if ge $reportSoft $reportHard }}
+config.reports: the report soft time limit ({{ $reportSoft }}) must be below its hard limit ({{ $reportHard }}); check softTimeLimitSeconds and timeLimitSeconds (unset, they are config.task*TimeLimitSeconds).
+{{- end -}}
+{{- if le (float64 $c.visibilityTimeoutSeconds) (addf $reportHard $c.retryBackoffMaxSeconds) }}
+config: visibilityTimeoutSeconds ({{ $c.visibilityTimeoutSeconds }}) must exceed reports.timeLimitSeconds + retryBackoffMaxSeconds ({{ addf $reportHard $c.retryBackoffMaxSeconds }}), or Redis hands running reports to a second worker.
+{{- end -}}
+{{- $broker := $c.broker -}}
+{{- $publish := mulf (add1 (int $broker.publishMaxRetries)) (addf $broker.connectTimeoutSeconds $broker.socketTimeoutSeconds) -}}
+{{- if le (float64 $c.orphanSweep.graceSeconds) $publish }}
+config.orphanSweep: graceSeconds ({{ $c.orphanSweep.graceSeconds }}) must exceed the longest publish, {{ $publish }} s = (broker.publishMaxRetries + 1) x (broker.connectTimeoutSeconds + broker.socketTimeoutSeconds), or a job still being published may be published twice.
+{{- end -}}
 {{- end -}}
 
 {{/*
