@@ -42,6 +42,13 @@ def fill(direct: redis.Redis) -> int:
     return written
 
 
+def keep_full(direct: redis.Redis) -> None:
+    """Lowers maxmemory just below what Redis uses: at the exact limit a refused write frees its
+    buffers and lets the next small one in, which would make the checks below a matter of luck."""
+    used = int(direct.info("memory")["used_memory"])
+    direct.config_set("maxmemory", str(used - 256 * 1024))
+
+
 def submit_until_full(client: httpx.Client, accepted: list[str], attempts: int = 500) -> httpx.Response:
     """Submits echo jobs until one is refused; the accepted ones are appended to ``accepted``."""
     for index in range(attempts):
@@ -65,6 +72,7 @@ def test_a_full_redis_refuses_new_jobs_with_503_and_keeps_every_accepted_one(sma
     assert "is full" in body["detail"]
     assert "maxmemory" in body["detail"]
     assert "nothing was accepted" in body["detail"]
+    keep_full(small_redis.redis)
     # Still full: the next submission is refused the same way, not accepted half-way.
     again = client.post("/v1/jobs/echo", json={"message": "again"})
     assert (again.status_code, again.json()["code"]) == (503, "redis_full")
@@ -112,3 +120,32 @@ def free_once_the_worker_is_refused(own: Cluster, refused: threading.Event) -> N
     ballast = list(own.redis.scan_iter(BALLAST.format("*"), count=1000))
     for start in range(0, len(ballast), 500):
         own.redis.delete(*ballast[start : start + 500])
+
+
+def test_running_and_queued_jobs_wait_out_a_full_redis_and_all_succeed(tmp_path: Path) -> None:
+    """A worker already consuming when Redis fills cannot record its jobs' outcomes; none of them
+    is lost or failed for it, and all finish once memory frees."""
+    with cluster(tmp_path, redis_maxmemory=SMALL_MAXMEMORY) as own:
+        own.start_worker("worker")
+        own.start_api()
+        client = own.client
+        running = [submit_echo(client, message="long", sleep_ms=2000) for _ in range(2)]
+        wait_for(
+            lambda: all(client.get(f"/v1/jobs/{job_id}").json()["status"] == "started" for job_id in running),
+            15,
+            "the long jobs to start",
+        )
+        queued = [submit_echo(client, message=f"queued {n}") for n in range(4)]
+        fill(own.redis)
+        keep_full(own.redis)
+        log = own.log_dir / "worker.log"
+        wait_for(lambda: "maxmemory" in log.read_text(errors="replace"), 30, "the worker to meet the full Redis")
+        statuses = {job_id: client.get(f"/v1/jobs/{job_id}").json()["status"] for job_id in running + queued}
+        # A run whose outcome could not be recorded is retried, never failed or dropped.
+        assert set(statuses.values()) <= {"queued", "started", "retrying"}, statuses
+
+        ballast = list(own.redis.scan_iter(BALLAST.format("*"), count=1000))
+        for start in range(0, len(ballast), 500):
+            own.redis.delete(*ballast[start : start + 500])
+        for job_id in running + queued:
+            assert wait_job(client, job_id, {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"
