@@ -110,7 +110,7 @@ EVERY_KNOB: dict[str, Any] = {
         "idempotencyTtlSeconds": 7200,
         "queueMetricsCacheSeconds": 10,
         "jobModules": ["acme_jobs.tasks"],
-        "redis": {"connectTimeoutSeconds": 3, "socketTimeoutSeconds": 7},
+        "redis": {"connectTimeoutSeconds": 3, "socketTimeoutSeconds": 7, "submitMemoryRatio": 0.9},
         "broker": {"publishMaxRetries": 3, "connectTimeoutSeconds": 3, "socketTimeoutSeconds": 12, "poolLimit": 50},
         "orphanSweep": {"intervalSeconds": 45, "graceSeconds": 90},
         "deadLetters": {"max": 5000, "ttlSeconds": 86400},

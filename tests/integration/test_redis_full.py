@@ -21,11 +21,15 @@ SMALL_MAXMEMORY = "8mb"
 BALLAST = "offload-test:ballast:{}"
 
 
+# The API's own headroom off: these tests reach the point where Redis itself refuses writes.
+NO_HEADROOM = {"OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO": "1"}
+
+
 @pytest.fixture
 def small_redis(tmp_path: Path) -> Iterator[Cluster]:
     """A Redis with a small maxmemory and noeviction, and the API on it (no worker yet)."""
     with cluster(tmp_path, redis_maxmemory=SMALL_MAXMEMORY) as own:
-        own.start_api()
+        own.start_api(env=NO_HEADROOM)
         yield own
 
 
@@ -127,7 +131,7 @@ def test_running_and_queued_jobs_wait_out_a_full_redis_and_all_succeed(tmp_path:
     is lost or failed for it, and all finish once memory frees."""
     with cluster(tmp_path, redis_maxmemory=SMALL_MAXMEMORY) as own:
         own.start_worker("worker")
-        own.start_api()
+        own.start_api(env=NO_HEADROOM)
         client = own.client
         running = [submit_echo(client, message="long", sleep_ms=2000) for _ in range(2)]
         wait_for(
@@ -149,3 +153,35 @@ def test_running_and_queued_jobs_wait_out_a_full_redis_and_all_succeed(tmp_path:
             own.redis.delete(*ballast[start : start + 500])
         for job_id in running + queued:
             assert wait_job(client, job_id, {"succeeded", "failed"}, timeout=60)["status"] == "succeeded"
+
+
+def test_the_api_keeps_headroom_so_workers_can_start_and_drain(tmp_path: Path) -> None:
+    """Past OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO of maxmemory the API refuses new jobs while Redis
+    still takes writes: a worker starting then can consume and drain the queue. The ratio is
+    lower than the default 0.95 here: 5 % of an 8 MB Redis is less than a worker's connections
+    take, 5 % of a production one (hundreds of MB) is not."""
+    with cluster(tmp_path, redis_maxmemory=SMALL_MAXMEMORY) as own:
+        own.start_api(env={"OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO": "0.7"})
+        client = own.client
+        accepted = [submit_echo(client, message=f"early {n}") for n in range(5)]
+        fill(own.redis)
+        # Redis at 80 % of a raised maxmemory: it takes writes, the API no longer takes jobs.
+        used = int(own.redis.info("memory")["used_memory"])
+        own.redis.config_set("maxmemory", str(int(used / 0.8)))
+
+        def refused() -> httpx.Response | None:
+            response = client.post("/v1/jobs/echo", json={"message": "late"})
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+                return None
+            return response
+
+        response = wait_for(refused, 10, "the API to refuse a job past the memory ratio")
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "redis_full"
+        assert "OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO" in response.json()["detail"]
+        assert response.headers["Retry-After"] == "30"
+
+        own.start_worker("worker")  # would wait forever in a Redis that refuses its writes
+        for job_id in accepted:
+            assert wait_job(client, job_id, {"succeeded", "failed"})["status"] == "succeeded"

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # Bounds every Redis call of the API and the job store, so an outage is an error, not a hang.
     REDIS_CONNECT_TIMEOUT_SECONDS: float = Field(2.0, gt=0, le=60)
     REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(5.0, gt=0, le=300)
+    # The API refuses new jobs (503 redis_full) once Redis uses this share of its maxmemory, so the
+    # rest stays for workers: they must write to start consuming and to finish the jobs that free
+    # memory. 1 = only when Redis itself refuses. No effect while maxmemory is 0 (no limit).
+    REDIS_SUBMIT_MEMORY_RATIO: float = Field(0.95, gt=0, le=1)
 
     # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list. Each is
     # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`

@@ -107,13 +107,25 @@ REDIS_FULL_MARKER = "OOM command not allowed"
 REDIS_FULL_RETRY_AFTER_SECONDS = 30
 
 
+class RedisNearlyFull(Exception):
+    """Redis uses more of its maxmemory than new jobs may (OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO)."""
+
+    def __init__(self, used_bytes: int, maxmemory_bytes: int, ratio: float) -> None:
+        super().__init__(
+            f"used memory {used_bytes} is {used_bytes / maxmemory_bytes:.0%} of maxmemory {maxmemory_bytes}, past the "
+            f"{ratio:.0%} new jobs may take (OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO)"
+        )
+
+
 def redis_is_full(exc: BaseException) -> bool:
     """Whether Redis refused a write because its memory is full, anywhere in the error's chain."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, redis.exceptions.OutOfMemoryError) or REDIS_FULL_MARKER in str(current):
+        if isinstance(current, redis.exceptions.OutOfMemoryError | RedisNearlyFull) or REDIS_FULL_MARKER in str(
+            current
+        ):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -124,10 +136,15 @@ async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     if redis_is_full(exc):
         # 503 rather than 507: the condition is temporary and every client retries 503.
         logger.warning("Redis at %s is full (maxmemory), a write was refused: %s", location, exc)
+        reason = (
+            f"its {exc}, the rest being kept for the workers"
+            if isinstance(exc, RedisNearlyFull)
+            else "its memory reached maxmemory and it refuses new writes"
+        )
         detail = (
-            f"Redis at {location} is full: its memory reached maxmemory and it refuses new writes, so nothing was "
-            "accepted; jobs accepted before are kept. Retry after Retry-After seconds. Operators: let the workers "
-            "drain the queues or raise Redis's maxmemory (runbook OffloadRedisMemoryNearLimit)."
+            f"Redis at {location} is full: {reason}, so nothing was accepted; jobs accepted before are kept. "
+            "Retry after Retry-After seconds. Operators: let the workers drain the queues or raise Redis's "
+            "maxmemory (runbook OffloadRedisMemoryNearLimit)."
         )
         return JSONResponse(
             status_code=503,
@@ -228,4 +245,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(redis.RedisError, _redis_unavailable)
     app.add_exception_handler(OperationalError, _redis_unavailable)
+    app.add_exception_handler(RedisNearlyFull, _redis_unavailable)
     app.add_exception_handler(Exception, _unexpected)
