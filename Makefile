@@ -21,7 +21,7 @@ help:
 	@echo "make format   apply ruff's fixes and formatting"
 	@echo "make images   build offload-api, offload-worker, offload-notifier (TAG=dev)"
 	@echo "make bench    the benchmarks with their ratios (bench/README.md); BENCH_ARGS=--quick for a smoke run"
-	@echo "make k8s      render deploy/helm/offload into k8s/ (a test fails when k8s/ is stale)"
+	@echo "make k8s      render deploy/helm/offload into k8s/ and its README's values table (tests fail when stale)"
 	@echo "make kind-up  create a kind cluster named offload with KEDA (needs kind, helm, internet)"
 	@echo "make dev      skaffold dev on that cluster: build, deploy the chart, port-forward"
 
@@ -66,6 +66,7 @@ bench: install
 
 k8s: install
 	$(VENV)/bin/python -m offload_dev.render_k8s
+	$(VENV)/bin/python -m offload_dev.chart_values_table
 
 # The users' Kubernetes path; these need kind, helm and skaffold on PATH and a registry.
 KIND_CLUSTER ?= offload

@@ -132,9 +132,11 @@ def cluster(
     *,
     persistent: bool = False,
     redis_password: str | None = None,
+    redis_maxmemory: str | None = None,
 ) -> Iterator[Cluster]:
-    """A Redis of its own on a free port; the test starts its API and workers on it."""
-    server = start_redis(log_dir / "redis", persistent=persistent, password=redis_password)
+    """A Redis of its own on a free port; the test starts its API and workers on it. With
+    ``redis_maxmemory`` (e.g. "8mb") Redis refuses writes once full (noeviction), as in the chart."""
+    server = start_redis(log_dir / "redis", persistent=persistent, password=redis_password, maxmemory=redis_maxmemory)
     direct = redis.Redis.from_url(server.url, decode_responses=True)
     # The blob store's directory is the cluster's own unless the test names a backend of its own.
     blob_dir = {"OFFLOAD_BLOB_DIR": str(log_dir / "blobs")}

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from tests.chart.render import Rendered, render
+from tests.chart.test_every_knob import EVERY_KNOB
 
 # The value sets every structural check runs under.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -81,7 +82,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             ]
         }
     },
+    # Every value the chart offers set at once (global, pod fields, exporter, every setting).
+    "every-knob": EVERY_KNOB,
     "monitoring": {
+        "redis": {"exporter": {"enabled": True}},
         "metrics": {
             "workerPort": 9900,
             "scrapeFrom": [
@@ -93,7 +97,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "grafanaDashboard": {"namespace": "grafana", "annotations": {"grafana_folder": "Offload"}},
-        }
+        },
     },
     "delivery": {
         "delivery": {

@@ -127,6 +127,41 @@ GUARDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"flower": {"ingress": {"enabled": True, "paths": [{"path": "/metrics", "pathType": "Exact"}]}}},
         ['flower.ingress.paths: "/metrics" (Exact) would route /metrics or /healthcheck'],
     ),
+    "cooldown-shorter-than-a-task": (
+        sets({"name": "low", "keda": {"cooldownPeriod": 200}}),
+        [
+            "workers.sets[low]: keda.cooldownPeriod (200) is shorter than the longest task time limit of the set "
+            "(300 s, config.taskTimeLimitSeconds); with minReplicas 0 KEDA would scale the set to zero while a job "
+            "still runs and cut it off. Raise keda.cooldownPeriod to at least 300, or keep minReplicas >= 1."
+        ],
+    ),
+    "cooldown-shorter-than-a-report": (
+        {"config": {"visibilityTimeoutSeconds": 1000, "reports": {"timeLimitSeconds": 900}}},
+        [
+            "workers.sets[low]: keda.cooldownPeriod (300) is shorter than the longest task time limit of the set "
+            "(900 s, config.reports.timeLimitSeconds)"
+        ],
+    ),
+    "keda-fallback-above-max": (
+        sets({"name": "default", "keda": {"fallback": {"failureThreshold": 3, "replicas": 9}}}),
+        ["workers.sets[default]: keda.fallback.replicas (9) is above maxReplicas (5)."],
+    ),
+    "redis-maxmemory-underivable": (
+        {"redis": {"resources": {"limits": {"memory": None}}}},
+        ["redis: maxmemory is empty and resources.limits.memory is not set"],
+    ),
+    "report-soft-limit": (
+        {"config": {"reports": {"softTimeLimitSeconds": 300}}},
+        ["config.reports: the report soft time limit (300) must be below its hard limit (300)"],
+    ),
+    "report-visibility": (
+        {"config": {"reports": {"timeLimitSeconds": 400}}},
+        ["config: visibilityTimeoutSeconds (420) must exceed reports.timeLimitSeconds + retryBackoffMaxSeconds (460)"],
+    ),
+    "orphan-grace": (
+        {"config": {"broker": {"socketTimeoutSeconds": 30}}},
+        ["config.orphanSweep: graceSeconds (60) must exceed the longest publish, 96 s"],
+    ),
     "api-grace": (
         {"api": {"preStopSleepSeconds": 40}},
         ["api: terminationGracePeriodSeconds (35) must exceed preStopSleepSeconds (40)"],
@@ -155,6 +190,17 @@ def test_guards_accept_the_fixed_values() -> None:
     render(sets({"name": "low", "softShutdownTimeoutSeconds": 55, "terminationGracePeriodSeconds": 70}))
     render({"keda": {"enabled": False}, **sets({"name": "default", "keda": {"cooldownPeriod": 45}})})
     render(sets(extra=[{"name": "acme", "queues": ["acme-bulk", "acme_fast"]}]))
+    # A set that never sleeps at zero keeps running jobs whatever its cooldown; KEDA off has none.
+    render(sets({"name": "low", "minReplicas": 1, "keda": {"cooldownPeriod": 200}}))
+    render({"keda": {"enabled": False}, **sets({"name": "low", "keda": {"cooldownPeriod": 200}})})
+    # The report's limit counts only where reports run (low), and a long enough cooldown passes.
+    render(
+        {
+            "config": {"visibilityTimeoutSeconds": 1000, "reports": {"timeLimitSeconds": 900}},
+            **sets({"name": "low", "keda": {"cooldownPeriod": 900}}),
+        }
+    )
+    render({"redis": {"maxmemory": "2gb", "resources": {"limits": {"memory": None}}}})
 
 
 def test_a_notifier_set_may_consume_queues_of_its_own() -> None:

@@ -23,7 +23,10 @@ from tests.chart.render import (
     render,
 )
 
-KUBERNETES_VERSIONS = ("1.30", "1.34")
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest whose schemas
+# kubernetes-validate ships, so a new release of it moves the upper bound by itself.
+NEWEST_KUBERNETES = ".".join(kubernetes_validate.latest_version().split(".")[:2])
+KUBERNETES_VERSIONS = ("1.30", NEWEST_KUBERNETES)
 # A URL with a literal password: scheme://[user]:password@ where the password is not a $(VAR).
 INLINE_CREDENTIAL = re.compile(r"[a-z]+://[^/@\s]*:(?!\$\()[^@\s]+@")
 SECRET_NAME_HINT = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS|BASIC_AUTH|AUTH$", re.IGNORECASE)
@@ -362,3 +365,23 @@ def test_task_events_can_be_turned_off_per_worker_set() -> None:
         (container,) = pod_spec(deployment)["containers"]
         events[name] = env_of(container)["OFFLOAD_WORKER_SEND_EVENTS"]["value"]
     assert events == {"default": "false", "low": "true", "high": "true"}
+
+
+@pytest.mark.parametrize(
+    ("redis", "maxmemory"),
+    [
+        ({}, str(1024**3 * 80 // 100)),  # the default: 80 % of the 1Gi limit
+        ({"resources": {"limits": {"memory": "512Mi"}}}, str(512 * 1024**2 * 80 // 100)),
+        ({"resources": {"limits": {"memory": "2G"}}, "maxmemoryPercentOfLimit": 75}, "1500000000"),
+        ({"resources": {"limits": {"memory": "1.5Gi"}}}, str(int(1.5 * 1024**3) * 80 // 100)),
+        ({"resources": {"limits": {"memory": "1073741824"}}}, str(1024**3 * 80 // 100)),
+        ({"maxmemory": "300mb"}, "300mb"),
+        ({"maxmemory": "0"}, "0"),
+    ],
+)
+def test_redis_maxmemory_comes_from_its_memory_limit_unless_set(redis: dict[str, Any], maxmemory: str) -> None:
+    """A full Redis refuses writes (noeviction) instead of growing until the kernel kills it."""
+    (statefulset,) = render({"redis": redis}).kind("StatefulSet")
+    arguments = pod_spec(statefulset)["containers"][0]["args"][0].split()
+    assert arguments[arguments.index("--maxmemory") + 1] == f"'{maxmemory}'"
+    assert arguments[arguments.index("--maxmemory-policy") + 1] == "noeviction"

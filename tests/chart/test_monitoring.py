@@ -223,6 +223,7 @@ def test_prometheus_rule_has_the_alerts_with_the_default_thresholds() -> None:
         "OffloadApiKeyThrottled",
         "OffloadRedisUnreachable",
         "OffloadRedisMemoryNearLimit",
+        "OffloadRedisMemoryFillingUp",
     }
     sel = '{namespace="offload", release="offload"'
     (throttled,) = alerts["OffloadApiKeyThrottled"]
@@ -261,6 +262,9 @@ def test_prometheus_rule_has_the_alerts_with_the_default_thresholds() -> None:
     (memory,) = alerts["OffloadRedisMemoryNearLimit"]
     assert "offload_redis_maxmemory_bytes" in memory["expr"]
     assert memory["expr"].endswith("> 0.9")
+    (filling,) = alerts["OffloadRedisMemoryFillingUp"]
+    assert f"predict_linear(offload_redis_memory_used_bytes{sel}}}[30m], 3600)" in filling["expr"]
+    assert (filling["for"], filling["labels"]["severity"]) == ("10m", "warning")
     for rules in alerts.values():
         for rule in rules:
             assert "by (namespace, release" in rule["expr"]

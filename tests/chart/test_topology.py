@@ -37,9 +37,11 @@ def settings_of(rendered: Rendered, workload: Manifest) -> Settings:
     """The Settings a workload's container would read: its ConfigMap's variables, then its own."""
     (container,) = pod_spec(workload)["containers"]
     environment: dict[str, str] = {}
+    chart_configs = {config["metadata"]["name"]: config for config in rendered.kind("ConfigMap")}
     for source in container.get("envFrom", []):
-        config = rendered.named("ConfigMap", source["configMapRef"]["name"])
-        environment.update(config["data"])
+        name = source.get("configMapRef", {}).get("name")
+        if name in chart_configs:  # extraEnvFrom sources live outside the chart
+            environment.update(chart_configs[name]["data"])
     environment.update({name: item["value"] for name, item in env_of(container).items() if "value" in item})
     fields = {key.removeprefix("OFFLOAD_"): value for key, value in environment.items() if key.startswith("OFFLOAD_")}
     fields.pop("REDIS_URL", None)  # composed from a Secret in the pod

@@ -69,6 +69,19 @@ workers.sets[{{ $name }}]: terminationGracePeriodSeconds ({{ $grace }}) must exc
 {{- if and $.Values.keda.enabled (le (int $set.keda.cooldownPeriod) $grace) }}
 workers.sets[{{ $name }}]: keda.cooldownPeriod ({{ $set.keda.cooldownPeriod }}) must exceed terminationGracePeriodSeconds ({{ $grace }}); raise the cooldown period.
 {{- end -}}
+{{- /* A running job's message is on no list: KEDA sees an empty queue and, after the cooldown,
+       scales a set that may sleep at zero away under it. */ -}}
+{{- if and $.Values.keda.enabled (eq (int $set.minReplicas) 0) -}}
+{{- $longest := include "offload.longestTaskSeconds" (dict "ctx" $ "queues" $set.queues) | fromJson -}}
+{{- if lt (int $set.keda.cooldownPeriod) (int $longest.seconds) }}
+workers.sets[{{ $name }}]: keda.cooldownPeriod ({{ $set.keda.cooldownPeriod }}) is shorter than the longest task time limit of the set ({{ $longest.seconds }} s, {{ $longest.from }}); with minReplicas 0 KEDA would scale the set to zero while a job still runs and cut it off. Raise keda.cooldownPeriod to at least {{ $longest.seconds }}, or keep minReplicas >= 1.
+{{- end -}}
+{{- end -}}
+{{- with $set.keda.fallback -}}
+{{- if and $.Values.keda.enabled (gt (int .replicas) (int $set.maxReplicas)) }}
+workers.sets[{{ $name }}]: keda.fallback.replicas ({{ .replicas }}) is above maxReplicas ({{ $set.maxReplicas }}).
+{{- end -}}
+{{- end -}}
 {{- if gt (int $set.minReplicas) (int $set.maxReplicas) }}
 workers.sets[{{ $name }}]: minReplicas ({{ $set.minReplicas }}) is above maxReplicas ({{ $set.maxReplicas }}).
 {{- end -}}
@@ -103,9 +116,41 @@ config: taskSoftTimeLimitSeconds ({{ $c.taskSoftTimeLimitSeconds }}) must be bel
 {{- if le (float64 $c.visibilityTimeoutSeconds) (addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds) }}
 config: visibilityTimeoutSeconds ({{ $c.visibilityTimeoutSeconds }}) must exceed taskTimeLimitSeconds + retryBackoffMaxSeconds ({{ addf $c.taskTimeLimitSeconds $c.retryBackoffMaxSeconds }}), or Redis hands running tasks to a second worker.
 {{- end -}}
+{{- /* The services check these at start; refusing them here beats pods that never start. */ -}}
+{{- $reportSoft := int ($c.reports.softTimeLimitSeconds | default $c.taskSoftTimeLimitSeconds) -}}
+{{- $reportHard := int ($c.reports.timeLimitSeconds | default $c.taskTimeLimitSeconds) -}}
+{{- if ge $reportSoft $reportHard }}
+config.reports: the report soft time limit ({{ $reportSoft }}) must be below its hard limit ({{ $reportHard }}); check softTimeLimitSeconds and timeLimitSeconds (unset, they are config.task*TimeLimitSeconds).
+{{- end -}}
+{{- if le (float64 $c.visibilityTimeoutSeconds) (addf $reportHard $c.retryBackoffMaxSeconds) }}
+config: visibilityTimeoutSeconds ({{ $c.visibilityTimeoutSeconds }}) must exceed reports.timeLimitSeconds + retryBackoffMaxSeconds ({{ addf $reportHard $c.retryBackoffMaxSeconds }}), or Redis hands running reports to a second worker.
+{{- end -}}
+{{- $broker := $c.broker -}}
+{{- $publish := mulf (add1 (int $broker.publishMaxRetries)) (addf $broker.connectTimeoutSeconds $broker.socketTimeoutSeconds) -}}
+{{- if le (float64 $c.orphanSweep.graceSeconds) $publish }}
+config.orphanSweep: graceSeconds ({{ $c.orphanSweep.graceSeconds }}) must exceed the longest publish, {{ $publish }} s = (broker.publishMaxRetries + 1) x (broker.connectTimeoutSeconds + broker.socketTimeoutSeconds), or a job still being published may be published twice.
+{{- end -}}
+{{- end -}}
+
+{{/*
+The longest hard time limit of the jobs on these queues, as {"seconds": n, "from": "<value>"}:
+config.taskTimeLimitSeconds, or config.reports.timeLimitSeconds for a set consuming the
+reports' queue (low) when that is longer. Call with (dict "ctx" $ "queues" <list>).
+*/}}
+{{- define "offload.longestTaskSeconds" -}}
+{{- $config := .ctx.Values.config -}}
+{{- $longest := dict "seconds" (int $config.taskTimeLimitSeconds) "from" "config.taskTimeLimitSeconds" -}}
+{{- $report := int ($config.reports.timeLimitSeconds | default 0) -}}
+{{- if and (has "low" (default list .queues)) (gt $report (int $longest.seconds)) -}}
+{{- $longest = dict "seconds" $report "from" "config.reports.timeLimitSeconds" -}}
+{{- end -}}
+{{- toJson $longest -}}
 {{- end -}}
 
 {{- define "offload.checkConfig.redis" -}}
+{{- if and .Values.redis.enabled (not .Values.externalRedis.enabled) (not (include "offload.redisMaxmemory" .)) }}
+redis: maxmemory is empty and resources.limits.memory is not set (or not a memory quantity such as 1Gi), so no maxmemory can be derived and a full Redis would be killed instead of refusing writes; set redis.resources.limits.memory or redis.maxmemory (e.g. 1gb, or "0" for no limit).
+{{- end -}}
 {{- if and .Values.redis.enabled .Values.externalRedis.enabled }}
 redis: redis.enabled and externalRedis.enabled are both true; set redis.enabled=false to use the external Redis.
 {{- end -}}

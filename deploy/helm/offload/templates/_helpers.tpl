@@ -45,7 +45,7 @@ app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: offload
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{- with .ctx.Values.commonLabels }}
+{{- with merge (dict) (.ctx.Values.commonLabels | default dict) (.ctx.Values.global.labels | default dict) }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -68,7 +68,7 @@ An image reference: "[registry/]repository@digest" when a digest is set, else
 
 {{/* Image reference of one of our images by key (api, worker, notifier). Call with (dict "ctx" $ "key" "api"). */}}
 {{- define "offload.appImage" -}}
-{{- include "offload.image" (dict "ctx" .ctx "image" (index .ctx.Values.images .key) "registry" .ctx.Values.images.registry) -}}
+{{- include "offload.image" (dict "ctx" .ctx "image" (index .ctx.Values.images .key) "registry" (.ctx.Values.global.imageRegistry | default .ctx.Values.images.registry)) -}}
 {{- end -}}
 
 {{- define "offload.serviceAccountName" -}}
@@ -421,4 +421,137 @@ set that would then share a name).
 {{- $lists = append $lists (printf "%s\x06\x16%d" $ $step) -}}
 {{- end -}}
 {{- toJson $lists -}}
+{{- end -}}
+
+{{/*
+What every pod of the chart takes from its component's values (api, a merged worker set,
+flower, redis): one helper, so each component gets the same keys with the same meaning.
+Call each with (dict "ctx" $ "values" <component values> "component" "api" ["workerSet" name]).
+*/}}
+
+{{/* The pod template's labels: the chart's own, then podLabels that do not clash with them. */}}
+{{- define "offload.podLabels" -}}
+{{- $own := include "offload.labels" . -}}
+{{- $ownKeys := $own | fromYaml -}}
+{{ $own }}
+{{- range $key, $value := .values.podLabels }}
+{{- if not (hasKey $ownKeys $key) }}
+{{ $key }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* podAnnotations, after the chart's own (checksums), which win on a clash. Pass "own" (a dict). */}}
+{{- define "offload.podAnnotations" -}}
+{{- $annotations := merge (dict) (.own | default dict) (.values.podAnnotations | default dict) -}}
+{{- with $annotations }}
+annotations:
+  {{- range $key, $value := . }}
+  {{ $key }}: {{ $value | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod spec fields of scheduling and pulling: imagePullSecrets (global, then the chart's),
+priorityClassName, nodeSelector, tolerations, affinity, topologySpreadConstraints. A spread
+constraint without a labelSelector selects the component's own pods.
+*/}}
+{{- define "offload.podScheduling" -}}
+{{- $pullSecrets := concat (.ctx.Values.global.imagePullSecrets | default list) (.ctx.Values.imagePullSecrets | default list) | uniq -}}
+{{- with $pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+{{- $selector := include "offload.selectorLabels" $ | fromYaml }}
+topologySpreadConstraints:
+  {{- range $constraint := . }}
+  {{- $filled := deepCopy $constraint }}
+  {{- if not (hasKey $filled "labelSelector") }}
+  {{- $_ := set $filled "labelSelector" (dict "matchLabels" $selector) }}
+  {{- end }}
+  - {{ toYaml $filled | nindent 4 | trim }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* extraEnv entries, to append to a container's env list. */}}
+{{- define "offload.extraEnv" -}}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* envFrom of a container: the chart's own sources (a list, may be empty), then extraEnvFrom. */}}
+{{- define "offload.envFrom" -}}
+{{- $sources := concat (.own | default list) (.values.extraEnvFrom | default list) -}}
+{{- with $sources }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* extraVolumeMounts entries, to append to a container's volumeMounts list. */}}
+{{- define "offload.extraVolumeMounts" -}}
+{{- with .values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* extraVolumes entries, to append to a pod's volumes list. */}}
+{{- define "offload.extraVolumes" -}}
+{{- with .values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A Kubernetes memory quantity (512Mi, 1Gi, 1G, 1500M, 1073741824) in bytes, as an integer;
+0 for an empty or unreadable one.
+*/}}
+{{- define "offload.memoryBytes" -}}
+{{- $quantity := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity -}}
+{{- $suffix := trimPrefix $number $quantity -}}
+{{- $factors := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if and $number (hasKey $factors $suffix) -}}
+{{- mulf (float64 $number) (get $factors $suffix) | floor | int64 -}}
+{{- else -}}
+0
+{{- end -}}
+{{- end -}}
+
+{{/*
+Redis's maxmemory in bytes: redis.maxmemory when set (Redis units; "0" = no limit), else
+maxmemoryPercentOfLimit of the container's memory limit. Empty when neither can be had (a
+guard refuses that).
+*/}}
+{{- define "offload.redisMaxmemory" -}}
+{{- $redis := .Values.redis -}}
+{{- if $redis.maxmemory -}}
+{{- $redis.maxmemory -}}
+{{- else -}}
+{{- $limit := include "offload.memoryBytes" ((($redis.resources | default dict).limits | default dict).memory | default "") | int64 -}}
+{{- if gt $limit 0 -}}
+{{- div (mul $limit (int64 $redis.maxmemoryPercentOfLimit)) 100 -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

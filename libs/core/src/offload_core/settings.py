@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # The sentinels' own password (their requirepass), if they have one, and TLS to them.
     REDIS_SENTINEL_PASSWORD: SecretStr | None = None
     REDIS_SENTINEL_TLS: bool = False
+    # The API refuses new jobs (503 redis_full) once Redis uses this share of its maxmemory, so the
+    # rest stays for workers: they must write to start consuming and to finish the jobs that free
+    # memory. 1 = only when Redis itself refuses. No effect while maxmemory is 0 (no limit).
+    REDIS_SUBMIT_MEMORY_RATIO: float = Field(0.95, gt=0, le=1)
 
     # API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON list. Each is
     # a plain key, `sha256:<hex>` (its hash), or `<id>:<scopes>:<key or sha256:hex>`

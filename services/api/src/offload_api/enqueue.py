@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from offload_api.batching import ScriptBatcher
-from offload_api.errors import InvalidField
+from offload_api.errors import InvalidField, RedisNearlyFull
 from offload_api.idempotency import IdempotencyKey, request_fingerprint
 from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
@@ -36,6 +36,9 @@ from offload_core.sdk import JobType
 from offload_core.store.jobs import SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
+# How stale Redis's memory reading may be when a job is submitted: one INFO per interval and
+# process, whatever the submit rate; a burst past the ratio meanwhile meets Redis's own refusal.
+MEMORY_READ_INTERVAL_SECONDS = 1.0
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
@@ -73,11 +76,29 @@ class JobPublisher:
     at all; concurrent submits share round trips (ScriptBatcher); no thread, producer pool or
     exchange lookup is involved."""
 
-    def __init__(self, client: aioredis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int, submit_memory_ratio: float = 1.0) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        self.submit_memory_ratio = submit_memory_ratio
+        self._memory = (0, 0)  # used_memory, maxmemory of the last INFO memory
+        self._memory_read_at = -MEMORY_READ_INTERVAL_SECONDS
         self._submit = ScriptBatcher(client, SUBMIT)
         self.origin = f"offload-api-{os.getpid()}@{socket.gethostname()}"  # Celery's `origin` header
+
+    async def ensure_room(self) -> None:
+        """Refuses a new job while Redis uses more than OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO of its
+        maxmemory: the rest stays for the workers, which must write to start consuming and to
+        finish the jobs that free memory (in a full Redis a starting worker cannot consume)."""
+        if self.submit_memory_ratio >= 1:
+            return
+        now = time.monotonic()
+        if now - self._memory_read_at >= MEMORY_READ_INTERVAL_SECONDS:
+            memory = await self.client.info("memory")
+            self._memory = (int(memory.get("used_memory") or 0), int(memory.get("maxmemory") or 0))
+            self._memory_read_at = now
+        used, maxmemory = self._memory
+        if maxmemory and used >= maxmemory * self.submit_memory_ratio:
+            raise RedisNearlyFull(used, maxmemory, self.submit_memory_ratio)
 
     async def publish(
         self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None, owner: str
@@ -145,6 +166,7 @@ async def enqueue(
         allowed = ", ".join(sorted(job_type.allowed_queues))
         raise InvalidField("body.queue", f"{job_type.name} may run on {allowed}, not {queue}")
     priority = job_type.priority if priority is None else priority
+    await publisher.ensure_room()
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
         id=job_id,

@@ -44,7 +44,8 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="What happened and what to do about it.")
     code: str = Field(
         description="A stable name for the kind of error: invalid_request, unauthorized, not_found, conflict, "
-        "payload_too_large, request_header_fields_too_large, rate_limited, redis_unavailable, bad_request, ..."
+        "payload_too_large, request_header_fields_too_large, rate_limited, redis_unavailable, redis_full, "
+        "bad_request, ..."
     )
     errors: list[FieldError] | None = Field(
         default=None, description="On 422 only: every invalid field, with what is wrong with it."
@@ -101,8 +102,57 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=error_body(detail, code), headers=exc.headers)
 
 
+# Redis's answer to a write while its memory is at maxmemory (policy noeviction). A Lua script
+# wraps it in its own error text, kombu in an OperationalError, so the text is what tells.
+REDIS_FULL_MARKER = "OOM command not allowed"
+# Memory frees only as workers finish jobs or records expire: seconds to minutes, not at once.
+REDIS_FULL_RETRY_AFTER_SECONDS = 30
+
+
+class RedisNearlyFull(Exception):
+    """Redis uses more of its maxmemory than new jobs may (OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO)."""
+
+    def __init__(self, used_bytes: int, maxmemory_bytes: int, ratio: float) -> None:
+        super().__init__(
+            f"used memory {used_bytes} is {used_bytes / maxmemory_bytes:.0%} of maxmemory {maxmemory_bytes}, past the "
+            f"{ratio:.0%} new jobs may take (OFFLOAD_REDIS_SUBMIT_MEMORY_RATIO)"
+        )
+
+
+def redis_is_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write because its memory is full, anywhere in the error's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, redis.exceptions.OutOfMemoryError | RedisNearlyFull) or REDIS_FULL_MARKER in str(
+            current
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
     location = get_settings().redis_location
+    if redis_is_full(exc):
+        # 503 rather than 507: the condition is temporary and every client retries 503.
+        logger.warning("Redis at %s is full (maxmemory), a write was refused: %s", location, exc)
+        reason = (
+            f"its {exc}, the rest being kept for the workers"
+            if isinstance(exc, RedisNearlyFull)
+            else "its memory reached maxmemory and it refuses new writes"
+        )
+        detail = (
+            f"Redis at {location} is full: {reason}, so nothing was accepted; jobs accepted before are kept. "
+            "Retry after Retry-After seconds. Operators: let the workers drain the queues or raise Redis's "
+            "maxmemory (runbook OffloadRedisMemoryNearLimit)."
+        )
+        return JSONResponse(
+            status_code=503,
+            content=error_body(detail, "redis_full"),
+            headers={"Retry-After": str(REDIS_FULL_RETRY_AFTER_SECONDS)},
+        )
     logger.warning("Redis at %s unavailable: %s", location, exc)
     detail = (
         f"Redis at {location} is unavailable ({type(exc).__name__}); nothing was accepted, retry later. "
@@ -140,7 +190,10 @@ _V1_ERRORS: dict[str, tuple[str, dict[str, str]]] = {
             "RateLimit": 'What is left of it, e.g. "default";r=0;t=12 (requests left, seconds until all are back).',
         },
     ),
-    "503": ("Redis is unavailable; nothing was done, retry later.", {"Retry-After": "Seconds to wait, e.g. 5."}),
+    "503": (
+        "Redis is unavailable (code redis_unavailable) or full (code redis_full); nothing was done, retry later.",
+        {"Retry-After": "Seconds to wait, e.g. 5 (30 when Redis is full)."},
+    ),
 }
 _INVALID = "Invalid input: `errors` lists each invalid field."
 _SCHEMA_REF = "#/components/schemas/"
@@ -211,4 +264,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.RedisError, _redis_unavailable)
     app.add_exception_handler(OperationalError, _redis_unavailable)
     app.add_exception_handler(BlobStoreUnavailable, _blob_store_unavailable)
+    app.add_exception_handler(RedisNearlyFull, _redis_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -50,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = create_celery_app(settings, main="offload-api")  # for chains (enqueue_chain)
     # The submit path's client: jobs and audit entries are written on the event loop.
     event_loop_redis = async_redis_client(settings)
-    app.state.publisher = JobPublisher(event_loop_redis, settings.JOB_TTL_SECONDS)
+    app.state.publisher = JobPublisher(event_loop_redis, settings.JOB_TTL_SECONDS, settings.REDIS_SUBMIT_MEMORY_RATIO)
     app.state.audit_log = AuditLog(event_loop_redis, settings.AUDIT_MAX_ENTRIES)
     app.state.audit_log.start()
     app.state.request_limiter.start(event_loop_redis)

@@ -198,10 +198,12 @@ def start_api(
     raise AssertionError("unreachable")
 
 
-def start_redis(data_dir: Path, *, persistent: bool = False, password: str | None = None) -> RedisServer:
+def start_redis(
+    data_dir: Path, *, persistent: bool = False, password: str | None = None, maxmemory: str | None = None
+) -> RedisServer:
     """A redis-server of its own on a free port (another one if that port was taken meanwhile)."""
     for attempt in range(PORT_ATTEMPTS):
-        server = RedisServer(free_port(), data_dir, persistent=persistent, password=password)
+        server = RedisServer(free_port(), data_dir, persistent=persistent, password=password, maxmemory=maxmemory)
         try:
             return server.start()
         except RuntimeError:

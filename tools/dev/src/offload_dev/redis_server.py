@@ -44,11 +44,21 @@ class RedisServer:
     """One redis-server process bound to 127.0.0.1, in its own session so a terminal's Ctrl-C
     reaches only whoever started it (which then stops it last)."""
 
-    def __init__(self, port: int, data_dir: Path, *, persistent: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
+        maxmemory: str | None = None,
+    ) -> None:
         self.port = port
         self.data_dir = data_dir
         self.persistent = persistent
         self.password = password
+        # e.g. "8mb": with noeviction, as the chart runs Redis, a full server refuses writes.
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +78,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.maxmemory:
+            args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         log = (self.data_dir / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
