@@ -49,7 +49,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = create_celery_app(settings, main="offload-api")  # for chains (enqueue_chain)
     # The submit path's client: jobs and audit entries are written on the event loop.
     event_loop_redis = async_redis_client(settings)
-    app.state.publisher = JobPublisher(event_loop_redis, settings.JOB_TTL_SECONDS)
+    app.state.publisher = JobPublisher(
+        event_loop_redis, settings.JOB_TTL_SECONDS, max_delay_seconds=settings.DELAY_MAX_SECONDS
+    )
     app.state.audit_log = AuditLog(event_loop_redis, settings.AUDIT_MAX_ENTRIES)
     app.state.audit_log.start()
     queue_metrics = metrics.QueueCollector(

@@ -40,6 +40,7 @@ async def submit_echo(
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,
+        start=body,
     )
     response.headers["Location"] = accepted.status_url
     return accepted
