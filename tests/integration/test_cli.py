@@ -56,6 +56,17 @@ def test_submit_and_wait_exit_with_the_jobs_outcome(stack: Stack) -> None:
     assert "failed" in failed.stdout
 
 
+def test_submit_with_a_delay_schedules_the_job(stack: Stack) -> None:
+    submitted = offload(stack, "--json", "submit", "offload.echo", "--json", '{"message": "later"}', "--delay", "1")
+    assert submitted.returncode == 0, submitted.stderr
+    accepted = as_json(submitted)
+    assert accepted["status"] == "scheduled"
+    assert accepted["run_at"]
+    waited = as_json(offload(stack, "--json", "wait", accepted["id"], "--timeout", "30"))
+    assert waited["status"] == "succeeded"
+    assert waited["started_at"] >= waited["run_at"]
+
+
 def test_submit_prints_the_id_for_scripts_and_get_and_wait_read_it(stack: Stack, tmp_path: Path) -> None:
     payload = tmp_path / "payload.json"
     payload.write_text('{"message": "scripted", "sleep_ms": 300}')

@@ -126,12 +126,18 @@ def submit(
     queue: str | None,
     priority: int | None,
     idempotency_key: str | None,
+    run_at: datetime | None = None,
+    delay_seconds: float | None = None,
 ) -> Call[models.JobAccepted]:
     body: dict[str, Any] = {"payload": _plain(payload)}
     if queue is not None:
         body["queue"] = queue
     if priority is not None:
         body["priority"] = priority
+    if run_at is not None:
+        body["run_at"] = run_at.isoformat()  # a naive time is refused by the API (422 naming run_at)
+    if delay_seconds is not None:
+        body["delay_seconds"] = delay_seconds
     return Call(
         "POST",
         f"/v1/jobs/{_segment(job_type)}",

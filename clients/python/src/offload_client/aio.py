@@ -79,10 +79,15 @@ class AsyncOffload:
         queue: str | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        delay_seconds: float | None = None,
     ) -> models.JobAccepted:
         """Submit a job of ``job_type`` (e.g. ``"acme.charge"``). Without ``idempotency_key`` a new
-        UUID is sent, so retries of this call never make a second job."""
-        return await self._send(calls.submit(job_type, payload, queue, priority, idempotency_key))
+        UUID is sent, so retries of this call never make a second job. With ``run_at`` (aware) or
+        ``delay_seconds`` the job is `scheduled` until then."""
+        return await self._send(
+            calls.submit(job_type, payload, queue, priority, idempotency_key, run_at, delay_seconds)
+        )
 
     async def get(self, job_id: str) -> models.Job:
         return await self._send(calls.get_job(job_id))

@@ -15,6 +15,7 @@ ResultT = TypeVar("ResultT")
 class JobStatus(StrEnum):
     """The statuses a job goes through; `Job.status` is a plain string that compares equal to these."""
 
+    SCHEDULED = "scheduled"  # delayed: waits for its run_at
     QUEUED = "queued"
     STARTED = "started"
     RETRYING = "retrying"
@@ -39,6 +40,7 @@ class JobAccepted(ApiModel):
     queue: str
     priority: int
     status_url: str
+    run_at: datetime | None = None
     # Whether an earlier request with the same Idempotency-Key made this job (header Idempotent-Replayed).
     replayed: bool = False
 
@@ -60,6 +62,7 @@ class Job(ApiModel):
     worker: str | None = None
     priority: int | None = None
     replay_of: str | None = None
+    run_at: datetime | None = None  # a delayed job's due time
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
