@@ -146,6 +146,25 @@ def test_submit_a_delayed_job_sync_and_async(offload: Offload, stack: Stack) -> 
         offload.submit("offload.echo", {"message": "x"}, run_at=datetime(2030, 1, 1))  # no time zone
 
 
+def test_schedules_are_created_paused_listed_and_deleted(offload: Offload) -> None:
+    schedule = offload.create_schedule(
+        "offload.echo", Echo(message="nightly"), cron="0 3 * * *", timezone="Europe/Riga"
+    )
+    assert schedule.job_type == "offload.echo"
+    assert len(schedule.next_fire_times) == 3
+    assert schedule.id in [s.id for s in offload.list_schedules()]
+    paused = offload.update_schedule(schedule.id, paused=True, misfire="run_once")
+    assert paused.paused
+    assert paused.misfire == "run_once"
+    assert paused.next_fire_times == []
+    assert offload.get_schedule(schedule.id).paused
+    with pytest.raises(ValidationFailed, match="timezone"):
+        offload.create_schedule("offload.echo", {"message": "x"}, cron="0 3 * * *", timezone="Nowhere/Else")
+    offload.delete_schedule(schedule.id)
+    with pytest.raises(NotFound):
+        offload.get_schedule(schedule.id)
+
+
 def test_the_async_client_has_the_same_operations(stack: Stack) -> None:
     async def scenario() -> tuple[str, list[str], str]:
         async with AsyncOffload(stack.api.extra["url"], API_KEY) as offload:

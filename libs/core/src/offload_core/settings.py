@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     TIMEKEEPER_ENABLED: bool = True
     TIMEKEEPER_POLL_SECONDS: float = Field(0.2, ge=0.01, le=1.0)
     TIMEKEEPER_BATCH: int = Field(500, ge=1, le=10_000)
+    # Recurring schedules (/v1/schedules) are fired by the same timekeepers. A tick found later
+    # than this (every timekeeper was down) is a misfire, handled by the schedule's policy.
+    SCHEDULE_MISFIRE_GRACE_SECONDS: float = Field(5.0, ge=0.5, le=3600)
 
     # Publishing: connection attempts and their timeout, so a broker outage answers 503 in
     # seconds instead of hanging a request.

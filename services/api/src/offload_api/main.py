@@ -24,6 +24,7 @@ from offload_api.routes import dead_letters, emails, health, jobs, notifications
 from offload_api.routes import images as image_routes
 from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
+from offload_api.routes import schedules as schedule_routes
 from offload_api.trace_context import TraceContext
 from offload_core.contract.api_keys import parse_api_key
 from offload_core.contract.registry import load_job_types
@@ -131,6 +132,7 @@ def create_app() -> FastAPI:
     app.include_router(notifications.router, prefix="/v1", dependencies=v1)
     app.include_router(image_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(audit_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(schedule_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(compute_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(report_routes.router, prefix="/v1", dependencies=v1)
     return app

@@ -98,6 +98,7 @@ class Job(BaseModel):
     replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
     owner: str | None = None  # the id of the API key that submitted it (offload_core.contract.api_keys)
     run_at: datetime | None = None  # a delayed job's due time
+    schedule_id: str | None = None  # the recurring schedule whose tick made it (offload_core.store.schedules)
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -285,6 +286,7 @@ def decode_job(fields: dict[str, str]) -> Job:
         replay_of=fields.get("replay_of"),
         owner=fields.get("owner"),
         run_at=_ts(fields.get("run_at")),
+        schedule_id=fields.get("schedule_id"),
         cancel_requested=fields.get("cancel_requested") == "1",
         created_at=created,
         started_at=_ts(fields.get("started_at")),
