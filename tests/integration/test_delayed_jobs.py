@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from offload_core.contract.topology import priority_lists
 from offload_core.store.jobs import SCHEDULED_KEY, job_key
 from offload_dev.polling import wait_for
-from tests.support import TEST_SETTINGS, Cluster, Stack, cluster, job, wait_job
+from tests.support import TEST_SETTINGS, Cluster, Stack, cluster, job, sample, scrape, wait_job
 
 # A due job is published within this long of its time (the timekeepers poll every 0.2 s).
 PUBLISH_BOUND = 1.0
@@ -60,6 +61,12 @@ def test_a_delayed_job_is_scheduled_then_runs_within_a_second_of_its_time(
     assert done["result"]["message"] == "later"
     assert _seconds(done["started_at"]) >= run_at
     assert run_at <= _published_at(stack_redis, accepted["id"]) < run_at + PUBLISH_BOUND
+    published = sum(
+        sample(scrape(worker.extra["metrics_url"]), "offload_delayed_jobs_published_total")
+        for worker in (stack.worker, stack.notifier)
+    )
+    assert published >= 1
+    assert "offload_jobs_scheduled" in httpx.get(stack.api.extra["metrics_url"]).text
 
 
 def test_every_submit_route_takes_a_start_time(stack: Stack) -> None:

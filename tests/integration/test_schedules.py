@@ -24,7 +24,7 @@ from offload_core.store.jobs import job_key
 from offload_core.store.schedules import schedule_key
 from offload_dev.polling import wait_for
 from offload_dev.processes import Service
-from tests.support import TEST_SETTINGS, Cluster, Stack, cluster, job, wait_job
+from tests.support import TEST_SETTINGS, Cluster, Stack, cluster, job, sample, scrape, wait_job
 
 
 def _create(client: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -58,6 +58,11 @@ def test_an_interval_schedule_fires_jobs_that_carry_its_id_and_pauses_and_resume
     assert done["status"] == "succeeded"
     assert done["schedule_id"] == schedule_id
     assert done["result"]["message"] == "tick"
+    fired_ticks = sum(
+        sample(scrape(worker.extra["metrics_url"]), "offload_schedule_ticks_total", outcome="fired")
+        for worker in (stack.worker, stack.notifier)
+    )
+    assert fired_ticks >= 2
 
     paused = stack.client.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
     assert paused.status_code == 200, paused.text
