@@ -122,7 +122,7 @@ def test_events_follow_a_job_to_its_end_and_resume_from_the_last_seen(offload: O
 
 
 def test_submit_a_delayed_job_sync_and_async(offload: Offload, stack: Stack) -> None:
-    run_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    run_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     at = offload.submit("offload.echo", {"message": "at"}, run_at=run_at)
     assert at.status == JobStatus.SCHEDULED
     assert at.run_at == run_at
