@@ -180,6 +180,13 @@ EVERY_KNOB: dict[str, Any] = {
         ],
     },
     "blobStore": {"filesystem": {"path": "/data/blobs", "existingClaim": "jobs-blobs"}},
+    "timekeeper": {
+        "enabled": False,
+        "pollSeconds": 0.5,
+        "batch": 200,
+        "delayMaxSeconds": 604800,
+        "scheduleMisfireGraceSeconds": 10,
+    },
     "flower": POD_FIELDS,
     "redis": {
         "maxmemory": "600mb",

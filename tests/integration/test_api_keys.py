@@ -121,3 +121,21 @@ def test_a_rotated_key_is_the_same_principal(keyed: Cluster) -> None:
         again = new.post("/v1/jobs/echo", json={"message": "once"}, headers={"Idempotency-Key": "rotate-1"})
         assert (first.status_code, again.status_code) == (202, 200)
         assert first.json()["id"] == again.json()["id"]
+
+
+def test_a_schedule_is_its_keys_alone_and_an_admins(keyed: Cluster) -> None:
+    body = {"job_type": "offload.echo", "payload": {"message": "mine"}, "interval_seconds": 3600}
+    with _as(keyed, SHOP) as shop, _as(keyed, OTHER) as other, _as(keyed, OPS) as ops:
+        created = shop.post("/v1/schedules", json=body)
+        assert created.status_code == 201, created.text
+        schedule_id = created.json()["id"]
+
+        assert other.get(f"/v1/schedules/{schedule_id}").status_code == 404
+        assert other.patch(f"/v1/schedules/{schedule_id}", json={"paused": True}).status_code == 404
+        assert other.delete(f"/v1/schedules/{schedule_id}").status_code == 404
+        assert schedule_id not in [s["id"] for s in other.get("/v1/schedules").json()["schedules"]]
+
+        assert schedule_id in [s["id"] for s in ops.get("/v1/schedules").json()["schedules"]]
+        assert ops.get(f"/v1/schedules/{schedule_id}").json()["paused"] is False
+        assert shop.delete(f"/v1/schedules/{schedule_id}").status_code == 204
+        assert ops.get(f"/v1/schedules/{schedule_id}").status_code == 404

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,24 @@ def test_submit_and_wait_exit_with_the_jobs_outcome(stack: Stack) -> None:
     )
     assert failed.returncode == 1, failed.stderr
     assert "failed" in failed.stdout
+
+
+def test_submit_with_a_delay_schedules_the_job(stack: Stack) -> None:
+    submitted = offload(stack, "--json", "submit", "offload.echo", "--json", '{"message": "later"}', "--delay", "1")
+    assert submitted.returncode == 0, submitted.stderr
+    accepted = as_json(submitted)
+    assert accepted["status"] == "scheduled"
+    assert accepted["run_at"]
+    waited = as_json(offload(stack, "--json", "wait", accepted["id"], "--timeout", "30"))
+    assert waited["status"] == "succeeded"
+    assert waited["started_at"] >= waited["run_at"]
+
+    at = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0).isoformat()
+    submitted_at = offload(stack, "--json", "submit", "offload.echo", "--json", '{"message": "at"}', "--at", at)
+    assert submitted_at.returncode == 0, submitted_at.stderr
+    scheduled = as_json(submitted_at)
+    assert datetime.fromisoformat(scheduled["run_at"]) == datetime.fromisoformat(at)
+    assert stack.client.delete(f"/v1/jobs/{scheduled['id']}").status_code == 200
 
 
 def test_submit_prints_the_id_for_scripts_and_get_and_wait_read_it(stack: Stack, tmp_path: Path) -> None:

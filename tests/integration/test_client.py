@@ -7,7 +7,7 @@ import asyncio
 import io
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -119,6 +119,50 @@ def test_events_follow_a_job_to_its_end_and_resume_from_the_last_seen(offload: O
     assert len({e.percent for e in progress}) >= 3, progress
     again = list(offload.events(accepted.id, last_event_id=end.id))
     assert [e.event for e in again] == ["end"]  # nothing newer than what was seen
+
+
+def test_submit_a_delayed_job_sync_and_async(offload: Offload, stack: Stack) -> None:
+    run_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    at = offload.submit("offload.echo", {"message": "at"}, run_at=run_at)
+    assert at.status == JobStatus.SCHEDULED
+    assert at.run_at == run_at
+    assert offload.get(at.id).status == JobStatus.SCHEDULED
+
+    async def submit_later() -> str:
+        async with AsyncOffload(stack.api.extra["url"], API_KEY) as client:
+            later = await client.submit("offload.echo", {"message": "later"}, delay_seconds=1)
+            assert later.status == "scheduled"
+            assert later.run_at is not None
+            return later.id
+
+    later_id = asyncio.run(submit_later())
+    for job_id in (at.id, later_id):
+        job = offload.wait(job_id, timeout=30)
+        assert job.succeeded, job
+        assert job.run_at is not None
+        assert job.started_at is not None
+        assert job.started_at >= job.run_at
+    with pytest.raises(ValidationFailed, match="run_at"):
+        offload.submit("offload.echo", {"message": "x"}, run_at=datetime(2030, 1, 1))  # no time zone
+
+
+def test_schedules_are_created_paused_listed_and_deleted(offload: Offload) -> None:
+    schedule = offload.create_schedule(
+        "offload.echo", Echo(message="nightly"), cron="0 3 * * *", timezone="Europe/Riga"
+    )
+    assert schedule.job_type == "offload.echo"
+    assert len(schedule.next_fire_times) == 3
+    assert schedule.id in [s.id for s in offload.list_schedules()]
+    paused = offload.update_schedule(schedule.id, paused=True, misfire="run_once")
+    assert paused.paused
+    assert paused.misfire == "run_once"
+    assert paused.next_fire_times == []
+    assert offload.get_schedule(schedule.id).paused
+    with pytest.raises(ValidationFailed, match="timezone"):
+        offload.create_schedule("offload.echo", {"message": "x"}, cron="0 3 * * *", timezone="Nowhere/Else")
+    offload.delete_schedule(schedule.id)
+    with pytest.raises(NotFound):
+        offload.get_schedule(schedule.id)
 
 
 def test_the_async_client_has_the_same_operations(stack: Stack) -> None:

@@ -178,3 +178,17 @@ def test_the_gauge_counts_dead_letters_per_queue(stack: Stack) -> None:
         interval=0.5,
     )
     assert sample(scrape(metrics_url), "offload_dead_letters", queue="high") == before["high"]
+
+
+def test_a_replay_can_be_delayed(stack: Stack) -> None:
+    original = _fail_for_good(stack, message="later again", queue="default")
+    response = stack.client.post(f"/v1/dead-letters/{original['id']}/replay", json={"delay_seconds": 1})
+    assert response.status_code == 202, response.text
+    replayed = response.json()
+    assert replayed["status"] == "scheduled"
+    assert job(stack.client, replayed["id"])["replay_of"] == original["id"]
+    ran = wait_job(stack.client, replayed["id"], {"succeeded", "failed"}, timeout=60)
+    assert ran["started_at"] >= replayed["run_at"]
+    refused = stack.client.post(f"/v1/dead-letters/{ran['id']}/replay", json={"run_at": "2030-01-01T00:00:00"})
+    assert refused.status_code == 422
+    assert "body.run_at" in [error["field"] for error in refused.json()["errors"]]

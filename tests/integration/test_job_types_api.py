@@ -93,7 +93,7 @@ def test_every_job_type_has_its_own_operation_in_the_openapi_schema(stack: Stack
         operation = schema["paths"][f"/v1/jobs/{name}"]["post"]
         body_ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         body = schema["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]
-        assert set(body["properties"]) == {"payload", "queue", "priority"}, body
+        assert list(body["properties"]) == ["payload", "queue", "priority", "run_at", "delay_seconds"], body
     assert "/v1/jobs/{job_type}" not in schema["paths"]  # the 404 catch-all is not an operation
 
 

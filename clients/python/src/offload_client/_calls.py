@@ -54,6 +54,11 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/reports/{job_id}"): "get_report",
     ("GET", "/v1/reports/{job_id}/events"): "report_events",
     ("GET", "/v1/reports/{job_id}/download"): "download_report",
+    ("POST", "/v1/schedules"): "create_schedule",
+    ("GET", "/v1/schedules"): "list_schedules",
+    ("GET", "/v1/schedules/{schedule_id}"): "get_schedule",
+    ("PATCH", "/v1/schedules/{schedule_id}"): "update_schedule",
+    ("DELETE", "/v1/schedules/{schedule_id}"): "delete_schedule",
 }
 
 Params = tuple[tuple[str, str], ...]
@@ -127,12 +132,18 @@ def submit(
     queue: str | None,
     priority: int | None,
     idempotency_key: str | None,
+    run_at: datetime | None = None,
+    delay_seconds: float | None = None,
 ) -> Call[models.JobAccepted]:
     body: dict[str, Any] = {"payload": _plain(payload)}
     if queue is not None:
         body["queue"] = queue
     if priority is not None:
         body["priority"] = priority
+    if run_at is not None:
+        body["run_at"] = run_at.isoformat()  # a naive time is refused by the API (422 naming run_at)
+    if delay_seconds is not None:
+        body["delay_seconds"] = delay_seconds
     return Call(
         "POST",
         f"/v1/jobs/{_segment(job_type)}",
@@ -216,6 +227,66 @@ def replay_dead_letter(dead_letter_id: str, idempotency_key: str | None) -> Call
 
 def delete_dead_letter(dead_letter_id: str) -> Call[None]:
     return Call("DELETE", f"/v1/dead-letters/{_segment(dead_letter_id)}", _nothing)
+
+
+def create_schedule(body: dict[str, Any]) -> Call[models.Schedule]:
+    return Call("POST", "/v1/schedules", _model(models.Schedule), json=body)
+
+
+def list_schedules() -> Call[list[models.Schedule]]:
+    def parse(response: httpx.Response) -> list[models.Schedule]:
+        return [models.Schedule.model_validate(s) for s in response.json()["schedules"]]
+
+    return Call("GET", "/v1/schedules", parse)
+
+
+def get_schedule(schedule_id: str) -> Call[models.Schedule]:
+    return Call("GET", f"/v1/schedules/{_segment(schedule_id)}", _model(models.Schedule))
+
+
+def update_schedule(schedule_id: str, body: dict[str, Any]) -> Call[models.Schedule]:
+    return Call("PATCH", f"/v1/schedules/{_segment(schedule_id)}", _model(models.Schedule), json=body)
+
+
+def delete_schedule(schedule_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/schedules/{_segment(schedule_id)}", _nothing)
+
+
+def schedule_body(
+    job_type: str,
+    payload: Mapping[str, Any] | BaseModel,
+    *,
+    cron: str | None,
+    timezone: str | None,
+    interval_seconds: float | None,
+    misfire: str | None,
+    queue: str | None,
+    priority: int | None,
+    paused: bool | None,
+) -> dict[str, Any]:
+    options = {
+        "cron": cron,
+        "timezone": timezone,
+        "interval_seconds": interval_seconds,
+        "misfire": misfire,
+        "queue": queue,
+        "priority": priority,
+        "paused": paused,
+    }
+    return {
+        "job_type": job_type,
+        "payload": _plain(payload),
+        **{name: value for name, value in options.items() if value is not None},
+    }
+
+
+def schedule_change(
+    *, paused: bool | None, misfire: str | None, payload: Mapping[str, Any] | BaseModel | None
+) -> dict[str, Any]:
+    change: dict[str, Any] = {"paused": paused, "misfire": misfire}
+    if payload is not None:
+        change["payload"] = _plain(payload)
+    return {name: value for name, value in change.items() if value is not None}
 
 
 def send_email(body: dict[str, Any], idempotency_key: str | None) -> Call[models.JobAccepted]:

@@ -79,10 +79,15 @@ class AsyncOffload:
         queue: str | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        run_at: datetime | None = None,
+        delay_seconds: float | None = None,
     ) -> models.JobAccepted:
         """Submit a job of ``job_type`` (e.g. ``"acme.charge"``). Without ``idempotency_key`` a new
-        UUID is sent, so retries of this call never make a second job."""
-        return await self._send(calls.submit(job_type, payload, queue, priority, idempotency_key))
+        UUID is sent, so retries of this call never make a second job. With ``run_at`` (aware) or
+        ``delay_seconds`` the job is `scheduled` until then."""
+        return await self._send(
+            calls.submit(job_type, payload, queue, priority, idempotency_key, run_at, delay_seconds)
+        )
 
     async def get(self, job_id: str) -> models.Job:
         return await self._send(calls.get_job(job_id))
@@ -170,6 +175,57 @@ class AsyncOffload:
 
     async def delete_dead_letter(self, dead_letter_id: str) -> None:
         await self._send(calls.delete_dead_letter(dead_letter_id))
+
+    # -- recurring schedules ------------------------------------------------------------------
+
+    async def create_schedule(
+        self,
+        job_type: str,
+        payload: Mapping[str, Any] | BaseModel,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        interval_seconds: float | None = None,
+        misfire: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        paused: bool | None = None,
+    ) -> models.Schedule:
+        """Fire ``job_type`` with ``payload`` on ``cron`` (read in ``timezone``, UTC by default)
+        or every ``interval_seconds``; ``misfire`` is ``"skip"`` (default) or ``"run_once"``."""
+        body = calls.schedule_body(
+            job_type,
+            payload,
+            cron=cron,
+            timezone=timezone,
+            interval_seconds=interval_seconds,
+            misfire=misfire,
+            queue=queue,
+            priority=priority,
+            paused=paused,
+        )
+        return await self._send(calls.create_schedule(body))
+
+    async def list_schedules(self) -> builtins.list[models.Schedule]:
+        return await self._send(calls.list_schedules())
+
+    async def get_schedule(self, schedule_id: str) -> models.Schedule:
+        return await self._send(calls.get_schedule(schedule_id))
+
+    async def update_schedule(
+        self,
+        schedule_id: str,
+        *,
+        paused: bool | None = None,
+        misfire: str | None = None,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+    ) -> models.Schedule:
+        """Pause (``paused=True``) or resume, change the misfire policy or later ticks' payload."""
+        change = calls.schedule_change(paused=paused, misfire=misfire, payload=payload)
+        return await self._send(calls.update_schedule(schedule_id, change))
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._send(calls.delete_schedule(schedule_id))
 
     # -- notifications, emails, compute ----------------------------------------------------------
 

@@ -175,6 +175,13 @@ def submit(
     queue: Annotated[str | None, typer.Option(help="One of the type's queues.")] = None,
     priority: Annotated[int | None, typer.Option(min=0, max=9, help="0 runs first, 9 last.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Repeat a submission safely (default: new).")] = None,
+    delay: Annotated[float | None, typer.Option("--delay", min=0, help="Start it this many seconds from now.")] = None,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--at", formats=["%Y-%m-%dT%H:%M:%S%z"], help="Start it at this time, e.g. 2026-01-31T12:00:00+00:00."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 if it fails.")] = False,
     wait_timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
 ) -> None:
@@ -182,13 +189,22 @@ def submit(
     payload = _payload(data, file)
     options = _options(ctx)
     with _client(ctx) as client:
-        accepted = client.submit(job_type, payload, queue=queue, priority=priority, idempotency_key=idempotency_key)
+        accepted = client.submit(
+            job_type,
+            payload,
+            queue=queue,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            run_at=at,
+            delay_seconds=delay,
+        )
         if not wait:
             if options.json_output:
                 _print_json(accepted)
             else:
                 out.print(accepted.id, highlight=False)
-                err.print(f"{job_type} queued on {accepted.queue}: offload watch {accepted.id}", highlight=False)
+                when = f"scheduled for {accepted.run_at.isoformat()}" if accepted.run_at else "queued"
+                err.print(f"{job_type} {when} on {accepted.queue}: offload watch {accepted.id}", highlight=False)
             return
         job = client.wait(accepted.id, timeout=wait_timeout)
     _show_job(job, options.json_output)

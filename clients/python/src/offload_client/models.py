@@ -15,6 +15,7 @@ ResultT = TypeVar("ResultT")
 class JobStatus(StrEnum):
     """The statuses a job goes through; `Job.status` is a plain string that compares equal to these."""
 
+    SCHEDULED = "scheduled"  # delayed: waits for its run_at
     QUEUED = "queued"
     STARTED = "started"
     RETRYING = "retrying"
@@ -39,6 +40,7 @@ class JobAccepted(ApiModel):
     queue: str
     priority: int
     status_url: str
+    run_at: datetime | None = None
     # Whether an earlier request with the same Idempotency-Key made this job (header Idempotent-Replayed).
     replayed: bool = False
 
@@ -60,6 +62,8 @@ class Job(ApiModel):
     worker: str | None = None
     priority: int | None = None
     replay_of: str | None = None
+    run_at: datetime | None = None  # a delayed job's due time
+    schedule_id: str | None = None  # the recurring schedule that fired it
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -126,6 +130,28 @@ class JobEvent(ApiModel):
     def job(self) -> Job | None:
         """The job, on the `end` event."""
         return Job.model_validate(self.data) if self.event == "end" else None
+
+
+class Schedule(ApiModel):
+    """A recurring schedule: `job_type` with `payload` on a `cron` expression (in `timezone`) or
+    every `interval_seconds`; `next_fire_times` is empty while paused."""
+
+    id: str
+    job_type: str
+    payload: dict[str, Any]
+    queue: str
+    priority: int
+    cron: str | None = None
+    timezone: str = "UTC"
+    interval_seconds: float | None = None
+    misfire: str = "skip"
+    paused: bool = False
+    created_at: datetime
+    updated_at: datetime
+    next_fire_times: list[datetime] = Field(default_factory=list)
+    last_fired_at: datetime | None = None
+    last_job_id: str | None = None
+    fires: int = 0
 
 
 class QueueInfo(ApiModel):

@@ -193,6 +193,18 @@ class Settings(BaseSettings):
     ORPHAN_SWEEP_INTERVAL_SECONDS: float = Field(30.0, ge=0.1, le=3600)
     ORPHAN_GRACE_SECONDS: float = Field(60.0, ge=1, le=7 * 24 * 3600)
 
+    # Delayed jobs (`run_at` / `delay_seconds` on a submit): the longest delay accepted. They wait
+    # in Redis and every worker's timekeeper thread publishes the due ones (any number of workers
+    # may run it; each job is published once); it looks at least every POLL seconds, so a job is
+    # published within about that long of its time, at most BATCH per Redis call.
+    DELAY_MAX_SECONDS: int = Field(30 * 24 * 3600, ge=1, le=366 * 24 * 3600)
+    TIMEKEEPER_ENABLED: bool = True
+    TIMEKEEPER_POLL_SECONDS: float = Field(0.2, ge=0.01, le=1.0)
+    TIMEKEEPER_BATCH: int = Field(500, ge=1, le=10_000)
+    # Recurring schedules (/v1/schedules) are fired by the same timekeepers. A tick found later
+    # than this (every timekeeper was down) is a misfire, handled by the schedule's policy.
+    SCHEDULE_MISFIRE_GRACE_SECONDS: float = Field(5.0, ge=0.5, le=3600)
+
     # Publishing: connection attempts and their timeout, so a broker outage answers 503 in
     # seconds instead of hanging a request.
     PUBLISH_MAX_RETRIES: int = Field(2, ge=0, le=10)

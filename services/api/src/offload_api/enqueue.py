@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import redis
@@ -30,10 +31,11 @@ from offload_api.metrics import ENQUEUE_SECONDS, JOBS_SUBMITTED
 from offload_core import telemetry
 from offload_core.contract import builtin_jobs
 from offload_core.contract.api_keys import Principal
+from offload_core.contract.timing import StartTime
 from offload_core.logs import REQUEST_JOB, job_fields
 from offload_core.runtime.celery_app import job_signature, send_jobs
 from offload_core.sdk import JobType
-from offload_core.store.jobs import SUBMIT, JobStatus, JobStore, submit_call
+from offload_core.store.jobs import SCHEDULE, SUBMIT, JobStatus, JobStore, submit_call
 from offload_core.store.queue_state import ENQUEUED_AT_HEADER
 
 # How stale Redis's memory reading may be when a job is submitted: one INFO per interval and
@@ -67,7 +69,28 @@ class JobAccepted(BaseModel):
     task: str
     queue: str  # one of the deployment's queues (OFFLOAD_QUEUES)
     priority: int
+    run_at: datetime | None = None  # a delayed job's due time; it is `scheduled` until then
     status_url: str
+
+
+def due_time(start: StartTime | None, now: float, max_delay_seconds: int) -> float | None:
+    """When a job with this start time is due; None to publish it now (no start time, or one
+    already past). Refuses both fields at once and a time further than the longest delay."""
+    if start is None:
+        return None
+    if start.run_at is not None and start.delay_seconds is not None:
+        raise InvalidField("body.delay_seconds", "give run_at or delay_seconds, not both")
+    if start.delay_seconds is not None:
+        delay = start.delay_seconds
+        field = "body.delay_seconds"
+    elif start.run_at is not None:
+        delay = start.run_at.timestamp() - now
+        field = "body.run_at"
+    else:
+        return None
+    if delay > max_delay_seconds:
+        raise InvalidField(field, f"at most {max_delay_seconds} s from now (OFFLOAD_DELAY_MAX_SECONDS)")
+    return now + delay if delay > 0 else None
 
 
 class JobPublisher:
@@ -76,13 +99,22 @@ class JobPublisher:
     at all; concurrent submits share round trips (ScriptBatcher); no thread, producer pool or
     exchange lookup is involved."""
 
-    def __init__(self, client: aioredis.Redis, ttl_seconds: int, submit_memory_ratio: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl_seconds: int,
+        submit_memory_ratio: float = 1.0,
+        *,
+        max_delay_seconds: int = 30 * 24 * 3600,
+    ) -> None:
         self.client = client
         self.ttl = ttl_seconds
         self.submit_memory_ratio = submit_memory_ratio
+        self.max_delay_seconds = max_delay_seconds
         self._memory = (0, 0)  # used_memory, maxmemory of the last INFO memory
         self._memory_read_at = -MEMORY_READ_INTERVAL_SECONDS
         self._submit = ScriptBatcher(client, SUBMIT)
+        self._schedule = ScriptBatcher(client, SCHEDULE)
         self.origin = f"offload-api-{os.getpid()}@{socket.gethostname()}"  # Celery's `origin` header
 
     async def ensure_room(self) -> None:
@@ -101,8 +133,15 @@ class JobPublisher:
             raise RedisNearlyFull(used, maxmemory, self.submit_memory_ratio)
 
     async def publish(
-        self, accepted: JobAccepted, kwargs: dict[str, object], *, replay_of: str | None, owner: str
+        self,
+        accepted: JobAccepted,
+        kwargs: dict[str, object],
+        *,
+        replay_of: str | None,
+        owner: str,
+        run_at: float | None = None,
     ) -> None:
+        """Publish the job now, or with ``run_at`` keep it (message included) until then."""
         job_id, task, queue, priority = accepted.id, accepted.task, accepted.queue, accepted.priority
         job_attributes = {telemetry.JOB_ID: job_id, telemetry.TASK: task, telemetry.QUEUE: str(queue)}
         trace.get_current_span().set_attributes(job_attributes)  # the request's span
@@ -114,7 +153,8 @@ class JobPublisher:
             attributes={**job_attributes, "messaging.message.id": job_id, "messaging.destination": str(queue)},
         ):
             now = time.time()
-            headers: dict[str, object] = {ENQUEUED_AT_HEADER: now}
+            # A delayed job enters its queue when due: its queue wait counts from then.
+            headers: dict[str, object] = {ENQUEUED_AT_HEADER: now if run_at is None else run_at}
             propagate.inject(headers)
             keys, args = submit_call(
                 job_id,
@@ -128,8 +168,9 @@ class JobPublisher:
                 ttl_seconds=self.ttl,
                 replay_of=replay_of,
                 owner=owner,
+                run_at=run_at,
             )
-            await self._submit(keys, args)
+            await (self._submit if run_at is None else self._schedule)(keys, args)
         ENQUEUE_SECONDS.labels(task, queue).observe(time.perf_counter() - started)
         JOBS_SUBMITTED.labels(task, queue).inc()
         # The request's access line names the job: a line of its own would cost every submit a write.
@@ -156,24 +197,28 @@ async def enqueue(
     idempotency: IdempotencyKey | None = None,
     replay_of: str | None = None,
     prepare: Callable[[str], None] | None = None,
+    start: StartTime | None = None,
 ) -> JobAccepted:
     """Accept a job of this type and publish it, on its default queue and priority unless the
-    request chose others, owned by the principal that asked (only it, and admins, see it).
-    ``prepare(job_id)`` (blocking; run in a thread) writes whatever the job needs besides its
-    record, before its message can be taken."""
+    request chose others, owned by the principal that asked (only it, and admins, see it);
+    ``start`` delays it (the request's `run_at` or `delay_seconds`). ``prepare(job_id)``
+    (blocking; run in a thread) writes whatever the job needs besides its record, before its
+    message can be taken."""
     queue = queue or job_type.queue
     if queue not in job_type.allowed_queues:
         allowed = ", ".join(sorted(job_type.allowed_queues))
         raise InvalidField("body.queue", f"{job_type.name} may run on {allowed}, not {queue}")
     priority = job_type.priority if priority is None else priority
+    run_at = due_time(start, time.time(), publisher.max_delay_seconds)
     await publisher.ensure_room()
     job_id = uuid.uuid4().hex
     accepted = JobAccepted(
         id=job_id,
-        status=JobStatus.QUEUED,
+        status=JobStatus.QUEUED if run_at is None else JobStatus.SCHEDULED,
         task=job_type.name,
         queue=queue,
         priority=priority,
+        run_at=None if run_at is None else datetime.fromtimestamp(run_at, UTC),
         status_url=status_url(job_type, job_id),
     )
     if idempotency is not None:
@@ -184,7 +229,7 @@ async def enqueue(
     try:
         if prepare is not None:
             await run_in_threadpool(prepare, job_id)
-        await publisher.publish(accepted, kwargs, replay_of=replay_of, owner=owner.id)
+        await publisher.publish(accepted, kwargs, replay_of=replay_of, owner=owner.id, run_at=run_at)
         if idempotency is not None:
             await idempotency.finish_async(publisher.client)
     except Exception:

@@ -25,6 +25,7 @@ from offload_api.routes import dead_letters, emails, health, jobs, notifications
 from offload_api.routes import images as image_routes
 from offload_api.routes import job_types as job_type_routes
 from offload_api.routes import reports as report_routes
+from offload_api.routes import schedules as schedule_routes
 from offload_api.trace_context import TraceContext
 from offload_core.contract.api_keys import parse_api_key
 from offload_core.contract.registry import load_job_types
@@ -50,7 +51,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = create_celery_app(settings, main="offload-api")  # for chains (enqueue_chain)
     # The submit path's client: jobs and audit entries are written on the event loop.
     event_loop_redis = async_redis_client(settings)
-    app.state.publisher = JobPublisher(event_loop_redis, settings.JOB_TTL_SECONDS, settings.REDIS_SUBMIT_MEMORY_RATIO)
+    app.state.publisher = JobPublisher(
+        event_loop_redis,
+        settings.JOB_TTL_SECONDS,
+        settings.REDIS_SUBMIT_MEMORY_RATIO,
+        max_delay_seconds=settings.DELAY_MAX_SECONDS,
+    )
     app.state.audit_log = AuditLog(event_loop_redis, settings.AUDIT_MAX_ENTRIES)
     app.state.audit_log.start()
     app.state.request_limiter.start(event_loop_redis)
@@ -138,6 +144,7 @@ def create_app() -> FastAPI:
     app.include_router(notifications.router, prefix="/v1", dependencies=v1)
     app.include_router(image_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(audit_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(schedule_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(compute_routes.router, prefix="/v1", dependencies=v1)
     app.include_router(report_routes.router, prefix="/v1", dependencies=v1)
     return app

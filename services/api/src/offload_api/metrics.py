@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_core.contract.topology import BUILTIN_QUEUES
 from offload_core.settings import Settings
+from offload_core.store.jobs import SCHEDULED_KEY
 from offload_core.store.queue_state import QueueState, read_queue_states
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only double what Prometheus stores anyway
@@ -144,6 +145,7 @@ class QueueCollector(Collector):
         self._read_at = float("-inf")
         self._states: list[QueueState] = []
         self._memory: dict[str, int] = {}
+        self._scheduled = 0
         self._redis_up = False
 
     def states(self) -> list[QueueState]:
@@ -155,6 +157,7 @@ class QueueCollector(Collector):
                     )
                     memory = self.client.info("memory")
                     self._memory = {name: int(memory.get(name) or 0) for name in ("used_memory", "maxmemory")}
+                    self._scheduled = self.client.zcard(SCHEDULED_KEY)
                     self._redis_up = True
                 except redis.RedisError:
                     # No queue series rather than a failed scrape; offload_redis_up and /readyz say why.
@@ -177,6 +180,10 @@ class QueueCollector(Collector):
                 "offload_redis_maxmemory_bytes",
                 "Redis's maxmemory setting; 0 means no limit.",
                 value=self._memory["maxmemory"],
+            )
+        if self._redis_up:
+            yield GaugeMetricFamily(
+                "offload_jobs_scheduled", "Delayed jobs waiting for their due time.", value=self._scheduled
             )
         depth = GaugeMetricFamily("offload_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
         consumers = GaugeMetricFamily("offload_queue_consumers", "Workers consuming the queue.", labels=["queue"])

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
+from offload_core.contract.timing import StartTime
 from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY, Queue
 
 
@@ -21,8 +22,8 @@ class EchoPayload(BaseModel):
     fail_times: int = Field(0, ge=0, le=20, description="Attempts that fail with a retryable error first.")
 
 
-class EchoRequest(EchoPayload):
-    """POST /v1/jobs/echo: the probe's payload with the queue and priority beside it."""
+class EchoRequest(EchoPayload, StartTime):
+    """POST /v1/jobs/echo: the probe's payload with the queue, priority and start time beside it."""
 
     queue: Queue | None = Field(None, description="Queue to run on; the task's default route when omitted.")
     priority: int | None = Field(
@@ -67,8 +68,8 @@ class EmailPayload(BaseModel):
     )
 
 
-class EmailRequest(EmailPayload):
-    """POST /v1/emails: the email with the queue and priority beside it."""
+class EmailRequest(EmailPayload, StartTime):
+    """POST /v1/emails: the email with the queue, priority and start time beside it."""
 
     queue: Literal[Queue.DEFAULT, Queue.LOW] | None = Field(
         None, description="`default` when omitted; `low` for bulk mailings."
@@ -171,8 +172,8 @@ class NotificationPayload(BaseModel):
         return targets
 
 
-class NotificationRequest(NotificationPayload):
-    """POST /v1/notifications: the notification with its priority beside it."""
+class NotificationRequest(NotificationPayload, StartTime):
+    """POST /v1/notifications: the notification with its priority and start time beside it."""
 
     priority: int | None = Field(
         None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; 0 when omitted."

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from offload_core.contract.timing import START_FIELDS, StartTime
 from offload_core.contract.topology import MAX_PRIORITY, MIN_PRIORITY
 
 if TYPE_CHECKING:
@@ -157,12 +158,12 @@ class ReportRequest(BaseModel):
         return [*self.group_by, *(metric.output_name for metric in self.metrics)]
 
 
-class ReportSubmission(ReportRequest):
-    """The body of POST /v1/reports: the report plus where it waits in line."""
+class ReportSubmission(ReportRequest, StartTime):
+    """The body of POST /v1/reports: the report plus where it waits in line and when it starts."""
 
     priority: int | None = Field(
         None, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0 runs first, 9 last; the route's default when omitted."
     )
 
     def task_kwargs(self) -> dict[str, object]:
-        return self.model_dump(mode="json", exclude={"priority"})
+        return self.model_dump(mode="json", exclude={"priority", *START_FIELDS})

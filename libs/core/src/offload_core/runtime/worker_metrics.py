@@ -36,6 +36,23 @@ RUN_SECONDS = Histogram("offload_job_run_seconds", "Run time of one attempt.", L
 JOBS_RECOVERED = Counter(
     "offload_jobs_recovered_total", "Queued jobs whose lost broker message was published again.", LABELS
 )
+# Counted by the worker whose timekeeper published them (offload_core.runtime.timekeeper).
+DELAYED_JOBS_PUBLISHED = Counter(
+    "offload_delayed_jobs_published_total", "Delayed jobs published onto their queue when due."
+)
+DELAYED_PUBLISH_LAG_SECONDS = Histogram(
+    "offload_delayed_job_publish_lag_seconds",
+    "Time from a delayed job's due time to its publication.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SCHEDULE_TICKS = Counter(
+    "offload_schedule_ticks_total",
+    "Ticks of recurring schedules: `fired` made a job, `skipped` did not (a misfire under `skip`).",
+    ["outcome"],
+)
+SCHEDULE_MISFIRES = Counter(
+    "offload_schedule_misfires_total", "Times a schedule's ticks were found later than the misfire grace."
+)
 QUEUE_WAIT_SECONDS = Histogram(
     "offload_job_queue_wait_seconds",
     "Time from the API's publish to the start of the job's first attempt.",

@@ -37,6 +37,7 @@ from offload_core.contract.topology import NOTIFIER_QUEUES
 from offload_core.logs import configure_logging, wants_json
 from offload_core.otlp_metrics import start_metrics_export
 from offload_core.runtime.orphans import OrphanSweep
+from offload_core.runtime.timekeeper import Timekeeper
 from offload_core.runtime.worker_metrics import serve_worker_metrics, worker_registry
 from offload_core.runtime.worker_transport import use_worker_transport
 from offload_core.settings import Settings, get_settings
@@ -158,6 +159,29 @@ class BlobSweeper(bootsteps.StartStopStep):
             self.thread.stop()
 
 
+class TimekeeperStep(bootsteps.StartStopStep):
+    """Publishes delayed jobs when due (offload_core.runtime.timekeeper), from a thread of the
+    main process, in every worker: each round is atomic in Redis, so any number may run."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        settings = get_settings()
+        if not settings.TIMEKEEPER_ENABLED:
+            return
+        timekeeper = Timekeeper(JobStore.from_settings(settings), settings)
+        self.thread = threading.Thread(target=timekeeper.run, args=(self.stopping,), name="timekeeper", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)  # a round in progress ends within its Redis timeouts
+
+
 class ReconnectingConsumer(Consumer):
     """Celery's task consumer, with a reconnect that survives the Redis transport's close, and
     task events sent in batches.
@@ -268,6 +292,7 @@ def run_worker(app: Celery, *, queues: list[str], default_name: str, service: st
     app.steps["worker"].add(OrphanSweeper)
     if service != NOTIFIER_SERVICE:
         app.steps["worker"].add(BlobSweeper)
+    app.steps["worker"].add(TimekeeperStep)
     # Acks written in batches and one Redis client per pool (offload_core.runtime.worker_transport).
     use_worker_transport()
     # Celery's consumer, but one that does not exit when a Redis restart catches it mid-read.

@@ -42,6 +42,7 @@ class JobQuery:
     limit: int = 50
     cursor: str | None = None
     owner: str | None = None  # only this API key's jobs; all when None (an admin's listing)
+    schedule_id: str | None = None  # only the jobs this recurring schedule fired
 
     def matches(self, job: Job) -> bool:
         return (
@@ -49,6 +50,7 @@ class JobQuery:
             and (self.job_type is None or job.task == self.job_type)
             and (self.status is None or job.status is self.status)
             and (self.queue is None or job.queue == self.queue)
+            and (self.schedule_id is None or job.schedule_id == self.schedule_id)
         )
 
 

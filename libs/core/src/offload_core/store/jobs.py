@@ -44,10 +44,15 @@ INDEX_KEY = "offload:jobs:index"
 TYPE_INDEX_PREFIX = "offload:jobs:index:type:"
 # And per owner (the API key that submitted it; "-" for jobs without one), for a key's own listing.
 OWNER_INDEX_PREFIX = "offload:jobs:index:owner:"
+# Delayed jobs not yet due, scored by their due time; each one's rendered message and the list it
+# goes to wait beside its record (MESSAGE_SUFFIX) until PROMOTE publishes it.
+SCHEDULED_KEY = "offload:jobs:scheduled"
+MESSAGE_SUFFIX = ":message"
 HashValue = str | int | float  # what a hash field may be set to
 
 
 class JobStatus(StrEnum):
+    SCHEDULED = "scheduled"  # delayed: published when due
     QUEUED = "queued"
     STARTED = "started"
     RETRYING = "retrying"
@@ -93,6 +98,8 @@ class Job(BaseModel):
     priority: int | None = None  # inside its queue: 0 runs first, 9 last
     replay_of: str | None = None  # the dead letter (the failed job's id) this job replays
     owner: str | None = None  # the id of the API key that submitted it (offload_core.contract.api_keys)
+    run_at: datetime | None = None  # a delayed job's due time
+    schedule_id: str | None = None  # the recurring schedule whose tick made it (offload_core.store.schedules)
     cancel_requested: bool = False
     created_at: datetime
     started_at: datetime | None = None
@@ -106,6 +113,10 @@ def job_key(job_id: str) -> str:
 
 def kwargs_key(job_id: str) -> str:
     return KEY_PREFIX + job_id + KWARGS_SUFFIX
+
+
+def message_key(job_id: str) -> str:
+    return KEY_PREFIX + job_id + MESSAGE_SUFFIX
 
 
 def type_index_key(task: str) -> str:
@@ -132,6 +143,16 @@ class WaitingJob:
     retries: int = 0  # the retries before the attempt it waits for (Celery's `retries` header)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """One round of PROMOTE: Redis's time, the delayed jobs it published (id, due time) and when
+    the next one left is due (None when none is left)."""
+
+    now: float
+    published: list[tuple[str, float]]
+    next_due: float | None
+
+
 class RecoveryOutcome(StrEnum):
     REPUBLISH = "republish"  # still waiting (queued or retrying): publish it again (its wait restarts now)
     EXHAUSTED = "exhausted"  # lost too often: fail it instead
@@ -148,13 +169,15 @@ def queued_record(
     priority: int | None = None,
     next_step: str | None = None,
     owner: str | None = None,
+    run_at: float | None = None,
 ) -> dict[str, HashValue]:
-    """The record of a job that was just accepted and waits for a worker."""
+    """The record of a job that was just accepted and waits for a worker (or, with ``run_at``,
+    for its due time)."""
     record: dict[str, HashValue] = {
         "id": job_id,
         "task": task,
         "queue": queue,
-        "status": JobStatus.QUEUED,
+        "status": JobStatus.QUEUED if run_at is None else JobStatus.SCHEDULED,
         "progress": 0,
         "attempts": 0,
         "created_at": now,
@@ -168,10 +191,14 @@ def queued_record(
         record["next_step"] = next_step
     if owner:
         record["owner"] = owner
+    if run_at is not None:
+        record["run_at"] = run_at
     return record
 
 
 SUBMIT = lua("submit")
+SCHEDULE = lua("schedule")
+PROMOTE = lua("promote")
 
 
 def submit_call(
@@ -187,11 +214,35 @@ def submit_call(
     ttl_seconds: int,
     replay_of: str | None = None,
     owner: str | None = None,
+    run_at: float | None = None,
 ) -> tuple[list[str], list[HashValue]]:
-    """SUBMIT's keys and arguments for one job. Its arguments and priority are kept in Redis, so
-    the job can be published again if Redis loses its message (offload_core.runtime.orphans)."""
+    """SUBMIT's keys and arguments for one job (SCHEDULE's for a job due at ``run_at``). Its
+    arguments and priority are kept in Redis, so the job can be published again if Redis loses
+    its message (offload_core.runtime.orphans)."""
     message = task_message(task, job_id, kwargs, queue=queue, priority=priority, headers=headers, origin=origin)
-    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority, owner=owner)
+    record = queued_record(job_id, task, queue, now, replay_of=replay_of, priority=priority, owner=owner, run_at=run_at)
+    if run_at is not None:
+        # Kept until due, then for the record's TTL like any job's.
+        ttl_until_gone = ttl_seconds + max(0, int(run_at - now) + 1)
+        schedule_keys = [
+            job_key(job_id),
+            kwargs_key(job_id),
+            message_key(job_id),
+            SCHEDULED_KEY,
+            INDEX_KEY,
+            type_index_key(task),
+            owner_index_key(owner),
+        ]
+        schedule_args: list[HashValue] = [
+            now,
+            ttl_until_gone,
+            job_id,
+            kombu_json.dumps(dict(kwargs)),
+            message,
+            queue_list(queue, priority),
+            run_at,
+        ]
+        return schedule_keys, [*schedule_args, *itertools.chain.from_iterable(record.items())]
     keys = [
         job_key(job_id),
         kwargs_key(job_id),
@@ -235,6 +286,8 @@ def decode_job(fields: dict[str, str]) -> Job:
         worker=fields.get("worker"),
         replay_of=fields.get("replay_of"),
         owner=fields.get("owner"),
+        run_at=_ts(fields.get("run_at")),
+        schedule_id=fields.get("schedule_id"),
         cancel_requested=fields.get("cancel_requested") == "1",
         created_at=created,
         started_at=_ts(fields.get("started_at")),
@@ -286,6 +339,7 @@ class JobStore:
         self._update_if_running = client.register_script(_UPDATE_IF_RUNNING)
         self._succeed = client.register_script(_SUCCEED)
         self._claim_recovery = client.register_script(_CLAIM_RECOVERY)
+        self._promote = client.register_script(PROMOTE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -347,7 +401,7 @@ class JobStore:
         return decode_job(fields) if fields else None
 
     def cancel(self, job_id: str) -> CancelOutcome:
-        keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY]
+        keys = [job_key(job_id), kwargs_key(job_id), WAITING_KEY, SCHEDULED_KEY, message_key(job_id)]
         return CancelOutcome(self._cancel(keys=keys, args=[time.time(), self.ttl, job_id]))
 
     # --- worker side ----------------------------------------------------------------
@@ -379,6 +433,19 @@ class JobStore:
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, self.ttl)
         pipe.execute()
+
+    # --- delayed jobs ---------------------------------------------------------------
+
+    def promote_due(self, most: int) -> Promotion:
+        """Publish up to ``most`` delayed jobs that are due (by Redis's clock), oldest due first;
+        each one exactly once, whichever and however many processes call this."""
+        reply = cast(list[Any], self._promote(keys=[SCHEDULED_KEY, WAITING_KEY], args=[most, KEY_PREFIX, self.ttl]))
+        pairs = reply[2:]
+        published = [(str(job_id), float(due)) for job_id, due in zip(pairs[0::2], pairs[1::2], strict=True)]
+        return Promotion(float(reply[0]), published, float(reply[1]) if reply[1] else None)
+
+    def scheduled_count(self) -> int:
+        return self.client.zcard(SCHEDULED_KEY)
 
     # --- orphan sweep ---------------------------------------------------------------
 

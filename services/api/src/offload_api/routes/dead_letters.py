@@ -13,6 +13,7 @@ from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enq
 from offload_api.errors import InvalidField
 from offload_api.idempotency import IdempotencyDep
 from offload_core.contract.api_keys import may_see
+from offload_core.contract.timing import StartTime
 from offload_core.store.dead_letters import DeadLetter, DeadLetterPage
 
 router = APIRouter(prefix="/dead-letters", tags=["dead letters"])
@@ -65,9 +66,10 @@ async def replay_dead_letter(
     idempotency: IdempotencyDep,
     response: Response,
     principal: PrincipalDep,
+    start: StartTime | None = None,
 ) -> JobAccepted:
     """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
-    letter's `replayed_as` link the two."""
+    letter's `replayed_as` link the two. An optional body (`run_at` or `delay_seconds`) delays it."""
     letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
     if letter is None or not may_see(principal, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
@@ -81,7 +83,14 @@ async def replay_dead_letter(
     # The queue it failed on, unless its job type no longer allows it there.
     queue = letter.queue if letter.queue in job_type.allowed_queues else job_type.queue
     accepted = await enqueue(
-        publisher, job_type, letter.payload, owner=principal, queue=queue, idempotency=idempotency, replay_of=letter.id
+        publisher,
+        job_type,
+        letter.payload,
+        owner=principal,
+        queue=queue,
+        idempotency=idempotency,
+        replay_of=letter.id,
+        start=start,
     )
     await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
     response.headers["Location"] = accepted.status_url

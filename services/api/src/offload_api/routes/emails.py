@@ -31,6 +31,7 @@ async def submit_email(
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,
+        start=body,
     )
     response.headers["Location"] = accepted.status_url
     return accepted

@@ -16,6 +16,7 @@ from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
 from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
 from offload_api.idempotency import IdempotencyDep
 from offload_core.contract.registry import JobTypes, job_time_limits
+from offload_core.contract.timing import StartTime
 from offload_core.sdk import MAX_PRIORITY, MIN_PRIORITY, JobType
 from offload_core.settings import Settings
 from offload_core.store.queue_state import read_queue_states
@@ -89,8 +90,10 @@ def _name(job_type: JobType[Any, Any]) -> str:
 
 
 def submission_model(job_type: JobType[Any, Any]) -> type[BaseModel]:
-    """The body of POST /v1/jobs/{type}: the type's payload with the queue and priority beside it."""
+    """The body of POST /v1/jobs/{type}: the type's payload with the queue, priority and start
+    time (`run_at` or `delay_seconds`) beside it."""
     allowed = tuple(sorted(job_type.allowed_queues))
+    start_fields: dict[str, Any] = {name: (field.annotation, field) for name, field in StartTime.model_fields.items()}
     model: type[BaseModel] = create_model(
         "Submit" + "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", job_type.name)),
         __config__=ConfigDict(extra="forbid"),
@@ -109,6 +112,7 @@ def submission_model(job_type: JobType[Any, Any]) -> type[BaseModel]:
                 description=f"0 runs first, 9 last; {job_type.priority} when omitted.",
             ),
         ),
+        **start_fields,
     )
     return model
 
@@ -154,6 +158,7 @@ def _add_submit_route(target: APIRouter, job_type: JobType[Any, Any]) -> None:
             queue=body.queue,  # type: ignore[attr-defined]
             priority=body.priority,  # type: ignore[attr-defined]
             idempotency=idempotency,
+            start=StartTime(run_at=body.run_at, delay_seconds=body.delay_seconds),  # type: ignore[attr-defined]
         )
         response.headers["Location"] = accepted.status_url
         return accepted

@@ -40,6 +40,7 @@ async def submit_echo(
         queue=body.queue,
         priority=body.priority,
         idempotency=idempotency,
+        start=body,
     )
     response.headers["Location"] = accepted.status_url
     return accepted
@@ -53,6 +54,9 @@ async def list_jobs_route(
     job_type: Annotated[str | None, Query(alias="type", max_length=200, description="Only jobs of this type.")] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     queue: Annotated[str | None, Query(max_length=64, description="Only jobs on this queue.")] = None,
+    schedule_id: Annotated[
+        str | None, Query(max_length=64, description="Only jobs fired by this recurring schedule.")
+    ] = None,
     created_after: Annotated[datetime | None, Query(description="Only jobs created after this time.")] = None,
     created_before: Annotated[datetime | None, Query(description="Only jobs created before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="At most this many, newest first.")] = 50,
@@ -70,6 +74,7 @@ async def list_jobs_route(
         job_type=job_type,
         status=status,
         queue=queue,
+        schedule_id=schedule_id,
         created_after=created_after,
         created_before=created_before,
         limit=limit,

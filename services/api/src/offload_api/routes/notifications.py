@@ -64,6 +64,7 @@ async def submit_notification(
         priority=body.priority,
         idempotency=idempotency,
         prepare=record_pending_targets,
+        start=body,
     )
     response.headers["Location"] = accepted.status_url
     start_checks(request, settings, accepted.id, body.targets)  # each target's `reachable`, in the background

@@ -89,6 +89,7 @@ async def submit_report(
         owner=principal,
         priority=body.priority,
         idempotency=idempotency,
+        start=body,
     )
     links = _links(accepted.id)
     response.headers["Location"] = links["status_url"]
