@@ -88,7 +88,7 @@ class RetryableError(ApiError):
 class RateLimited(RetryableError):
     """429: the API key is over its rate limit (code ``rate_limited``), or a queue of the API is
     full. ``rate_limit_policy`` and ``rate_limit`` are the answer's RateLimit-Policy and RateLimit
-    fields as sent (e.g. ``"default";q=6000;w=60`` and ``"default";r=0;t=12``), or None."""
+    fields as sent (e.g. ``"default";q=60000;w=60`` and ``"default";r=0;t=12``), or None."""
 
     def __init__(
         self, status_code: int, detail: str, code: str, retry_after: float | None, response: httpx.Response | None

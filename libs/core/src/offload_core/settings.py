@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # the keys that get other limits (`<key id>=<requests>/<seconds>` or `<key id>=off`,
     # comma-separated). A key over its limit gets 429 with Retry-After; counted in Redis, so the
     # limit holds across API replicas.
-    API_RATE_LIMIT: str = "6000/60"
+    API_RATE_LIMIT: str = "60000/60"
     API_KEY_RATE_LIMITS: Annotated[list[str], NoDecode] = []
     API_HOST: str = "127.0.0.1"
     API_PORT: int = Field(8000, ge=1, le=65535)

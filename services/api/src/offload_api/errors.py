@@ -186,7 +186,7 @@ _V1_ERRORS: dict[str, tuple[str, dict[str, str]]] = {
         "The API key is over its rate limit (code rate_limited); retry after Retry-After seconds.",
         {
             "Retry-After": "Seconds until the key may make its next request.",
-            "RateLimit-Policy": 'The key\'s quota, e.g. "default";q=6000;w=60 (requests per window of seconds).',
+            "RateLimit-Policy": 'The key\'s quota, e.g. "default";q=60000;w=60 (requests per window of seconds).',
             "RateLimit": 'What is left of it, e.g. "default";r=0;t=12 (requests left, seconds until all are back).',
         },
     ),

@@ -2,7 +2,7 @@
 before anything reads the body, in one Redis round trip (offload_core.store.rate_limits).
 
 Answers carry the IETF httpapi draft's fields (draft-ietf-httpapi-ratelimit-headers, structured
-fields): ``RateLimit-Policy: "default";q=6000;w=60`` on every /v1 answer, ``RateLimit:
+fields): ``RateLimit-Policy: "default";q=60000;w=60`` on every /v1 answer, ``RateLimit:
 "default";r=<left now>;t=<seconds until the whole quota is back>``, and on 429 ``Retry-After``
 (seconds until the next request is allowed). The policy is "default" for a key under
 OFFLOAD_API_RATE_LIMIT, "key" for one with a limit of its own (OFFLOAD_API_KEY_RATE_LIMITS).
