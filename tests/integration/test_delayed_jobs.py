@@ -89,6 +89,20 @@ def test_a_time_already_past_runs_now(stack: Stack) -> None:
     assert wait_job(stack.client, response.json()["id"], {"succeeded", "failed"})["status"] == "succeeded"
 
 
+def test_a_repeat_with_its_idempotency_key_matches_on_the_start_time_asked_for(stack: Stack) -> None:
+    """The same delay sent again is a retry (the first job back, though its computed time has
+    moved on); another start time under the same key is another request, 422."""
+    body = {"payload": {"message": "later"}, "delay_seconds": 600}
+    headers = {"Idempotency-Key": "delayed-once"}
+    first = stack.client.post("/v1/jobs/offload.echo", json=body, headers=headers)
+    again = stack.client.post("/v1/jobs/offload.echo", json=body, headers=headers)
+    other = stack.client.post("/v1/jobs/offload.echo", json={**body, "delay_seconds": 60}, headers=headers)
+
+    assert first.status_code == 202, first.text
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+    assert other.status_code == 422, other.text
+
+
 def test_a_delayed_job_cancelled_before_its_time_never_runs(stack: Stack, stack_redis: redis.Redis) -> None:
     cancelled = stack.client.post("/v1/jobs/echo", json={"message": "never", "delay_seconds": 1}).json()["id"]
     # Due after the cancelled one: once it ran, the cancelled one's time has passed too.

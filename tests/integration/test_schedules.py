@@ -170,6 +170,25 @@ def _restart(own: Cluster, workers: list[Service], index: int) -> None:
 
 
 @pytest.mark.slow
+def test_a_repeated_create_with_its_idempotency_key_makes_one_schedule(stack: Stack) -> None:
+    """A create retried after a lost answer gets the first schedule back (200, Idempotent-Replayed),
+    never a second one firing the same job; the key with another body is 422."""
+    body = {"job_type": "offload.echo", "payload": {"message": "once"}, "cron": "0 3 * * *", "paused": True}
+    headers = {"Idempotency-Key": "nightly-report-schedule"}
+    first = stack.client.post("/v1/schedules", json=body, headers=headers)
+    again = stack.client.post("/v1/schedules", json=body, headers=headers)
+    other = stack.client.post("/v1/schedules", json={**body, "cron": "0 4 * * *"}, headers=headers)
+
+    assert first.status_code == 201, first.text
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert other.status_code == 422, other.text
+    assert "Idempotency-Key" in other.json()["detail"]
+    listed = stack.client.get("/v1/schedules").json()["schedules"]
+    assert [s["id"] for s in listed if s["payload"].get("message") == "once"] == [first.json()["id"]]
+
+
 def test_each_tick_fires_once_while_loops_are_killed_and_the_misfire_policy_applies_after_all_were_down(
     own: Cluster,
 ) -> None:

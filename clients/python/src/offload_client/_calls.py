@@ -229,8 +229,8 @@ def delete_dead_letter(dead_letter_id: str) -> Call[None]:
     return Call("DELETE", f"/v1/dead-letters/{_segment(dead_letter_id)}", _nothing)
 
 
-def create_schedule(body: dict[str, Any]) -> Call[models.Schedule]:
-    return Call("POST", "/v1/schedules", _model(models.Schedule), json=body)
+def create_schedule(body: dict[str, Any], idempotency_key: str | None) -> Call[models.Schedule]:
+    return Call("POST", "/v1/schedules", _model(models.Schedule), json=body, headers=_idempotent(idempotency_key))
 
 
 def list_schedules() -> Call[list[models.Schedule]]:

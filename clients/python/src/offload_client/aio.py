@@ -190,9 +190,11 @@ class AsyncOffload:
         queue: str | None = None,
         priority: int | None = None,
         paused: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> models.Schedule:
         """Fire ``job_type`` with ``payload`` on ``cron`` (read in ``timezone``, UTC by default)
-        or every ``interval_seconds``; ``misfire`` is ``"skip"`` (default) or ``"run_once"``."""
+        or every ``interval_seconds``; ``misfire`` is ``"skip"`` (default) or ``"run_once"``.
+        Without ``idempotency_key`` a new UUID is sent, so retries never make a second schedule."""
         body = calls.schedule_body(
             job_type,
             payload,
@@ -204,7 +206,7 @@ class AsyncOffload:
             priority=priority,
             paused=paused,
         )
-        return await self._send(calls.create_schedule(body))
+        return await self._send(calls.create_schedule(body, idempotency_key))
 
     async def list_schedules(self) -> builtins.list[models.Schedule]:
         return await self._send(calls.list_schedules())

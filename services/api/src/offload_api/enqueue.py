@@ -222,7 +222,8 @@ async def enqueue(
         status_url=status_url(job_type, job_id),
     )
     if idempotency is not None:
-        fingerprint = request_fingerprint(idempotency.route, job_type.name, kwargs, queue, priority)
+        requested = {} if start is None else start.model_dump(include={"run_at", "delay_seconds"}, exclude_none=True)
+        fingerprint = request_fingerprint(idempotency.route, job_type.name, kwargs, queue, priority, requested)
         earlier = await idempotency.claim_async(publisher.client, fingerprint, accepted.model_dump_json())
         if earlier is not None:
             return JobAccepted.model_validate_json(earlier)

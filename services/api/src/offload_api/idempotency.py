@@ -50,11 +50,28 @@ _FINISH = lua("idempotency_finish", package=__package__)
 _RELEASE = lua("idempotency_release", package=__package__)
 
 
-def request_fingerprint(route: str, task: str, payload: Mapping[str, object], queue: str, priority: int) -> str:
+def request_fingerprint(
+    route: str,
+    task: str,
+    payload: Mapping[str, object],
+    queue: str,
+    priority: int,
+    start: Mapping[str, object] | None = None,
+) -> str:
     """A hash of what the request asks for, once validated, so equal requests match however they
-    were spelled (key order, defaults left out)."""
+    were spelled (key order, defaults left out). ``start`` is the start time as requested (the
+    `run_at` or `delay_seconds` sent, not the time computed from it, so a retry matches)."""
+    asked: dict[str, object] = {
+        "route": route,
+        "task": task,
+        "payload": dict(payload),
+        "queue": queue,
+        "priority": priority,
+    }
+    if start:  # left out when absent: keys claimed before delayed jobs existed keep their fingerprint
+        asked["start"] = dict(start)
     canonical = json.dumps(
-        {"route": route, "task": task, "payload": dict(payload), "queue": queue, "priority": priority},
+        asked,
         sort_keys=True,
         separators=(",", ":"),
         default=str,

@@ -148,9 +148,11 @@ class ScheduleStore:
         misfire: MisfirePolicy,
         paused: bool,
         owner: str | None,
+        schedule_id: str | None = None,
     ) -> Schedule:
+        """A new schedule; ``schedule_id`` is chosen beforehand when an idempotency claim names it."""
         now = time.time()
-        schedule_id = uuid.uuid4().hex
+        schedule_id = schedule_id or uuid.uuid4().hex
         timing = Timing(cron=cron, timezone=timezone, interval_seconds=interval_seconds, anchor=now)
         next_fire = timing.next_after(now)
         fields: dict[str, HashValue] = {

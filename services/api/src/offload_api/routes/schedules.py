@@ -5,7 +5,9 @@ them, like jobs: another key's schedule is a 404, an `admin` key sees them all."
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from typing import Annotated, Any
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -17,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from offload_api.auth import PrincipalDep
 from offload_api.deps import JobTypesDep, SettingsDep
 from offload_api.errors import InvalidField
+from offload_api.idempotency import IdempotencyDep, request_fingerprint
 from offload_core.contract.api_keys import Principal, may_see
 from offload_core.sdk import MAX_PRIORITY, MIN_PRIORITY, JobType
 from offload_core.store.schedules import MisfirePolicy, Schedule, ScheduleStore, Timing
@@ -111,10 +114,12 @@ def create_schedule(
     job_types: JobTypesDep,
     principal: PrincipalDep,
     response: Response,
+    idempotency: IdempotencyDep,
 ) -> Schedule:
     """Fire `job_type` with `payload` on a cron expression (in `timezone`) or every
     `interval_seconds`; the answer shows the next fire times. Each tick is a normal job with this
-    schedule's `schedule_id`, fired exactly once however many workers run."""
+    schedule's `schedule_id`, fired exactly once however many workers run. With an
+    `Idempotency-Key`, a repeat answers 200 with the schedule the first request made."""
     job_type = job_types.get(body.job_type)
     if job_type is None:
         raise InvalidField("body.job_type", f"no job type {body.job_type!r}; known: {', '.join(sorted(job_types))}")
@@ -123,18 +128,41 @@ def create_schedule(
         raise InvalidField("body.queue", f"{job_type.name} may run on {', '.join(sorted(job_type.allowed_queues))}")
     payload = _checked_payload(job_type, body.payload)
     _check_timing(body)
-    schedule = _store(request, settings).create(
-        job_type=job_type.name,
-        payload=payload,
-        queue=queue,
-        priority=job_type.priority if body.priority is None else body.priority,
-        cron=body.cron,
-        timezone=body.timezone,
-        interval_seconds=body.interval_seconds,
-        misfire=body.misfire,
-        paused=body.paused,
-        owner=principal.id,
-    )
+    priority = job_type.priority if body.priority is None else body.priority
+    store = _store(request, settings)
+    schedule_id = uuid.uuid4().hex
+    if idempotency is not None:
+        # A retried create (a lost answer, a 503) must not make a second schedule firing twice.
+        fingerprint = request_fingerprint(
+            idempotency.route, job_type.name, body.model_dump(mode="json"), queue, priority
+        )
+        earlier = idempotency.claim(store.client, fingerprint, json.dumps({"id": schedule_id}))
+        if earlier is not None:
+            first = store.get(json.loads(earlier)["id"])
+            if first is None or not may_see(principal, first.owner):
+                raise HTTPException(404, "The schedule this Idempotency-Key created has been deleted since.")
+            response.headers["Location"] = f"/v1/schedules/{first.id}"
+            return first
+    try:
+        schedule = store.create(
+            job_type=job_type.name,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            cron=body.cron,
+            timezone=body.timezone,
+            interval_seconds=body.interval_seconds,
+            misfire=body.misfire,
+            paused=body.paused,
+            owner=principal.id,
+            schedule_id=schedule_id,
+        )
+    except BaseException:
+        if idempotency is not None:
+            idempotency.release(store.client)
+        raise
+    if idempotency is not None:
+        idempotency.finish(store.client)
     response.headers["Location"] = f"/v1/schedules/{schedule.id}"
     return schedule
 
