@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -41,7 +42,7 @@ from offload_core.runtime.timekeeper import Timekeeper
 from offload_core.runtime.worker_metrics import serve_worker_metrics, worker_registry
 from offload_core.runtime.worker_transport import use_worker_transport
 from offload_core.settings import Settings, get_settings
-from offload_core.store.blob_ledger import Blobs, BlobSweep, BlobSweepThread
+from offload_core.store.blob_ledger import Blobs, BlobSweep
 from offload_core.store.jobs import JobStore
 from offload_core.store.queue_state import announce_consumer, withdraw_consumer
 from offload_core.store.redis_connection import sync_client
@@ -105,81 +106,87 @@ class WorkerProbes(bootsteps.StartStopStep):
                 withdraw_consumer(self.client, self.hostname, self.queues)
 
 
-class OrphanSweeper(bootsteps.StartStopStep):
-    """Every OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS, publishes again the queued jobs whose broker
-    message Redis lost (offload_core.runtime.orphans; one worker at a time sweeps). From a thread of the
-    main process: a sweep reads whole queues, which must not stall the event loop that takes
-    messages and touches the heartbeat."""
+class MainProcessLoop(bootsteps.StartStopStep):
+    """A daemon thread of the worker's main process, running ``loop(stopping)`` until the worker
+    stops: work that must not stall the event loop taking messages and touching the heartbeat.
+    Subclasses say what runs (None: nothing in this worker)."""
+
+    thread_name = ""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def start(self, worker: Any) -> None:
-        settings = get_settings()
-        sweep = OrphanSweep(worker.app, JobStore.from_settings(settings), settings, owner=worker.hostname)
-        self.thread = threading.Thread(
-            target=self._loop, args=(sweep, settings.ORPHAN_SWEEP_INTERVAL_SECONDS), name="orphan-sweep", daemon=True
-        )
-        self.thread.start()
-
-    def _loop(self, sweep: OrphanSweep, interval: float) -> None:
-        while not self.stopping.wait(interval):
-            try:
-                sweep.run_once()
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("orphan sweep skipped: Redis unavailable (%s)", exc)
-            except Exception:
-                logger.exception("orphan sweep failed")
-
-    def stop(self, worker: Any) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=10)  # a sweep in progress ends within its Redis timeouts
-
-
-class BlobSweeper(bootsteps.StartStopStep):
-    """Every OFFLOAD_BLOB_SWEEP_INTERVAL_SECONDS, deletes the blobs whose TTL has passed and frees
-    their quota (offload_core.store.blob_ledger; one worker at a time sweeps). Only in workers
-    that hold the blob store: the notifier never touches blobs."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.thread: BlobSweepThread | None = None
+    def loop(self, worker: Any) -> Callable[[threading.Event], None] | None:
+        raise NotImplementedError
 
     def start(self, worker: Any) -> None:
-        settings = get_settings()
-        blobs = Blobs.from_settings(settings, JobStore.from_settings(settings).client)
-        sweep = BlobSweep(blobs, settings.BLOB_SWEEP_INTERVAL_SECONDS, owner=worker.hostname)
-        self.thread = BlobSweepThread(sweep).start()
-
-    def stop(self, worker: Any) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-
-
-class TimekeeperStep(bootsteps.StartStopStep):
-    """Publishes delayed jobs when due (offload_core.runtime.timekeeper), from a thread of the
-    main process, in every worker: each round is atomic in Redis, so any number may run."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self, worker: Any) -> None:
-        settings = get_settings()
-        if not settings.TIMEKEEPER_ENABLED:
+        run = self.loop(worker)
+        if run is None:
             return
-        timekeeper = Timekeeper(JobStore.from_settings(settings), settings)
-        self.thread = threading.Thread(target=timekeeper.run, args=(self.stopping,), name="timekeeper", daemon=True)
+        self.thread = threading.Thread(target=run, args=(self.stopping,), name=self.thread_name, daemon=True)
         self.thread.start()
 
     def stop(self, worker: Any) -> None:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout=10)  # a round in progress ends within its Redis timeouts
+
+
+def every(interval: float, what: str, run_once: Callable[[], object]) -> Callable[[threading.Event], None]:
+    """``run_once`` every ``interval`` seconds until stopped; a failed round is logged, never fatal."""
+
+    def loop(stopping: threading.Event) -> None:
+        while not stopping.wait(interval):
+            try:
+                run_once()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("%s skipped: %s", what, exc)
+            except Exception:
+                logger.exception("%s failed", what)
+
+    return loop
+
+
+class OrphanSweeper(MainProcessLoop):
+    """Every OFFLOAD_ORPHAN_SWEEP_INTERVAL_SECONDS, publishes again the queued jobs whose broker
+    message Redis lost (offload_core.runtime.orphans; one worker at a time sweeps); a sweep reads
+    whole queues."""
+
+    thread_name = "orphan-sweep"
+
+    def loop(self, worker: Any) -> Callable[[threading.Event], None]:
+        settings = get_settings()
+        sweep = OrphanSweep(worker.app, JobStore.from_settings(settings), settings, owner=worker.hostname)
+        return every(settings.ORPHAN_SWEEP_INTERVAL_SECONDS, "orphan sweep", sweep.run_once)
+
+
+class BlobSweeper(MainProcessLoop):
+    """Every OFFLOAD_BLOB_SWEEP_INTERVAL_SECONDS, deletes the blobs whose TTL has passed and frees
+    their quota (offload_core.store.blob_ledger; one worker at a time sweeps). Only in workers
+    that hold the blob store: the notifier never touches blobs."""
+
+    thread_name = "blob-sweep"
+
+    def loop(self, worker: Any) -> Callable[[threading.Event], None]:
+        settings = get_settings()
+        blobs = Blobs.from_settings(settings, JobStore.from_settings(settings).client)
+        sweep = BlobSweep(blobs, settings.BLOB_SWEEP_INTERVAL_SECONDS, owner=worker.hostname)
+        return every(sweep.interval, "blob sweep", sweep.run_once)
+
+
+class TimekeeperStep(MainProcessLoop):
+    """Publishes delayed jobs and fires schedules when due (offload_core.runtime.timekeeper), in
+    every worker: each round is atomic in Redis, so any number may run."""
+
+    thread_name = "timekeeper"
+
+    def loop(self, worker: Any) -> Callable[[threading.Event], None] | None:
+        settings = get_settings()
+        if not settings.TIMEKEEPER_ENABLED:
+            return None
+        return Timekeeper(JobStore.from_settings(settings), settings).run
 
 
 class ReconnectingConsumer(Consumer):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -169,29 +168,3 @@ class BlobSweep:
         if deleted:
             logger.info("blob sweep: deleted %d expired blobs from %s", deleted, self.blobs.store.description)
         return deleted
-
-
-class BlobSweepThread:
-    """Runs a BlobSweep every interval in a daemon thread until stopped."""
-
-    def __init__(self, sweep: BlobSweep) -> None:
-        self.sweep = sweep
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="blob-sweep", daemon=True)
-
-    def start(self) -> BlobSweepThread:
-        self.thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self.stopping.wait(self.sweep.interval):
-            try:
-                self.sweep.run_once()
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("blob sweep skipped: %s", exc)
-            except Exception:
-                logger.exception("blob sweep failed")
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=10)
