@@ -62,8 +62,24 @@ class SentinelSet:
 
     def fail_over(self) -> int:
         """SENTINEL FAILOVER, then waits until the sentinel names the replica; returns its port."""
-        wait_for(lambda: self.sentinel_client().sentinel_slaves(MASTER), 30, "the sentinel to discover the replica")
-        self.sentinel_client().sentinel_failover(MASTER)
+
+        def replica_ready() -> bool:
+            replicas = self.sentinel_client().sentinel_slaves(MASTER)
+            return any(r["is_slave"] and not (r["is_sdown"] or r["is_disconnected"]) for r in replicas)
+
+        def failover_started() -> bool:
+            try:
+                self.sentinel_client().sentinel_failover(MASTER)
+            except redis.ResponseError as exc:
+                # The sentinel refreshes what it knows of the replica every few seconds; until
+                # then it may hold it unfit to promote.
+                if "NOGOODSLAVE" in str(exc):
+                    return False
+                raise
+            return True
+
+        wait_for(replica_ready, 30, "the sentinel to discover the replica")
+        wait_for(failover_started, 30, "the sentinel to accept the failover", interval=0.5)
         wait_for(lambda: self.primary_port() == self.replica.port, 30, "the sentinel to promote the replica")
         promoted = redis.Redis(port=self.replica.port, password=PASSWORD, decode_responses=True)
         wait_for(lambda: promoted.info("replication")["role"] == "master", 30, "the replica to become primary")
