@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import IO, Annotated, Any, Literal, cast
+from typing import IO, Annotated, Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -510,6 +510,7 @@ class SearchPage(BaseModel):
 _INDEX = lua("image_index")
 
 
+T = TypeVar("T")
 Change = Callable[[ImageRecord], ImageRecord]
 
 
@@ -574,9 +575,9 @@ class ImageStore:
             return None
         return self.blobs.open(result_blob(record.id, record.pipeline.id))
 
-    def _update(self, image_id: str, change: Change) -> tuple[ImageRecord, ImageRecord] | None:
-        """Read, change and write the record atomically (optimistic: retried if it moved),
-        renewing its TTL and its blobs' expiry; the record before and after, None if it is gone."""
+    def _watched(self, image_id: str, what: str, write: Callable[[Any, ImageRecord], T]) -> T | None:
+        """Read the record and queue ``write(pipe, record)``'s commands in one optimistic
+        transaction, retried while the record moves; ``write``'s outcome, None if it is gone."""
         key = image_key(image_id)
         with self.client.pipeline(transaction=True) as pipe:
             for _ in range(20):
@@ -586,16 +587,26 @@ class ImageStore:
                     if not raw:
                         pipe.unwatch()
                         return None
-                    before = ImageRecord.model_validate_json(raw)
-                    record = change(before)
+                    record = ImageRecord.model_validate_json(raw)
                     pipe.multi()
-                    pipe.set(key, record.model_dump_json(), ex=self.ttl)
-                    self.blobs.ledger.renew(self._blob_keys(record), self.ttl, pipe)
+                    outcome = write(pipe, record)
                     pipe.execute()
-                    return before, record
+                    return outcome
                 except redis.WatchError:
                     continue
-        raise RuntimeError(f"image {image_id}: its record kept changing under 20 attempts to update it")
+        raise RuntimeError(f"image {image_id}: its record kept changing under 20 attempts to {what} it")
+
+    def _update(self, image_id: str, change: Change) -> tuple[ImageRecord, ImageRecord] | None:
+        """Change and write the record atomically, renewing its TTL and its blobs' expiry; the
+        record before and after, None if it is gone."""
+
+        def write(pipe: Any, before: ImageRecord) -> tuple[ImageRecord, ImageRecord]:
+            record = change(before)
+            pipe.set(image_key(image_id), record.model_dump_json(), ex=self.ttl)
+            self.blobs.ledger.renew(self._blob_keys(record), self.ttl, pipe)
+            return before, record
+
+        return self._watched(image_id, "update", write)
 
     def start_pipeline(self, image_id: str, pipeline: Pipeline, busy: Callable[[Pipeline], bool]) -> ImageRecord | None:
         """Make ``pipeline`` the image's current one and drop the previous result, unless
@@ -638,27 +649,17 @@ class ImageStore:
 
     def delete(self, image_id: str) -> ImageRecord | None:
         """Delete the record, its index entries and its blobs (freeing their quota)."""
-        key = image_key(image_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            for _ in range(20):
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = cast(bytes | None, pipe.get(key))
-                    if not raw:
-                        pipe.unwatch()
-                        return None
-                    record = ImageRecord.model_validate_json(raw)
-                    pipe.multi()
-                    pipe.delete(key)
-                    for tag in record.indexed_tags:
-                        pipe.zrem(tag_key(tag), image_id)
-                    pipe.zrem(INDEX_ALL_KEY, image_id)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-            else:
-                raise RuntimeError(f"image {image_id}: its record kept changing under 20 attempts to delete it")
+
+        def write(pipe: Any, record: ImageRecord) -> ImageRecord:
+            pipe.delete(image_key(image_id))
+            for tag in record.indexed_tags:
+                pipe.zrem(tag_key(tag), image_id)
+            pipe.zrem(INDEX_ALL_KEY, image_id)
+            return record
+
+        record = self._watched(image_id, "delete", write)
+        if record is None:
+            return None
         for blob in self._blob_keys(record):
             self.blobs.delete(blob)
         return record
