@@ -28,9 +28,11 @@ joined an event loop, are written at once, as kombu does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from queue import Empty
 from typing import Any
 
 from kombu import transport as kombu_transports
@@ -135,6 +137,18 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         delivered = super()._brpop_read(**options)
         self._queues_had_messages = bool(delivered)
         return delivered
+
+    def close(self) -> None:
+        # kombu's close first reads the reply of a BRPOP in flight and gives up half-way when
+        # that read fails (Redis gone): the channel stays open, and a later close, once the
+        # transport is detached, raises AttributeError, which Celery treats as unrecoverable
+        # and exits the worker. A reply that cannot be read goes with the connection instead,
+        # for every channel (tasks, remote control), so the close runs to the end and restores
+        # the unacknowledged messages (now, or by any worker after the visibility timeout).
+        if getattr(self, "_in_poll", None) and self.connection is not None:
+            with contextlib.suppress(Empty, *self.connection.connection_errors):
+                self._brpop_read()
+        super().close()
 
     def _take_batch(self) -> bool:
         """Take messages in one round trip; False when the queues are empty (BRPOP then)."""
