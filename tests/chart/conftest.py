@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from tests.chart.render import Rendered, render
-from tests.chart.test_every_knob import EVERY_KNOB
+from tests.chart.test_every_knob import EVERY_KNOB, EXTERNAL_SENTINEL_REDIS
 
 # The value sets every structural check runs under.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -21,22 +21,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     # An external Sentinel set over TLS with a CA bundle from a Secret.
-    "external-sentinel": {
-        "redis": {"enabled": False},
-        "externalRedis": {
-            "enabled": True,
-            "tls": True,
-            "passwordSecret": {"name": "shared-redis", "key": "password"},
-            "tlsCaSecret": {"name": "redis-ca", "key": "ca.crt"},
-            "sentinel": {
-                "enabled": True,
-                "addresses": ["sentinel-0.redis:26379", "sentinel-1.redis:26379", "sentinel-2.redis:26379"],
-                "masterName": "offload",
-                "passwordSecret": {"name": "sentinel-auth", "key": "password"},
-                "tls": True,
-            },
-        },
-    },
+    "external-sentinel": {"redis": {"enabled": False}, "externalRedis": EXTERNAL_SENTINEL_REDIS},
     "external-redis-url": {
         "redis": {"enabled": False},
         "keda": {"enabled": False},

@@ -202,24 +202,26 @@ EVERY_KNOB: dict[str, Any] = {
 }
 
 
+# An external Sentinel set over TLS with a CA bundle from a Secret (also a value set of conftest).
+EXTERNAL_SENTINEL_REDIS: dict[str, Any] = {
+    "enabled": True,
+    "tls": True,
+    "passwordSecret": {"name": "shared-redis", "key": "password"},
+    "tlsCaSecret": {"name": "redis-ca", "key": "ca.crt"},
+    "sentinel": {
+        "enabled": True,
+        "addresses": ["sentinel-0.redis:26379", "sentinel-1.redis:26379", "sentinel-2.redis:26379"],
+        "masterName": "offload",
+        "passwordSecret": {"name": "sentinel-auth", "key": "password"},
+        "tls": True,
+    },
+}
 # The knobs EVERY_KNOB cannot hold at once with the bundled Redis and the filesystem blob store:
 # an external Redis behind TLS sentinels, with a CA from a Secret, and S3 for blobs.
 EXTERNAL_KNOBS: dict[str, Any] = {
     **EVERY_KNOB,
     "redis": {"enabled": False},
-    "externalRedis": {
-        "enabled": True,
-        "tls": True,
-        "passwordSecret": {"name": "redis", "key": "password"},
-        "tlsCaSecret": {"name": "redis-ca", "key": "ca.pem"},
-        "sentinel": {
-            "enabled": True,
-            "addresses": ["sentinel-0.redis:26379", "sentinel-1.redis:26379", "sentinel-2.redis:26379"],
-            "masterName": "jobs",
-            "passwordSecret": {"name": "sentinel", "key": "password"},
-            "tls": True,
-        },
-    },
+    "externalRedis": EXTERNAL_SENTINEL_REDIS,
     "blobStore": {
         "backend": "s3",
         "quotaBytes": 2147483648,
