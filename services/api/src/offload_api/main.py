@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
-from offload_api.audit import AuditLog, ResponseCapture, audit_trail
+from offload_api.audit import AuditLog, AuditTrail
 from offload_api.auth import ApiKeyAuth, current_principal
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
@@ -101,6 +101,9 @@ def create_app() -> FastAPI:
         summary="Accepts background jobs, runs them on Celery workers, reports their status.",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry layer would trace and measure every request a second time
+        # (TraceContext or the instrumentation below, and the Prometheus metrics, do that): off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.job_types = job_types
     install_error_handlers(app)
@@ -120,7 +123,7 @@ def create_app() -> FastAPI:
         limiter=app.state.request_limiter,
     )
     app.add_middleware(HeaderSizeLimit)
-    app.add_middleware(ResponseCapture)  # what /v1 POSTs and DELETEs answered, for the audit trail
+    app.add_middleware(AuditTrail)  # who submitted or deleted what: every accepted /v1 POST and DELETE
     # Outside the size limits, so refused requests are counted too.
     app.add_middleware(metrics.RequestMetrics)
     # Probes and scrapes would drown the traces that matter.
@@ -132,7 +135,7 @@ def create_app() -> FastAPI:
     else:
         app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
-    v1 = [Depends(current_principal), Depends(audit_trail)]
+    v1 = [Depends(current_principal)]
     app.include_router(jobs.router, prefix="/v1", dependencies=v1)
     submit_routes = APIRouter()
     job_type_routes.add_submit_routes(submit_routes, job_types)  # after /jobs/echo, which it would shadow
