@@ -1,17 +1,12 @@
 """The audit trail: who submitted or deleted what, and when.
 
 Every accepted (2xx) `POST` or `DELETE` under `/v1` appends one entry to a Redis stream capped
-at about OFFLOAD_AUDIT_MAX_ENTRIES. The entry is queued by a FastAPI background task, after
-the response has been sent, and written by one task in batches (AuditLog): the client never
-waits for it, and a failed write is logged, never turned into an error for a request that was
-accepted.
-
-Two pieces cover every /v1 route, present and future, without the routes doing anything:
-
-- ``ResponseCapture``, a pure ASGI middleware, notes the status each audited request was
-  answered with and the start of its JSON body (where a job's id is), as they are sent;
-- ``audit_trail``, a dependency of every /v1 router, adds the background task that reads what
-  the middleware noted once the response is out, and queues the entry.
+at about OFFLOAD_AUDIT_MAX_ENTRIES. ``AuditTrail``, a pure ASGI middleware, covers every /v1
+route, present and future, without the routes doing anything: it notes the status each audited
+request is answered with and the start of its JSON body (where a job's id is) as they are sent,
+and once the answer is out queues the entry. One task writes the queue in batches (AuditLog):
+the client never waits for it, and a failed write is logged, never turned into an error for a
+request that was accepted.
 
 Who is a ``key_id``: the id of the API key (offload_core.contract.api_keys), never the key itself.
 """
@@ -22,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,12 +24,11 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import BackgroundTasks, Request
 from opentelemetry import trace
 from pydantic import BaseModel, Field
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from offload_api.route_templates import RouteTemplates
 from offload_core.contract.api_keys import ANONYMOUS_PRINCIPAL
 
 logger = logging.getLogger(__name__)
@@ -46,7 +39,6 @@ AUDITED_PREFIX = "/v1/"
 # Job answers are small; a larger body is not read for an id (the entry is still written).
 MAX_CAPTURED_BODY = 64 * 1024
 MAX_PATH_CHARS = 512
-_STATE_ATTRIBUTE = "audit_response"
 
 
 @dataclass
@@ -72,12 +64,12 @@ class CapturedResponse:
         return None
 
 
-class ResponseCapture:
-    """Notes the status and JSON body of every audited request on ``request.state``, for the
-    background task that queues its entry after the response is sent."""
+class AuditTrail:
+    """Queues the entry of every accepted audited request once its answer has been sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.templates = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -88,7 +80,6 @@ class ResponseCapture:
             await self.app(scope, receive, send)
             return
         captured = CapturedResponse()
-        scope.setdefault("state", {})[_STATE_ATTRIBUTE] = captured
 
         async def capturing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -106,29 +97,27 @@ class ResponseCapture:
             await send(message)
 
         await self.app(scope, receive, capturing_send)
+        if captured.status is None or not 200 <= captured.status < 300:
+            return  # not accepted: nothing happened worth auditing
+        audit_log: AuditLog = scope["app"].state.audit_log
+        audit_log.record(self._entry(scope, captured))
 
-
-async def audit_trail(request: Request, background: BackgroundTasks) -> None:
-    """A dependency of every /v1 router: audits the request once its response is sent."""
-    if request.method not in AUDITED_METHODS:
-        return
-    captured = getattr(request.state, _STATE_ATTRIBUTE, None)
-    if not isinstance(captured, CapturedResponse):
-        logger.error("audit trail off for %s %s: ResponseCapture is not installed", request.method, request.url.path)
-        return
-    fields: dict[str, str | int | float] = {
-        "at": time.time(),
-        "key_id": getattr(request.state, "principal", ANONYMOUS_PRINCIPAL).id,
-        "method": request.method,
-        "route": route_template(request),
-        "path": request.url.path[:MAX_PATH_CHARS],
-    }
-    if (trace_id := _trace_id()) is not None:
-        fields["trace_id"] = trace_id
-    audit_log: AuditLog = request.app.state.audit_log
-    # A coroutine function, so it runs on the event loop (no thread), after the response is
-    # sent, and only if the route answered: an error raised by the route has no background tasks.
-    background.add_task(audit_log.record, fields, captured)
+    def _entry(self, scope: Scope, captured: CapturedResponse) -> dict[str, str | int | float]:
+        path: str = scope["path"]
+        principal = scope.get("state", {}).get("principal", ANONYMOUS_PRINCIPAL)
+        fields: dict[str, str | int | float] = {
+            "at": time.time(),
+            "key_id": principal.id,
+            "method": scope["method"],
+            "route": self.templates.of(scope) or path[:MAX_PATH_CHARS],
+            "path": path[:MAX_PATH_CHARS],
+            "status": cast(int, captured.status),
+        }
+        if (trace_id := _trace_id()) is not None:
+            fields["trace_id"] = trace_id
+        if (job_id := captured.job_id()) is not None:
+            fields["job_id"] = job_id
+        return fields
 
 
 class AuditEntry(BaseModel):
@@ -146,23 +135,6 @@ class AuditEntry(BaseModel):
 class AuditPage(BaseModel):
     entries: list[AuditEntry]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
-
-
-def route_template(request: Request) -> str:
-    """The request's route as the OpenAPI schema names it, router prefixes included
-    (/v1/jobs/{job_id}): the route object in the scope knows only its own router's prefix."""
-    templates: list[tuple[re.Pattern[str], str]] | None = getattr(request.app.state, "audit_templates", None)
-    if templates is None:
-        # Paths without parameters first, so /v1/jobs/echo is not taken for /v1/jobs/{job_id}.
-        paths = sorted(request.app.openapi()["paths"], key=lambda path: ("{" in path, path))
-        templates = [(compile_path(path)[0], path) for path in paths]
-        request.app.state.audit_templates = templates
-    own = str(getattr(request.scope.get("route"), "path", ""))
-    path = request.url.path
-    return next(
-        (template for regex, template in templates if template.endswith(own) and regex.match(path)),
-        path[:MAX_PATH_CHARS],
-    )
 
 
 def _trace_id() -> str | None:
@@ -189,14 +161,8 @@ class AuditLog:
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_forever(), name="audit-log")
 
-    async def record(self, fields: dict[str, str | int | float], captured: CapturedResponse) -> None:
-        """Queue the entry of a request whose response went out (a FastAPI background task);
-        it is written within a round trip or so."""
-        if captured.status is None or not 200 <= captured.status < 300:
-            return  # not accepted: nothing happened worth auditing
-        fields["status"] = captured.status
-        if (job_id := captured.job_id()) is not None:
-            fields["job_id"] = job_id
+    def record(self, fields: dict[str, str | int | float]) -> None:
+        """Queue an entry; it is written within a round trip or so."""
         try:
             self._pending.put_nowait(fields)
         except asyncio.QueueFull:

@@ -8,7 +8,6 @@ seconds). No Redis exporter is needed for the Redis alerts.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,9 +23,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from offload_api.route_templates import RouteTemplates
 from offload_core.contract.topology import BUILTIN_QUEUES
 from offload_core.settings import Settings
 from offload_core.store.jobs import SCHEDULED_KEY
@@ -93,15 +92,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._templates: list[tuple[re.Pattern[str], str]] | None = None
-
-    def route_template(self, scope: Scope) -> str:
-        # The routes as the OpenAPI schema lists them, with their routers' prefixes; paths
-        # without parameters first, so /v1/jobs/echo is not taken for /v1/jobs/{job_id}.
-        if self._templates is None:
-            paths = sorted(scope["app"].openapi()["paths"], key=lambda path: ("{" in path, path))
-            self._templates = [(compile_path(path)[0], path) for path in paths]
-        return next((path for regex, path in self._templates if regex.match(scope["path"])), UNMATCHED_ROUTE)
+        self.templates = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,7 +110,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            labels = (scope["method"], self.route_template(scope), str(status))
+            labels = (scope["method"], self.templates.of(scope) or UNMATCHED_ROUTE, str(status))
             HTTP_REQUESTS.labels(*labels).inc()
             HTTP_REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
 
