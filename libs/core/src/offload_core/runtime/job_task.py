@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -384,12 +385,28 @@ def field_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors())
 
 
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_adapter(result_type: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(result_type)
+
+
+def _result_adapter(result_type: Any) -> TypeAdapter[Any]:
+    # Building an adapter costs more than most jobs' whole run: once per declared type.
+    try:
+        return _cached_adapter(result_type)
+    except TypeError:  # an unhashable type expression
+        return TypeAdapter(result_type)
+
+
 def result_json(job_type: JobType[Any, Any], result: Any) -> Any:
     """The handler's return value as the JSON the job store keeps, checked against the declared
     result type when there is one (a mismatch is the handler's bug: permanent)."""
     if job_type.result is None:
-        return TypeAdapter(Any).dump_python(result, mode="json")
-    adapter = TypeAdapter(job_type.result)
+        return _ANY.dump_python(result, mode="json")
+    adapter = _result_adapter(job_type.result)
     try:
         return adapter.dump_python(adapter.validate_python(result, from_attributes=True), mode="json")
     except ValidationError as exc:
