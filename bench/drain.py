@@ -66,7 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peers",
         default="all",
-        help="comma-separated peer runs (dramatiq,dramatiq_1_thread,rq_simple,rq_fork,arq), all or none",
+        help="comma-separated peer runs (celery_floor,dramatiq,dramatiq_1_thread,rq_simple,rq_fork,arq), all or none",
     )
     return parse_args(parser, argv)
 
@@ -122,8 +122,8 @@ def drain_stock(stack: Stack, jobs: int, concurrency: int, timeout: float) -> di
     }
 
 
-def chosen_peers(spec: str, processes: int) -> list[peers.PeerDrain]:
-    available = {p.key: p for p in peers.drains(processes)}
+def chosen_peers(spec: str, processes: int, log_level: str) -> list[peers.PeerDrain]:
+    available = {p.key: p for p in peers.drains(processes, log_level)}
     if spec == "none":
         return []
     if spec == "all":
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> Headline:
         "log_level": args.log_level,
         "task_kwargs": NOOP_KWARGS,
     }
-    peer_runs = chosen_peers(args.peers, params["concurrency"])
+    peer_runs = chosen_peers(args.peers, params["concurrency"], args.log_level)
     params["peers"] = {p.key: {"label": p.label, "per_job": p.per_job, "command": p.command} for p in peer_runs}
     runs: dict[str, list[dict[str, Any]]] = {"stock": [], "offload": [], **{p.key: [] for p in peer_runs}}
     with Stack.from_args(NAME, args) as stack:

@@ -28,8 +28,10 @@ REQUIREMENTS = {
     "dramatiq": ("dramatiq[redis]==2.2.1", "redis==8.1.0"),
     "rq": ("rq==2.12.0", "redis==8.1.0"),
     "arq": ("arq==0.28.0",),
+    # Offload's own versions (uv.lock): the floor Offload's worker runs on.
+    "celery": ("celery[redis]==5.7.0", "kombu==5.7.0", "redis==8.1.0", "hiredis==3.5.0"),
 }
-JOB_MODULES = {"dramatiq": "dramatiq_jobs", "rq": "rq_jobs", "arq": "arq_jobs"}
+JOB_MODULES = {"dramatiq": "dramatiq_jobs", "rq": "rq_jobs", "arq": "arq_jobs", "celery": "celery_jobs"}
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,30 @@ class PeerDrain:
     copies: int = 1
 
 
-def drains(processes: int) -> list[PeerDrain]:
-    """The peer configurations with `processes` worker processes, as ours run."""
+def drains(processes: int, log_level: str = "INFO") -> list[PeerDrain]:
+    """The peer configurations with `processes` worker processes, as ours run; Celery logs at
+    `log_level`, as Offload's worker and stock Celery do (the others have no such level)."""
     dramatiq_module = "bench.peer_jobs.dramatiq_jobs"
     rq = ("rq", "worker", QUEUE, "--burst", "--quiet")
     arq = ("arq", "bench.peer_jobs.arq_jobs.WorkerSettings")
     return [
+        PeerDrain(
+            "celery_floor",
+            "celery",
+            f"Celery, lean (prefork x {processes}, acks late, no result)",
+            "ack after the run, no result, no events",
+            (
+                "celery",
+                "-A",
+                "bench.peer_jobs.celery_jobs",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={processes}",
+                f"--loglevel={log_level}",
+                "--without-gossip",
+                "--without-mingle",
+            ),
+        ),
         PeerDrain(
             "dramatiq",
             "dramatiq",
