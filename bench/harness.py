@@ -225,7 +225,9 @@ def write_result(
     results: dict[str, Any],
     headline: Headline | None,
     facts: dict[str, Any],
+    module: str | None = None,
 ) -> Path | None:
+    """bench/results/<name>.json; ``module`` is the script's when several results share it."""
     if args.no_write:
         return None
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -234,7 +236,7 @@ def write_result(
         "benchmark": name,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": bool(args.quick),
-        "command": " ".join(["python", "-m", f"bench.{name}", *getattr(args, "argv", [])]),
+        "command": " ".join(["python", "-m", f"bench.{module or name}", *getattr(args, "argv", [])]),
         "parameters": params,
         "extra_env": list(args.env),
         "machine": facts,
