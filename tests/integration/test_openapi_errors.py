@@ -69,6 +69,18 @@ def test_every_operation_documents_its_errors_with_the_error_model(openapi: dict
     assert v1_operations >= 8  # jobs, queues, dead letters and whatever was added since
 
 
+def test_every_v1_operation_and_only_those_ask_for_the_api_key(openapi: dict[str, Any]) -> None:
+    # Declared on the schema (offload_api.auth.document_api_key), not by a dependency per route:
+    # generated clients send the key because of it.
+    assert openapi["components"]["securitySchemes"] == {
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "An API key from OFFLOAD_API_KEYS."}
+    }
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            expected = [{"HTTPBearer": []}] if path.startswith("/v1/") else None
+            assert operation.get("security") == expected, (method, path)
+
+
 def test_error_answers_match_the_schema(api: Api, openapi: dict[str, Any]) -> None:
     _, service, client = api
     url: str = service.extra["url"]

@@ -8,11 +8,10 @@ reads it for the routes, and ``may_see`` (offload_core.contract.api_keys) decide
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_api.limits import answer_error
@@ -93,17 +92,16 @@ class ApiKeyAuth:
         return principal
 
 
-# Declares the scheme in the OpenAPI schema; the middleware has already checked the key.
-_bearer = HTTPBearer(auto_error=False, description="An API key from OFFLOAD_API_KEYS.")
-
-
-async def current_principal(
-    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Principal:
+def request_principal(request: Request) -> Principal:
+    """Who sent the request, as ApiKeyAuth found it."""
     principal = getattr(request.state, _STATE_KEY, None)
     if not isinstance(principal, Principal):  # a route mounted outside /v1 by mistake
         raise HTTPException(401, "Missing API key.", headers={"WWW-Authenticate": "Bearer"})
     return principal
+
+
+async def current_principal(request: Request) -> Principal:
+    return request_principal(request)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -117,3 +115,31 @@ def find_job(store: JobStore, principal: Principal, job_id: str, *, task: str | 
     if job is None or (task is not None and job.task != task) or not may_see(principal, job.owner):
         return None
     return job
+
+
+# The name the OpenAPI schema has always given the scheme (FastAPI's HTTPBearer's default).
+SECURITY_SCHEME = "HTTPBearer"
+
+
+def document_api_key(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Declares the API key on every /v1 operation of the OpenAPI schema. ApiKeyAuth checks it,
+    so no route solves a security dependency per request just for the schema to say so."""
+    schemes = openapi.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[SECURITY_SCHEME] = {"type": "http", "scheme": "bearer", "description": "An API key from OFFLOAD_API_KEYS."}
+    for path, operations in openapi.get("paths", {}).items():
+        if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
+            for operation in operations.values():
+                operation["security"] = [{SECURITY_SCHEME: []}]
+    return openapi
+
+
+def install_openapi_api_key(app: FastAPI) -> None:
+    """app.openapi() declares the API key (document_api_key)."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_api_key(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it

@@ -157,20 +157,19 @@ class IdempotencyKey:
         return accepted
 
 
-async def idempotency_key(
-    request: Request,
-    response: Response,
-    key: Annotated[
-        str | None,
-        Header(
-            alias=HEADER,
-            description="Any 1 to 255 printable ASCII characters (a UUID, say). A repeat with the same key and "
-            "body answers 200 with the first job (409 with Retry-After while the first is still in progress); "
-            "the same key with another body is 422.",
-        ),
-    ] = None,
-) -> IdempotencyKey | None:
-    # No sub-dependencies: each one costs every submit a resolution step.
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="Any 1 to 255 printable ASCII characters (a UUID, say). A repeat with the same key and "
+        "body answers 200 with the first job (409 with Retry-After while the first is still in progress); "
+        "the same key with another body is 422.",
+    ),
+]
+
+
+def idempotency_for(request: Request, response: Response, key: str | None) -> IdempotencyKey | None:
+    """The request's Idempotency-Key, scoped to the API key that sent it; None without one."""
     if key is None:
         return None
     if not _VALID_KEY.fullmatch(key):
@@ -185,6 +184,11 @@ async def idempotency_key(
         ttl_seconds=get_settings().IDEMPOTENCY_TTL_SECONDS,
         response=response,
     )
+
+
+async def idempotency_key(request: Request, response: Response, key: IdempotencyHeader = None) -> IdempotencyKey | None:
+    # No sub-dependencies: each one costs every request a resolution step.
+    return idempotency_for(request, response, key)
 
 
 IdempotencyDep = Annotated[IdempotencyKey | None, Depends(idempotency_key)]

@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
 from offload_api.audit import AuditLog, AuditTrail
-from offload_api.auth import ApiKeyAuth, current_principal
+from offload_api.auth import ApiKeyAuth, install_openapi_api_key
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
 from offload_api.enqueue import JobPublisher
@@ -108,6 +108,7 @@ def create_app() -> FastAPI:
     app.state.job_types = job_types
     install_error_handlers(app)
     install_openapi_error_responses(app)
+    install_openapi_api_key(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
     )
@@ -135,19 +136,18 @@ def create_app() -> FastAPI:
     else:
         app.add_middleware(TraceContext, excluded_paths=UNTRACED_PATHS)
     app.include_router(health.router)
-    v1 = [Depends(current_principal)]
-    app.include_router(jobs.router, prefix="/v1", dependencies=v1)
+    app.include_router(jobs.router, prefix="/v1")
     submit_routes = APIRouter()
     job_type_routes.add_submit_routes(submit_routes, job_types)  # after /jobs/echo, which it would shadow
-    app.include_router(submit_routes, prefix="/v1", dependencies=v1)
-    app.include_router(job_type_routes.router, prefix="/v1", dependencies=v1)
-    app.include_router(queues.router, prefix="/v1", dependencies=v1)
-    app.include_router(dead_letters.router, prefix="/v1", dependencies=v1)
-    app.include_router(emails.router, prefix="/v1", dependencies=v1)
-    app.include_router(notifications.router, prefix="/v1", dependencies=v1)
-    app.include_router(image_routes.router, prefix="/v1", dependencies=v1)
-    app.include_router(audit_routes.router, prefix="/v1", dependencies=v1)
-    app.include_router(schedule_routes.router, prefix="/v1", dependencies=v1)
-    app.include_router(compute_routes.router, prefix="/v1", dependencies=v1)
-    app.include_router(report_routes.router, prefix="/v1", dependencies=v1)
+    app.include_router(submit_routes, prefix="/v1")
+    app.include_router(job_type_routes.router, prefix="/v1")
+    app.include_router(queues.router, prefix="/v1")
+    app.include_router(dead_letters.router, prefix="/v1")
+    app.include_router(emails.router, prefix="/v1")
+    app.include_router(notifications.router, prefix="/v1")
+    app.include_router(image_routes.router, prefix="/v1")
+    app.include_router(audit_routes.router, prefix="/v1")
+    app.include_router(schedule_routes.router, prefix="/v1")
+    app.include_router(compute_routes.router, prefix="/v1")
+    app.include_router(report_routes.router, prefix="/v1")
     return app

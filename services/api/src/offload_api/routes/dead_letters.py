@@ -9,9 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from offload_api.auth import PrincipalDep
 from offload_api.deps import DeadLettersDep, JobTypesDep, SettingsDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_api.errors import InvalidField
-from offload_api.idempotency import IdempotencyDep
 from offload_core.contract.api_keys import may_see
 from offload_core.contract.timing import StartTime
 from offload_core.store.dead_letters import DeadLetter, DeadLetterPage
@@ -61,17 +60,14 @@ def get_dead_letter(dead_letter_id: DeadLetterId, dead_letters: DeadLettersDep, 
 async def replay_dead_letter(
     dead_letter_id: DeadLetterId,
     dead_letters: DeadLettersDep,
-    publisher: PublisherDep,
     job_types: JobTypesDep,
-    idempotency: IdempotencyDep,
-    response: Response,
-    principal: PrincipalDep,
+    submission: SubmissionDep,
     start: StartTime | None = None,
 ) -> JobAccepted:
     """Enqueue the same task and payload again as a new job; the job's `replay_of` and the dead
     letter's `replayed_as` link the two. An optional body (`run_at` or `delay_seconds`) delays it."""
     letter = await run_in_threadpool(dead_letters.get, dead_letter_id)
-    if letter is None or not may_see(principal, letter.owner):
+    if letter is None or not may_see(submission.owner, letter.owner):
         raise HTTPException(404, _UNKNOWN.format(dead_letter_id))
     job_type = job_types.get(letter.task)
     if job_type is None:
@@ -82,18 +78,8 @@ async def replay_dead_letter(
         )
     # The queue it failed on, unless its job type no longer allows it there.
     queue = letter.queue if letter.queue in job_type.allowed_queues else job_type.queue
-    accepted = await enqueue(
-        publisher,
-        job_type,
-        letter.payload,
-        owner=principal,
-        queue=queue,
-        idempotency=idempotency,
-        replay_of=letter.id,
-        start=start,
-    )
+    accepted = await submission.enqueue(job_type, letter.payload, queue=queue, replay_of=letter.id, start=start)
     await run_in_threadpool(dead_letters.mark_replayed, letter.id, accepted.id)
-    response.headers["Location"] = accepted.status_url
     return accepted
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
-from offload_api.auth import PrincipalDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
-from offload_api.idempotency import IdempotencyDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_core.contract import builtin_jobs
 from offload_core.contract.payloads import EmailRequest
 
@@ -16,22 +14,10 @@ router = APIRouter(tags=["emails"])
 @router.post("/emails", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_email(
     body: EmailRequest,
-    publisher: PublisherDep,
-    idempotency: IdempotencyDep,
-    response: Response,
-    principal: PrincipalDep,
+    submission: SubmissionDep,
 ) -> JobAccepted:
     """Send one email to 1 to 50 recipients, multipart/alternative when `html` is given. The job's
     result lists the recipients the server accepted and those it refused, with its replies."""
-    accepted = await enqueue(
-        publisher,
-        builtin_jobs.send_email,
-        body.task_kwargs(),
-        owner=principal,
-        queue=body.queue,
-        priority=body.priority,
-        idempotency=idempotency,
-        start=body,
+    return await submission.enqueue(
+        builtin_jobs.send_email, body.task_kwargs(), queue=body.queue, priority=body.priority, start=body
     )
-    response.headers["Location"] = accepted.status_url
-    return accepted

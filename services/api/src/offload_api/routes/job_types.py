@@ -8,13 +8,11 @@ shows every job a deployment runs with its own request schema."""
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Response
+from fastapi import APIRouter, Body, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from offload_api.auth import PrincipalDep
 from offload_api.deps import JobTypesDep, SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
-from offload_api.idempotency import IdempotencyDep
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_core.contract.registry import JobTypes, job_time_limits
 from offload_core.contract.timing import StartTime
 from offload_core.sdk import MAX_PRIORITY, MIN_PRIORITY, JobType
@@ -145,23 +143,15 @@ def _add_submit_route(target: APIRouter, job_type: JobType[Any, Any]) -> None:
 
     async def submit(
         body: Annotated[body_model, Body(examples=examples)],  # type: ignore[valid-type]
-        publisher: PublisherDep,
-        idempotency: IdempotencyDep,
-        principal: PrincipalDep,
-        response: Response,
+        submission: SubmissionDep,
     ) -> JobAccepted:
-        accepted = await enqueue(
-            publisher,
+        return await submission.enqueue(
             job_type,
             body.payload.model_dump(mode="json"),  # type: ignore[attr-defined]
-            owner=principal,
             queue=body.queue,  # type: ignore[attr-defined]
             priority=body.priority,  # type: ignore[attr-defined]
-            idempotency=idempotency,
             start=StartTime(run_at=body.run_at, delay_seconds=body.delay_seconds),  # type: ignore[attr-defined]
         )
-        response.headers["Location"] = accepted.status_url
-        return accepted
 
     target.add_api_route(
         f"/jobs/{job_type.name}",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -11,10 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from offload_api.auth import PrincipalDep
 from offload_api.auth import find_job as find_visible_job
 from offload_api.deps import SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, LastEventId, job_event_stream
-from offload_api.idempotency import IdempotencyDep
 from offload_core.contract import builtin_jobs
 from offload_core.contract.api_keys import Principal
 from offload_core.contract.payloads import EchoRequest
@@ -27,23 +26,12 @@ JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The i
 
 
 @router.post("/echo", status_code=202, responses=SUBMIT_RESPONSES)
-async def submit_echo(
-    body: EchoRequest, publisher: PublisherDep, idempotency: IdempotencyDep, response: Response, principal: PrincipalDep
-) -> JobAccepted:
+async def submit_echo(body: EchoRequest, submission: SubmissionDep) -> JobAccepted:
     """The probe job: sleeps `sleep_ms`, reports progress, fails its first `fail_times` attempts.
     The same as `POST /v1/jobs/offload.echo` with the queue and priority inside the payload."""
-    accepted = await enqueue(
-        publisher,
-        builtin_jobs.echo,
-        body.task_kwargs(),
-        owner=principal,
-        queue=body.queue,
-        priority=body.priority,
-        idempotency=idempotency,
-        start=body,
+    return await submission.enqueue(
+        builtin_jobs.echo, body.task_kwargs(), queue=body.queue, priority=body.priority, start=body
     )
-    response.headers["Location"] = accepted.status_url
-    return accepted
 
 
 @router.get("")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_api.errors import InvalidField
-from offload_api.idempotency import IdempotencyDep
 from offload_api.reachability import Reachability, start_checks
 from offload_api.routes.jobs import JobId
 from offload_core.contract import builtin_jobs
@@ -35,13 +34,10 @@ def check_webhook_targets(policy: OutboundPolicy, targets: Sequence[WebhookTarge
 @router.post("", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_notification(
     body: NotificationRequest,
-    publisher: PublisherDep,
+    submission: SubmissionDep,
     store: StoreDep,
     settings: SettingsDep,
-    idempotency: IdempotencyDep,
-    response: Response,
     request: Request,
-    principal: PrincipalDep,
 ) -> JobAccepted:
     """Deliver a message to 1 to 20 targets (webhooks signed per Standard Webhooks, emails), on
     the `high` queue. Each target is delivered and retried on its own; `GET
@@ -56,17 +52,9 @@ async def submit_notification(
             job_id, body.model_dump(mode="json")["targets"]
         )
 
-    accepted = await enqueue(
-        publisher,
-        builtin_jobs.notify,
-        kwargs,
-        owner=principal,
-        priority=body.priority,
-        idempotency=idempotency,
-        prepare=record_pending_targets,
-        start=body,
+    accepted = await submission.enqueue(
+        builtin_jobs.notify, kwargs, priority=body.priority, prepare=record_pending_targets, start=body
     )
-    response.headers["Location"] = accepted.status_url
     start_checks(request, settings, accepted.id, body.targets)  # each target's `reachable`, in the background
     return accepted
 

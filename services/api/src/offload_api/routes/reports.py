@@ -12,10 +12,9 @@ from sse_starlette import EventSourceResponse
 
 from offload_api.auth import PrincipalDep, find_job
 from offload_api.deps import BlobsDep, SettingsDep, StoreDep
-from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, PublisherDep, enqueue
+from offload_api.enqueue import SUBMIT_RESPONSES, JobAccepted, SubmissionDep
 from offload_api.errors import InvalidField
 from offload_api.events import EVENT_RESPONSES, LastEventId, job_event_stream
-from offload_api.idempotency import IdempotencyDep
 from offload_api.routes.jobs import JobId
 from offload_core.contract import builtin_jobs
 from offload_core.contract.api_keys import Principal
@@ -66,11 +65,8 @@ def _find(store: JobStore, principal: Principal, job_id: str) -> Job:
 @router.post("", status_code=202, responses=SUBMIT_RESPONSES)
 async def submit_report(
     body: ReportSubmission,
-    publisher: PublisherDep,
+    submission: SubmissionDep,
     settings: SettingsDep,
-    idempotency: IdempotencyDep,
-    response: Response,
-    principal: PrincipalDep,
 ) -> ReportAccepted:
     """Aggregate a CSV (with a header row) or JSON Lines source fetched over HTTP(S): rows that
     pass every filter are grouped by 0 to 5 columns, with count, sum, avg, min and max per group.
@@ -82,18 +78,8 @@ async def submit_report(
         await anyio.to_thread.run_sync(OutboundPolicy.from_settings(settings).check_url, body.source_url)
     except UnsafeURL as exc:
         raise InvalidField("body.source_url", str(exc)) from exc
-    accepted = await enqueue(
-        publisher,
-        builtin_jobs.report,
-        body.task_kwargs(),
-        owner=principal,
-        priority=body.priority,
-        idempotency=idempotency,
-        start=body,
-    )
-    links = _links(accepted.id)
-    response.headers["Location"] = links["status_url"]
-    return ReportAccepted(**{**accepted.model_dump(), **links})
+    accepted = await submission.enqueue(builtin_jobs.report, body.task_kwargs(), priority=body.priority, start=body)
+    return ReportAccepted(**{**accepted.model_dump(), **_links(accepted.id)})
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such report (or it expired)."}})
