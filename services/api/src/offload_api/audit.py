@@ -43,7 +43,7 @@ MAX_PATH_CHARS = 512
 
 @dataclass
 class CapturedResponse:
-    """What the client was answered, as ResponseCapture saw it go out."""
+    """What the client was answered, as AuditTrail saw it go out."""
 
     status: int | None = None
     json_body: bool = False
