@@ -77,7 +77,7 @@ def test_every_v1_operation_and_only_those_ask_for_the_api_key(openapi: dict[str
     }
     for path, operations in openapi["paths"].items():
         for method, operation in operations.items():
-            expected = [{"HTTPBearer": []}] if path.startswith("/v1/") else None
+            expected: list[dict[str, list[str]]] | None = [{"HTTPBearer": []}] if path.startswith("/v1/") else None
             assert operation.get("security") == expected, (method, path)
 
 

@@ -25,9 +25,10 @@ import redis
 import redis.asyncio as aioredis
 
 from offload_api import metrics
+from offload_api.batching import ScriptBatcher
 from offload_core.contract.api_keys import RequestRate
 from offload_core.settings import Settings
-from offload_core.store.rate_limits import RateDecision, RequestRates
+from offload_core.store.rate_limits import API_KEY_PREFIX, GCRA, RateDecision, gcra_args
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class RequestLimiter:
     def __init__(self, default: RequestRate | None, per_key: Mapping[str, RequestRate | None]) -> None:
         self.default = default
         self.per_key = dict(per_key)
-        self._rates: RequestRates | None = None
+        self._gcra: ScriptBatcher | None = None
         self._skip_until = 0.0
 
     @classmethod
@@ -66,8 +67,9 @@ class RequestLimiter:
         return cls(settings.api_rate_limit, settings.api_key_rate_limits())
 
     def start(self, client: aioredis.Redis) -> None:
-        """Use the API's event-loop client (made in the app's lifespan)."""
-        self._rates = RequestRates(client)
+        """Use the API's event-loop client (made in the app's lifespan). Concurrent requests'
+        checks share round trips, as submits do (offload_api.batching)."""
+        self._gcra = ScriptBatcher(client, GCRA)
 
     def policy(self, key_id: str) -> tuple[str, RequestRate] | None:
         if key_id in self.per_key:
@@ -78,20 +80,21 @@ class RequestLimiter:
     async def check(self, key_id: str) -> Verdict | None:
         """The request's verdict; None when the key has no limit or Redis did not answer."""
         policy = self.policy(key_id)
-        if policy is None or self._rates is None:
+        if policy is None or self._gcra is None:
             return None
         if time.monotonic() < self._skip_until:
             metrics.REQUESTS_UNLIMITED.inc()
             return None
         name, rate = policy
         try:
-            decision = await self._rates.take(key_id, rate)
+            # Bursts of the whole quota allowed.
+            reply = await self._gcra([API_KEY_PREFIX + key_id], gcra_args(rate, burst=True))
         except redis.RedisError as exc:
             self._skip_until = time.monotonic() + _SKIP_AFTER_FAILURE_SECONDS
             metrics.REQUESTS_UNLIMITED.inc()
             logger.warning("rate limit of key %s not checked, the request goes through: Redis: %s", key_id, exc)
             return None
-        verdict = Verdict(name, rate, decision)
+        verdict = Verdict(name, rate, RateDecision.from_reply(reply))
         if not verdict.allowed:
             metrics.REQUESTS_THROTTLED.labels(key_id).inc()
         return verdict

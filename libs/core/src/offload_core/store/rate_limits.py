@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from offload_core.contract.api_keys import RequestRate
 from offload_core.store.lua_scripts import lua
@@ -26,7 +25,8 @@ JOB_STARTS_PREFIX = "offload:rate-limit:job-starts:"
 JOB_SLOTS_PREFIX = "offload:rate-limit:job-slots:"
 JOB_WAKE_PREFIX = "offload:rate-limit:job-wake:"
 
-_GCRA = lua("rate_gcra")
+# ARGV: gcra_args(); KEYS: the limit's key. Replies [admitted, wait_us, reset_us, remaining].
+GCRA = lua("rate_gcra")
 _SLOT_ACQUIRE = lua("slot_acquire")
 _SLOT_RELEASE = lua("slot_release")
 _MICROS = 1_000_000
@@ -57,18 +57,6 @@ def gcra_args(rate: RequestRate, *, burst: bool, longest_wait: float = 0.0) -> l
     return [math.ceil(interval), math.floor(tolerance), math.floor(longest_wait * _MICROS)]
 
 
-class RequestRates:
-    """The /v1 request rates of API keys, on the API's event-loop client."""
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._gcra = client.register_script(_GCRA)
-
-    async def take(self, key_id: str, rate: RequestRate) -> RateDecision:
-        """One request of key ``key_id`` against its rate, bursts of the whole quota allowed."""
-        reply = await self._gcra(keys=[API_KEY_PREFIX + key_id], args=gcra_args(rate, burst=True))
-        return RateDecision.from_reply(reply)
-
-
 class JobTypeLimiter:
     """The limits of one job type, held by the worker processes running it: a start reserved at
     most ``rate_limit`` times a second, and at most ``concurrency`` slots held at once, each with a
@@ -93,7 +81,7 @@ class JobTypeLimiter:
         self.block_seconds = block_seconds
         self.slots_key = JOB_SLOTS_PREFIX + job_type
         self.wake_key = JOB_WAKE_PREFIX + job_type
-        self._gcra = client.register_script(_GCRA)
+        self._gcra = client.register_script(GCRA)
         self._acquire = client.register_script(_SLOT_ACQUIRE)
         self._release = client.register_script(_SLOT_RELEASE)
 
