@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel
 
-from offload_api.errors import install_openapi_error_responses
+from offload_api.errors import document_error_responses, extend_openapi
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 V1_ERRORS = {"400", "401", "413", "431", "503"}
@@ -35,7 +35,7 @@ def _schema_with_a_new_v1_router() -> dict[str, Any]:
         return []
 
     app = FastAPI()
-    install_openapi_error_responses(app)
+    extend_openapi(app, document_error_responses)
 
     @app.get("/livez")
     def livez() -> dict[str, str]:

@@ -8,10 +8,10 @@ reads it for the routes, and ``may_see`` (offload_core.contract.api_keys) decide
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offload_api.limits import answer_error
@@ -131,15 +131,3 @@ def document_api_key(openapi: dict[str, Any]) -> dict[str, Any]:
             for operation in operations.values():
                 operation["security"] = [{SECURITY_SCHEME: []}]
     return openapi
-
-
-def install_openapi_api_key(app: FastAPI) -> None:
-    """app.openapi() declares the API key (document_api_key)."""
-    generate: Callable[[], dict[str, Any]] = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document_api_key(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it

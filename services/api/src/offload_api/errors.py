@@ -245,16 +245,20 @@ def document_error_responses(openapi: dict[str, Any]) -> dict[str, Any]:
     return openapi
 
 
-def install_openapi_error_responses(app: FastAPI) -> None:
-    """app.openapi() documents the real error answers (document_error_responses)."""
+def extend_openapi(app: FastAPI, *steps: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """app.openapi() passes the generated schema through each step once (document_error_responses,
+    offload_api.auth.document_api_key): FastAPI's documented way to extend the schema."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_error_responses(generate())
+            schema = generate()
+            for step in steps:
+                schema = step(schema)
+            app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:

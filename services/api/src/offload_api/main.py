@@ -12,11 +12,11 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from offload_api import metrics
 from offload_api.audit import AuditLog, AuditTrail
-from offload_api.auth import ApiKeyAuth, install_openapi_api_key
+from offload_api.auth import ApiKeyAuth, document_api_key
 from offload_api.background import TaskTracker
 from offload_api.compute import ComputeQueue
 from offload_api.enqueue import JobPublisher
-from offload_api.errors import install_error_handlers, install_openapi_error_responses
+from offload_api.errors import document_error_responses, extend_openapi, install_error_handlers
 from offload_api.limits import BodySizeLimit, HeaderSizeLimit
 from offload_api.rate_limit import RequestLimiter
 from offload_api.routes import audit as audit_routes
@@ -107,8 +107,7 @@ def create_app() -> FastAPI:
     )
     app.state.job_types = job_types
     install_error_handlers(app)
-    install_openapi_error_responses(app)
-    install_openapi_api_key(app)
+    extend_openapi(app, document_error_responses, document_api_key)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.API_MAX_BODY_BYTES, overrides=image_routes.body_limits(settings)
     )
