@@ -101,6 +101,7 @@ def request_principal(request: Request) -> Principal:
 
 
 async def current_principal(request: Request) -> Principal:
+    # async: FastAPI runs a plain def dependency in a worker thread.
     return request_principal(request)
 
 

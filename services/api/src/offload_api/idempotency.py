@@ -187,7 +187,7 @@ def idempotency_for(request: Request, response: Response, key: str | None) -> Id
 
 
 async def idempotency_key(request: Request, response: Response, key: IdempotencyHeader = None) -> IdempotencyKey | None:
-    # No sub-dependencies: each one costs every request a resolution step.
+    # async, and no sub-dependencies: a thread hop or a resolution step would cost every request.
     return idempotency_for(request, response, key)
 
 
