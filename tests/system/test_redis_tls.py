@@ -107,7 +107,8 @@ def test_the_stack_runs_a_job_over_verified_tls_and_a_client_without_the_ca_is_r
 
     [job_id] = topo.submit([{"sleep_ms": 10}])
     record = topo.wait_terminal([job_id], timeout=60)[job_id]
-    assert record.status == "succeeded", record
+    # The job's error and the worker's last lines, so that a failure here says what the run met.
+    assert record.status == "succeeded", (record.error, "\n".join(topo.logs(worker).splitlines()[-40:]))
     assert record.worker == f"worker@{worker}"
     assert trusting.exists(f"offload:job:{job_id}")
 
